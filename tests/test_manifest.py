@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from asrn.manifest import ManifestError, read_manifest, write_manifest
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "manifest.csv"
+    path.write_text(text)
+    return path
+
+
+def test_good_manifest_resolves_paths(tmp_path):
+    path = _write(tmp_path, "video_id,path,split,labels,boxes\n"
+                            "v1,videos/v1.mp4,train,sub:warm|obj:peer,boxes/v1.json\n"
+                            "v2,/abs/v2.mp4,val,obj:hostile,\n"
+                            "v3,s3://bucket/v3.mp4,test,sub:dominant,\n")
+    entries = read_manifest(path)
+    assert [e.video_id for e in entries] == ["v1", "v2", "v3"]
+    assert entries[0].path == str(tmp_path / "videos" / "v1.mp4")
+    assert entries[0].boxes == str(tmp_path / "boxes" / "v1.json")
+    assert entries[0].labels == ("sub:warm", "obj:peer")
+    assert entries[1].path == "/abs/v2.mp4" and entries[1].boxes is None
+    assert entries[2].path == "s3://bucket/v3.mp4"
+
+
+def test_every_problem_reported_with_its_line(tmp_path):
+    path = _write(tmp_path, "video_id,path,split,labels\n"
+                            "v1,a.mp4,train,sub:warm\n"
+                            "v1,b.mp4,train,sub:warm\n"        # line 3: duplicate
+                            "v3,c.mp4,holdout,sub:warm\n"      # line 4: bad split
+                            "v4,d.mp4,test,sub:angry\n"        # line 5: unknown label
+                            "v5,,test,sub:warm\n")             # line 6: empty path
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    message = str(info.value)
+    assert "4 problem(s)" in message
+    assert ":3: duplicate video_id 'v1' (first on line 2)" in message
+    assert ":4: bad split 'holdout'" in message
+    assert ":5: unknown label 'sub:angry'" in message
+    assert ":6: empty path" in message
+
+
+def test_missing_column_and_missing_file(tmp_path):
+    with pytest.raises(ManifestError, match="missing column.*labels"):
+        read_manifest(_write(tmp_path, "video_id,path,split\nv1,a.mp4,train\n"))
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+def test_write_then_read(tmp_path):
+    write_manifest(tmp_path / "m.csv", [{"video_id": "a", "path": "a.mp4", "split": "train", "labels": "sub:warm"}])
+    assert read_manifest(tmp_path / "m.csv")[0].labels == ("sub:warm",)
