@@ -1,7 +1,8 @@
 """The feature store: Parquet files of one row per video, `features.json`, and an `errors/` table.
 
 Layout of a store folder DIR (DESIGN.md "Feature store"):
-  DIR/part-*.parquet   rows: video_id, split, labels, timestamp (T,), rgb/motion/body/face (T, D), has_body/has_face (T,)
+  DIR/part-*.parquet   one row per video: video_id, split, labels, timestamp (T,),
+                       rgb/motion/body/face (T, D), has_body/has_face (T,)
   DIR/features.json    StoreInfo: preset, encoders, dims, fps, weights provenance, detector
   DIR/errors/*.parquet video_id, path, stage, error, message
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written file
