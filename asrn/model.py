@@ -1,0 +1,316 @@
+"""ASRN (paper §3): attention fusion of four modalities (MFA), a boundary-detecting LSTM whose shot features pool
+into a global video feature, and global-local temporal attention (GLA) over a second LSTM.
+
+Reads top to bottom like §3. Shapes: B videos, T steps, M = len(MODALITIES) modalities, D_m input widths,
+H = config.hidden, C classes. `mask` (B, T) marks valid steps; padding sits at the end (as `sequence.collate`
+builds it) and never changes an output.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asrn.store import MODALITIES
+
+VARIANTS: tuple[str, ...] = ("asrn", "no-gla", "no-mfa", "lstm", "mean")
+# asrn    full model: MFA -> BDLSTM (global V_g) and GLA over a second LSTM -> classifier
+# no-gla  MFA -> plain LSTM, last valid hidden state -> classifier (no shots, no temporal attention)
+# no-mfa  rgb only (one Linear + tanh, no fusion across modalities) -> BDLSTM + GLA as in asrn
+# lstm    plain LSTM over the concatenated modality features, last valid hidden state -> classifier
+# mean    TSN-style: concatenated features projected per step (Linear + tanh), averaged over valid steps -> classifier
+
+# Dropout on the multimodal layer (§3.1 "we apply dropout to this multimodal layer"); the paper gives no rate, so a
+# modest one, capped by config.dropout so that dropout=0 turns every dropout off.
+FUSION_DROPOUT = 0.3
+
+
+class ModelConfigError(ValueError):
+    """A ModelConfig field out of range; the message names the field (and the modality, for dims)."""
+
+
+@dataclass
+class ModelConfig:
+    dims: dict[str, int]  # modality -> input width, keys from store.MODALITIES ("rgb" required)
+    num_classes: int
+    variant: str = "asrn"
+    hidden: int = 256  # fused width and LSTM hidden size
+    dropout: float = 0.7  # before the last layer (paper §4.2)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ModelConfigError(f"variant {self.variant!r} is unknown: expected one of {', '.join(VARIANTS)}")
+        if not isinstance(self.dims, dict) or not self.dims:
+            raise ModelConfigError(f"dims = {self.dims!r} must map modalities ({', '.join(MODALITIES)}) to widths")
+        for m, d in self.dims.items():
+            if m not in MODALITIES:
+                raise ModelConfigError(f"dims[{m!r}]: unknown modality, expected one of {', '.join(MODALITIES)}")
+            if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d <= 0:
+                raise ModelConfigError(f"dims[{m!r}] = {d!r} is not a positive integer")
+        if "rgb" not in self.dims:
+            raise ModelConfigError("dims['rgb'] is missing: every variant uses the rgb feature")
+        self.dims = {m: int(self.dims[m]) for m in MODALITIES if m in self.dims}
+        for name in ("num_classes", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ModelConfigError(f"{name} = {value!r} is not a positive integer")
+        if not isinstance(self.dropout, numbers.Real) or not 0.0 <= self.dropout < 1.0:
+            raise ModelConfigError(f"dropout = {self.dropout!r} must lie in [0, 1)")
+
+
+@dataclass
+class ASRNOutput:
+    logits: Tensor  # (B, C) pre-sigmoid
+    modality_attention: Tensor  # (B, T, M) c_t over present modalities, 0 on padding and absent modalities
+    boundaries: Tensor  # (B, T) s_t in {0, 1}; 0 on padding and for variants without BDLSTM
+    shot_weights: Tensor  # (B, T) ω_s at the step that ends each shot, 0 elsewhere; sums to 1 per video
+    temporal_attention: Tensor  # (B, T) a_t over valid steps (uniform without GLA), 0 on padding
+
+
+def masked_softmax(scores: Tensor, allowed: Tensor, dim: int) -> Tensor:
+    """Softmax over the `allowed` entries along `dim`; the others (and rows with none allowed) get exactly 0."""
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim).masked_fill(~allowed, 0.0)
+
+
+def straight_through_step(logit: Tensor) -> Tensor:
+    """τ(x) = 1 if σ(x) > 0.5 else 0 forward (eq. 5); the gradient of σ backward (straight-through estimator)."""
+    soft = torch.sigmoid(logit)
+    return (logit > 0).to(soft.dtype) + (soft - soft.detach())
+
+
+def last_valid(h: Tensor, mask: Tensor) -> Tensor:
+    """The hidden state at each video's last valid step: (B, T, H) -> (B, H)."""
+    index = (mask.sum(1) - 1).clamp(min=0)  # (B,)
+    return h[torch.arange(h.shape[0], device=h.device), index]
+
+
+def uniform_over(mask: Tensor) -> Tensor:
+    """Equal weights over the True entries of each row of a (B, T) or (B, T, M) mask."""
+    weights = mask.to(torch.get_default_dtype())
+    return weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §3.1 Multi-feature fusion based on attention (MFA), eqs. 1-3
+
+
+class ModalityAttention(nn.Module):
+    """MFA: project each modality to H, weigh the modalities present at each step, fuse them into x_t.
+
+    Absent modalities (present[m] False) are zeroed before projection and masked out of the softmax, so their
+    (arbitrary) feature values never reach the output. With `dims` holding rgb only this is the no-mfa input layer.
+    """
+
+    def __init__(self, dims: dict[str, int], hidden: int, dropout: float):
+        super().__init__()
+        self.modalities = tuple(m for m in MODALITIES if m in dims)
+        self.slots = [MODALITIES.index(m) for m in self.modalities]
+        self.project = nn.ModuleDict({m: nn.Linear(dims[m], hidden) for m in self.modalities})
+        self.score = nn.Linear(hidden, 1)  # the scoring vector shared by all modalities
+        self.fuse = nn.Linear(hidden, hidden)  # W, b of eq. 3
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        allowed = torch.stack([present[m] for m in self.modalities], dim=-1)  # (B, T, M')
+        xs = torch.stack([
+            self.project[m](torch.where(present[m].unsqueeze(-1), features[m], 0.0))  # (B, T, H)
+            for m in self.modalities
+        ], dim=2)  # (B, T, M', H)
+        c = masked_softmax(self.score(torch.tanh(xs)).squeeze(-1), allowed, dim=-1)  # (B, T, M')  eq. 1
+        y = (c.unsqueeze(-1) * xs).sum(2)  # (B, T, H)  eq. 2: y_t = Σ_i c_t^i x_t^i
+        x = self.dropout(torch.tanh(self.fuse(y)))  # (B, T, H)  eq. 3: x_t = φ(W y_t + b)
+        if len(self.modalities) < len(MODALITIES):
+            full = c.new_zeros(*c.shape[:2], len(MODALITIES))  # (B, T, M)
+            full[..., self.slots] = c
+            c = full
+        return x, c
+
+
+class ConcatFeatures(nn.Module):
+    """Input of the lstm and mean baselines: the modalities concatenated, absent ones zeroed (no attention).
+
+    The reported modality attention is uniform over the modalities present, which is what concatenation weighs.
+    """
+
+    def __init__(self, dims: dict[str, int]):
+        super().__init__()
+        self.modalities = tuple(m for m in MODALITIES if m in dims)
+        self.slots = [MODALITIES.index(m) for m in self.modalities]
+        self.width = sum(dims[m] for m in self.modalities)
+
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x = torch.cat([torch.where(present[m].unsqueeze(-1), features[m], 0.0)
+                       for m in self.modalities], dim=-1)  # (B, T, Σ D_m)
+        allowed = torch.zeros(*x.shape[:2], len(MODALITIES), dtype=torch.bool, device=x.device)  # (B, T, M)
+        allowed[..., self.slots] = torch.stack([present[m] for m in self.modalities], dim=-1)
+        return x, uniform_over(allowed).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §3.2 Global feature: boundary-detection LSTM and shot pooling, eqs. 4-7
+
+
+class BoundaryLSTM(nn.Module):
+    """BDLSTM: an LSTM that detects shot boundaries s_t and resets (h, c) at them (eqs. 4-6).
+
+    The hidden state that closes each shot (the step before a boundary, and the last valid step) is a shot feature
+    F_s; V_g = Σ_s ω_s F_s with ω a learned softmax over the shots of a video (eq. 7). Padding steps carry the state
+    through unchanged and never end a shot. The cell is the standard LSTM (g_t through tanh, o_t through σ), which
+    the extracted eq. 4 garbles.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.gate_input = nn.Linear(hidden, 4 * hidden)  # W_iy, W_fy, W_gy, W_oy and the gate biases (eq. 4)
+        self.gate_hidden = nn.Linear(hidden, 4 * hidden, bias=False)  # W_ih, W_fh, W_gh, W_oh
+        self.boundary_input = nn.Linear(hidden, hidden)  # W_si and b_s (eq. 5)
+        self.boundary_hidden = nn.Linear(hidden, hidden, bias=False)  # W_sh
+        self.boundary_v = nn.Parameter(torch.empty(hidden).uniform_(-hidden ** -0.5, hidden ** -0.5))  # v
+        self.shot_score = nn.Linear(hidden, 1)  # the logit of ω_s (eq. 7)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, H = x.shape
+        # input terms of the gates and of the boundary detector for every step at once
+        inputs = F.linear(x, torch.cat([self.gate_input.weight, self.boundary_input.weight]),
+                          torch.cat([self.gate_input.bias, self.boundary_input.bias]))  # (B, T, 5H)
+        w_hidden = torch.cat([self.gate_hidden.weight, self.boundary_hidden.weight])  # (5H, H)
+        h, c = x.new_zeros(B, H), x.new_zeros(B, H)  # (B, H)
+        gate_in, boundary_in = inputs.split([4 * H, H], dim=-1)  # (B, T, 4H), (B, T, H)
+        # per-step views made once: indexing inside the loop would cost a full-size gradient buffer per step
+        steps = zip(gate_in.unbind(1), boundary_in.unbind(1), mask.to(x.dtype).unbind(1), mask.unsqueeze(-1).unbind(1),
+                    strict=True)
+        hs, ss = [], []
+        for gate_x, boundary_x, valid, step in steps:  # (B, 4H), (B, H), (B,), (B, 1)
+            gate_h, boundary_h = F.linear(h, w_hidden).split([4 * H, H], dim=1)  # the one matmul of the step
+            s = straight_through_step((boundary_x + boundary_h) @ self.boundary_v) * valid  # (B,)  eq. 5
+            keep = (1.0 - s).unsqueeze(1)  # (B, 1)  eq. 6: h_{t-1} <- h_{t-1}(1 - s_t), c_{t-1} <- c_{t-1}(1 - s_t)
+            gates = gate_x + keep * gate_h  # (B, 4H)  W_h (h_{t-1}(1 - s_t)) = (1 - s_t) W_h h_{t-1}
+            i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each
+            c_new = torch.sigmoid(f) * (keep * c) + torch.sigmoid(i) * torch.tanh(g)  # eq. 4
+            h_new = torch.sigmoid(o) * torch.tanh(c_new)  # (B, H)
+            h, c = torch.where(step, h_new, h), torch.where(step, c_new, c)  # padding carries the state through
+            hs.append(h)
+            ss.append(s)
+        h_seq = torch.stack(hs, dim=1)  # (B, T, H)
+        s = torch.stack(ss, dim=1)  # (B, T)
+        # a shot ends at t when step t+1 opens a new one, or when t is the last valid step
+        next_valid = F.pad(mask[:, 1:], (0, 1), value=False)  # (B, T)
+        ends = F.pad(s[:, 1:], (0, 1)) + (mask & ~next_valid).to(x.dtype)  # (B, T) in {0, 1}, gradient via s
+        score = self.shot_score(h_seq).squeeze(-1)  # (B, T)
+        top = score.masked_fill(ends <= 0, float("-inf")).amax(1, keepdim=True).detach()  # (B, 1)
+        top = torch.nan_to_num(top, neginf=0.0)
+        weights = ends * torch.exp(score - top)  # (B, T)
+        omega = weights / weights.sum(1, keepdim=True).clamp(min=1e-12)  # (B, T)  ω_s at the shot ends
+        v_global = (omega.unsqueeze(-1) * h_seq).sum(1)  # (B, H)  eq. 7: V_g = Σ_s ω_s F_s
+        return v_global, s, omega
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §3.2 Attention model: global-local attention over a second LSTM, eqs. 8-9
+
+
+class GlobalLocalAttention(nn.Module):
+    """GLA: a second LSTM over x_t; the steps are weighed by their fit with the global feature V_g (eq. 8)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.global_proj = nn.Linear(hidden, hidden)  # w_v
+        self.local_proj = nn.Linear(hidden, hidden, bias=False)  # w_h
+        self.score = nn.Linear(hidden, 1, bias=False)  # w
+
+    def forward(self, x: Tensor, mask: Tensor, v_global: Tensor) -> tuple[Tensor, Tensor]:
+        h, _ = self.lstm(x)  # (B, T, H); unidirectional, so end padding never reaches a valid step
+        A = torch.tanh(self.global_proj(v_global).unsqueeze(1) + self.local_proj(h))  # (B, T, H)  eq. 8
+        a = masked_softmax(self.score(A).squeeze(-1), mask, dim=1)  # (B, T)  a_t = softmax_t(wᵀ A_t)
+        pooled = (a.unsqueeze(-1) * h).sum(1)  # (B, H)  Σ_t a_t h_t (eq. 9)
+        return pooled, a
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model and its loss, eqs. 9-10
+
+
+class ASRN(nn.Module):
+    """The ASRN model or one of its ablations (`config.variant`, see VARIANTS), returning logits and attentions."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        H, variant = config.hidden, config.variant
+        fusion_dropout = min(config.dropout, FUSION_DROPOUT)
+        if variant in ("asrn", "no-gla"):
+            self.fusion = ModalityAttention(config.dims, H, fusion_dropout)
+        elif variant == "no-mfa":
+            self.fusion = ModalityAttention({"rgb": config.dims["rgb"]}, H, fusion_dropout)
+        else:
+            self.fusion = ConcatFeatures(config.dims)
+        self.modalities = self.fusion.modalities
+        if variant in ("asrn", "no-mfa"):
+            self.shots = BoundaryLSTM(H)
+            self.attention = GlobalLocalAttention(H)
+        elif variant == "no-gla":
+            self.lstm = nn.LSTM(H, H, batch_first=True)
+        elif variant == "lstm":
+            self.lstm = nn.LSTM(self.fusion.width, H, batch_first=True)
+        else:  # mean
+            self.project = nn.Linear(self.fusion.width, H)
+        self.dropout = nn.Dropout(config.dropout)  # §4.2: dropout 0.7 before the final fully connected layer
+        self.classifier = nn.Linear(H, config.num_classes)  # W, b of eq. 9
+
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor], mask: Tensor) -> ASRNOutput:
+        mask = self._check_mask(mask)
+        present = self._present(features, present, mask)  # m -> (B, T) bool, False on padding
+        x, modality_attention = self.fusion(features, present)  # (B, T, H) or (B, T, Σ D_m); (B, T, M)
+        variant = self.config.variant
+        boundaries = torch.zeros_like(mask, dtype=x.dtype)  # (B, T)
+        shot_weights = (mask & ~F.pad(mask[:, 1:], (0, 1), value=False)).to(x.dtype)  # one shot, ends at last step
+        temporal_attention = uniform_over(mask).to(x.dtype)  # (B, T)
+        if variant in ("asrn", "no-mfa"):
+            v_global, boundaries, shot_weights = self.shots(x, mask)  # (B, H), (B, T), (B, T)
+            pooled, temporal_attention = self.attention(x, mask, v_global)  # (B, H), (B, T)
+        elif variant in ("no-gla", "lstm"):
+            h, _ = self.lstm(x)  # (B, T, H)
+            pooled = last_valid(h, mask)  # (B, H)
+        else:  # mean
+            h = torch.tanh(self.project(x))  # (B, T, H)
+            pooled = (temporal_attention.unsqueeze(-1) * h).sum(1)  # (B, H) average over valid steps
+        logits = self.classifier(self.dropout(pooled))  # (B, C)  eq. 9, before σ
+        return ASRNOutput(logits, modality_attention, boundaries, shot_weights, temporal_attention)
+
+    @staticmethod
+    def _check_mask(mask: Tensor) -> Tensor:
+        if mask.dim() != 2:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected (B, T)")
+        mask = mask.bool()
+        steps = torch.arange(mask.shape[1], device=mask.device)
+        if not torch.equal(mask, steps < mask.sum(1, keepdim=True)):
+            raise ValueError("mask must mark a prefix of each row (padding at the end), as sequence.collate builds")
+        return mask
+
+    def _present(self, features: dict[str, Tensor], present: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
+        """Validate the inputs this variant reads; a modality without a `present` entry counts as present."""
+        out = {}
+        for m in self.modalities:
+            if m not in features:
+                raise ValueError(f"features lacks modality {m!r}, which the {self.config.variant} model reads")
+            x, width = features[m], self.config.dims[m]
+            if x.dim() != 3 or tuple(x.shape[:2]) != tuple(mask.shape) or x.shape[2] != width:
+                raise ValueError(f"features[{m!r}] has shape {tuple(x.shape)}, expected {(*mask.shape, width)}")
+            p = present.get(m)
+            if p is not None and tuple(p.shape) != tuple(mask.shape):
+                raise ValueError(f"present[{m!r}] has shape {tuple(p.shape)}, expected {tuple(mask.shape)}")
+            out[m] = mask if p is None else p.bool() & mask
+        return out
+
+
+def asrn_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Binary cross-entropy over classes (eq. 10), averaged over classes and videos; σ is fused for stability."""
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))

@@ -1,0 +1,105 @@
+"""The sequence former (paper §4.2) and batch collation into the padded tensors `model.ASRN` reads.
+
+Not every frame has body and face features, so the paper slides a non-overlapping window of three steps over a
+video and keeps, in each window, the step where all four features exist. `collate` then pads the kept steps of a
+batch of videos to the longest (padding at the end) and builds the masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from asrn.labels import check_task, encode
+from asrn.store import MODALITIES, VideoFeatures
+
+
+def select_steps(present: dict[str, np.ndarray], window: int = 3) -> np.ndarray:
+    """Indices (T',) of the kept steps, one per non-overlapping window of `window` steps (the last may be short).
+
+    In each window the kept step has the most modalities present (all four where any step has them); ties go to
+    the middle step (the earlier middle for even windows), then to the earliest. `window=1` keeps every step.
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window = {window!r} must be a positive integer")
+    if not present:
+        raise ValueError("present is empty: expected modality -> (T,) bool masks")
+    masks = {m: np.asarray(p, dtype=bool) for m, p in present.items()}
+    lengths = {m: p.shape for m, p in masks.items()}
+    if len(set(lengths.values())) > 1 or any(len(shape) != 1 for shape in lengths.values()):
+        raise ValueError(f"present masks must all be (T,) of one length, got {lengths}")
+    counts = np.sum(list(masks.values()), axis=0, dtype=np.int64)  # (T,) modalities present per step
+    t = counts.shape[0]
+    if window == 1 or t == 0:
+        return np.arange(t, dtype=np.int64)
+    n = -(-t // window)  # windows, the last possibly short
+    grid = np.full(n * window, -1, dtype=np.int64)
+    grid[:t] = counts
+    grid = grid.reshape(n, window)  # (W, window); -1 past the end
+    size = np.full(n, window, dtype=np.int64)
+    size[-1] = t - (n - 1) * window
+    pos = np.arange(window)
+    middle = (pos == ((size - 1) // 2)[:, None])  # (W, window)
+    # lexicographic key: count first, then the middle, then the earliest (each term outweighs all the later ones)
+    key = grid * (4 * window) + middle * (2 * window) + (window - 1 - pos)
+    key[grid < 0] = -1
+    return np.arange(n, dtype=np.int64) * window + key.argmax(axis=1)
+
+
+@dataclass
+class Batch:
+    """A padded batch: what `ASRN.forward` takes, plus targets and bookkeeping for metrics and plots."""
+
+    features: dict[str, torch.Tensor]  # (B, T, D_m) float32, zero-padded
+    present: dict[str, torch.Tensor]  # (B, T) bool, False on padding
+    mask: torch.Tensor  # (B, T) bool valid steps, a prefix of each row
+    targets: torch.Tensor  # (B, C) float32 multi-hot over labels.task_labels(task)
+    video_ids: list[str]
+    steps: list[np.ndarray]  # the kept step indices per video (into the original T)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return replace(self, features={m: x.to(device) for m, x in self.features.items()},
+                       present={m: p.to(device) for m, p in self.present.items()},
+                       mask=self.mask.to(device), targets=self.targets.to(device))
+
+
+def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None) -> np.ndarray:
+    steps = select_steps(video.present(), window)
+    if steps.size == 0:
+        raise ValueError(f"video {video.video_id!r} has no time steps")
+    if max_steps is not None and steps.size > max_steps:
+        # evenly spaced over the whole video; spacing > 1, so the rounded picks are distinct and increasing
+        steps = steps[np.rint(np.linspace(0, steps.size - 1, max_steps)).astype(np.int64)]
+    return steps
+
+
+def collate(videos: Sequence[VideoFeatures], task: str, window: int = 3, max_steps: int | None = None) -> Batch:
+    """Form each video's sequence (`select_steps`; `window=1` keeps all), cap it at `max_steps` evenly spaced steps,
+    pad to the longest and encode the labels for `task`."""
+    check_task(task)
+    if not videos:
+        raise ValueError("collate needs at least one video")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps = {max_steps!r} must be a positive integer or None")
+    steps = [_kept_steps(v, window, max_steps) for v in videos]
+    lengths = np.array([s.size for s in steps])
+    mask = np.arange(lengths.max())[None, :] < lengths[:, None]  # (B, T); row-major order of mask == kept order
+    features, present = {}, {}
+    for m in MODALITIES:
+        dims = {v.video_id: np.shape(v.features[m])[1:] for v in videos}
+        if len(set(dims.values())) > 1:
+            raise ValueError(f"modality {m!r}: videos disagree in feature shape: {dims}")
+        (width,) = dims[videos[0].video_id]
+        out = np.zeros((*mask.shape, width), dtype=np.float32)  # (B, T, D_m)
+        kept = zip(videos, steps, strict=True)
+        out[mask] = np.concatenate([np.asarray(v.features[m], np.float32)[s] for v, s in kept])
+        features[m] = torch.from_numpy(out)
+        has = np.zeros(mask.shape, dtype=bool)  # (B, T)
+        has[mask] = np.concatenate([v.present()[m][s] for v, s in zip(videos, steps, strict=True)])
+        present[m] = torch.from_numpy(has)
+    targets = np.stack([encode(v.labels, task) for v in videos])  # (B, C)
+    return Batch(features=features, present=present, mask=torch.from_numpy(mask),
+                 targets=torch.from_numpy(targets), video_ids=[v.video_id for v in videos], steps=steps)

@@ -1,0 +1,201 @@
+import pytest
+import torch
+
+from asrn.model import (
+    ASRN,
+    VARIANTS,
+    ASRNOutput,
+    BoundaryLSTM,
+    ModelConfig,
+    ModelConfigError,
+    asrn_loss,
+)
+from asrn.store import MODALITIES
+
+DIMS = {"rgb": 6, "motion": 5, "body": 4, "face": 3}
+FACE = MODALITIES.index("face")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster than several and does not spin against a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _inputs(lengths, seed=0, dims=DIMS):
+    """Random padded inputs: features zero on padding, face missing at some steps, body at others."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = len(lengths), max(lengths)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    features = {m: torch.randn(B, T, d, generator=g) * mask[..., None] for m, d in dims.items()}
+    present = {"rgb": mask.clone(), "motion": mask.clone(),
+               "body": (torch.rand(B, T, generator=g) > 0.3) & mask,
+               "face": (torch.rand(B, T, generator=g) > 0.5) & mask}
+    return features, present, mask
+
+
+def _model(variant="asrn", num_classes=8, hidden=16, dropout=0.7, seed=0):
+    torch.manual_seed(seed)
+    return ASRN(ModelConfig(dims=dict(DIMS), num_classes=num_classes, variant=variant, hidden=hidden,
+                            dropout=dropout))
+
+
+def _close(a, b, atol=1e-5):
+    """Elementwise |a - b| <= atol (torch.testing.assert_close costs seconds of imports on first use)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.allclose(a, b, rtol=0.0, atol=atol), f"max |a - b| = {(a - b).abs().max().item():.3g} > {atol}"
+
+
+@pytest.mark.parametrize("num_classes", [8, 16])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes_and_attention_sums(variant, num_classes):
+    features, present, mask = _inputs([7, 4, 1])
+    out = _model(variant, num_classes).eval()(features, present, mask)
+    assert isinstance(out, ASRNOutput)
+    assert out.logits.shape == (3, num_classes)
+    assert out.modality_attention.shape == (3, 7, len(MODALITIES))
+    for name in ("boundaries", "shot_weights", "temporal_attention"):
+        assert getattr(out, name).shape == (3, 7), name
+    c = out.modality_attention
+    _close(c.sum(-1)[mask], torch.ones(int(mask.sum())))
+    assert (c[~mask] == 0).all()
+    for m_index, m in enumerate(MODALITIES):
+        assert (c[..., m_index][~present[m]] == 0).all(), m
+    if variant == "no-mfa":
+        _close(c[..., MODALITIES.index("rgb")], mask.float())
+    _close(out.temporal_attention.sum(1), torch.ones(3))
+    assert (out.temporal_attention[~mask] == 0).all()
+    _close(out.shot_weights.sum(1), torch.ones(3))
+    assert (out.shot_weights[~mask] == 0).all()
+    assert set(out.boundaries.unique().tolist()) <= {0.0, 1.0} and (out.boundaries[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_never_changes_the_output(variant):
+    model = _model(variant).eval()
+    features, present, mask = _inputs([9, 5], seed=1)
+    batch = model(features, present, mask)
+    alone = model({m: x[1:, :5] for m, x in features.items()}, {m: p[1:, :5] for m, p in present.items()},
+                  mask[1:, :5])
+    _close(batch.logits[1:], alone.logits)
+    _close(batch.modality_attention[1:, :5], alone.modality_attention)
+    _close(batch.temporal_attention[1:, :5], alone.temporal_attention)
+    _close(batch.shot_weights[1:, :5], alone.shot_weights)
+    assert torch.equal(batch.boundaries[1:, :5], alone.boundaries)
+    # and garbage in the padding itself changes nothing either
+    noisy = {m: torch.where(mask[..., None], x, torch.full_like(x, 1e3)) for m, x in features.items()}
+    _close(model(noisy, present, mask).logits, batch.logits)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_missing_face_is_ignored_and_gets_no_weight(variant):
+    model = _model(variant).eval()
+    features, present, mask = _inputs([8, 6], seed=2)
+    absent = mask & ~present["face"]
+    assert absent.any() and (present["face"] & mask).any()
+    changed = dict(features, face=torch.where(absent[..., None], torch.randn_like(features["face"]) * 50,
+                                              features["face"]))
+    base, other = model(features, present, mask), model(changed, present, mask)
+    _close(other.logits, base.logits, atol=0)
+    assert (base.modality_attention[..., FACE][absent] == 0).all()
+    if variant in ("asrn", "no-gla", "lstm", "mean"):  # the face does count where it is present
+        seen = dict(features, face=features["face"] + 10 * present["face"][..., None])
+        assert not torch.allclose(model(seen, present, mask).logits, base.logits)
+
+
+@pytest.mark.parametrize("variant", ["asrn", "no-mfa"])
+def test_boundary_detector_gets_gradient(variant):
+    model = _model(variant, dropout=0.0).train()
+    features, present, mask = _inputs([10, 7, 3], seed=3)
+    out = model(features, present, mask)
+    assert 0 < out.boundaries[mask].sum() < mask.sum()  # some steps open a shot, some do not
+    asrn_loss(out.logits, torch.rand(3, 8).round()).backward()
+    shots = model.shots
+    for name, param in [("v", shots.boundary_v), ("W_si", shots.boundary_input.weight),
+                        ("b_s", shots.boundary_input.bias), ("W_sh", shots.boundary_hidden.weight)]:
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_boundaries_reset_the_state_and_close_shots():
+    torch.manual_seed(0)
+    lstm = BoundaryLSTM(8)
+    x = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    with torch.no_grad():
+        lstm.boundary_input.weight.zero_()
+        lstm.boundary_hidden.weight.zero_()
+        lstm.boundary_v.fill_(1.0)
+        lstm.boundary_input.bias.fill_(-10.0)  # never a boundary: one shot, closed at the last valid step
+    _, s, omega = lstm(x, mask)
+    assert (s == 0).all()
+    assert omega.tolist() == [[0, 0, 0, 0, 1], [0, 0, 1, 0, 0]]
+    with torch.no_grad():
+        lstm.boundary_input.bias.fill_(10.0)  # a boundary at every step: every valid step is a shot of its own
+    v_global, s, omega = lstm(x, mask)
+    assert s.bool().tolist() == mask.tolist()
+    assert ((omega > 0) == mask).all()
+    changed = x.clone()
+    changed[:, :2] += 5.0  # the state is reset at every step, so earlier steps cannot reach later shot features
+    _, _, omega_changed = lstm(changed, mask)
+    _close(omega_changed[:, 2:] / omega_changed[:, 2:].sum(1, keepdim=True),
+           omega[:, 2:] / omega[:, 2:].sum(1, keepdim=True))
+
+
+def test_overfits_a_planted_signal():
+    torch.manual_seed(0)
+    B, T, C = 16, 6, 8
+    features, present, mask = _inputs([T] * B, seed=4)
+    targets = (torch.rand(B, C) > 0.5).float()
+    # the labels are written into the face feature, at the steps where a face exists
+    face = torch.randn(B, T, C) * 0.1 + 2 * (2 * targets[:, None, :] - 1)
+    features = dict(features, face=torch.where(present["face"][..., None], face, torch.randn(B, T, C) * 5))
+    model = ASRN(ModelConfig(dims={**DIMS, "face": C}, num_classes=C, hidden=16, dropout=0.0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(80):
+        loss = asrn_loss(model(features, present, mask).logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
+
+
+def test_loss_is_eq_10_averaged():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.sigmoid(logits)
+    expected = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    _close(asrn_loss(logits, targets), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        asrn_loss(logits, targets[:, :1])
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"variant": "transformer"}, "variant"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"dropout": -0.1}, "dropout"),
+    ({"dims": {**DIMS, "face": 0}}, "face"),
+    ({"dims": {**DIMS, "audio": 8}}, "audio"),
+    ({"dims": {"motion": 5}}, "rgb"),
+    ({"num_classes": 0}, "num_classes"),
+    ({"hidden": -1}, "hidden"),
+])
+def test_bad_config_raises_naming_the_key(change, key):
+    kwargs = {"dims": dict(DIMS), "num_classes": 8, **change}
+    with pytest.raises(ModelConfigError, match=key):
+        ModelConfig(**kwargs)
+
+
+def test_bad_inputs_raise():
+    model = _model().eval()
+    features, present, mask = _inputs([4, 2])
+    with pytest.raises(ValueError, match="prefix"):
+        model(features, present, mask.flip(1))
+    with pytest.raises(ValueError, match="'body'"):
+        model({m: x for m, x in features.items() if m != "body"}, present, mask)
+    with pytest.raises(ValueError, match="'face'"):
+        model(dict(features, face=features["face"][..., :2]), present, mask)
