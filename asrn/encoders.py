@@ -1,0 +1,276 @@
+"""One encoder per modality behind one small interface: `preprocess(images)` then `encode(batch) -> (N, D)`.
+
+Presets (DESIGN.md "Features", paper §4.2):
+  paper: rgb ResNet101 @224 -> 2048; motion ResNet101 with a 10-channel conv1 (TSN temporal stream,
+         cross-modality init) @224 -> 2048; body VGG19 fc7 @224x112 (person aspect) -> 4096;
+         face DeepID-style @55x47 -> 260.
+  lite:  rgb ResNet18 @112 -> 512; motion ResNet18 10-channel @112 -> 512; body ResNet18 @112x56 -> 512;
+         face DeepID-style @55x47 -> 260.
+Weights come from `asrn.weights.resolve_weights`; without them an encoder is randomly initialised from
+a fixed per-modality seed, so every worker on every node computes the same features for the same frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asrn.flow import FLOW_PAIRS
+from asrn.store import MODALITIES
+from asrn.weights import RANDOM_INIT, WeightsError, resolve_weights, weights_help
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INIT_SEED = 20240601  # base seed of random init; per modality it is offset by a stable hash of the name
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What one modality's encoder is: a backbone name, its input size (h, w), output dim, input channels."""
+
+    backbone: str  # "resnet18" | "resnet50" | "resnet101" | "vgg19" | "deepid"
+    input_size: tuple[int, int]  # (h, w)
+    dim: int
+    in_channels: int = 3  # 2 * FLOW_PAIRS for the motion stream
+
+
+PRESETS: dict[str, dict[str, EncoderSpec]] = {
+    "paper": {
+        "rgb": EncoderSpec("resnet101", (224, 224), 2048),
+        "motion": EncoderSpec("resnet101", (224, 224), 2048, in_channels=2 * FLOW_PAIRS),
+        "body": EncoderSpec("vgg19", (224, 112), 4096),  # fc7; 2:1 person crops, half the cost of 224x224
+        "face": EncoderSpec("deepid", (55, 47), 260),  # DeepID2's input size, the paper's 260-d
+    },
+    "lite": {
+        "rgb": EncoderSpec("resnet18", (112, 112), 512),
+        "motion": EncoderSpec("resnet18", (112, 112), 512, in_channels=2 * FLOW_PAIRS),
+        "body": EncoderSpec("resnet18", (112, 56), 512),
+        "face": EncoderSpec("deepid", (55, 47), 260),
+    },
+}
+
+_FINAL_LAYER_PREFIXES = ("fc.", "classifier.6.")  # classifier heads we drop; a re-id net's head may differ
+
+
+class EncoderError(ValueError):
+    """An unknown preset or backbone, or weights that do not fit the backbone; the message names which."""
+
+
+class DeepID(nn.Module):
+    """DeepID-style face net (Sun et al. 2014): 4 convs; the DeepID layer sees conv3 (pooled) and conv4.
+
+    Plain convolutions stand in for DeepID's locally connected conv3/conv4, so any input size works.
+    """
+
+    def __init__(self, input_size: tuple[int, int] = (55, 47), dim: int = 260):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 20, 4), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(20, 40, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.conv3 = nn.Sequential(nn.Conv2d(40, 60, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.conv4 = nn.Sequential(nn.Conv2d(60, 80, 2), nn.ReLU(inplace=True))
+        with torch.no_grad():
+            c3, c4 = self._trunk(torch.zeros(1, 3, *input_size))
+        self.deepid = nn.Linear(c3[0].numel() + c4[0].numel(), dim)
+
+    def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c3 = self.conv3(self.conv2(self.conv1(x)))  # (N, 60, h3, w3)
+        return c3, self.conv4(c3)  # (N, 80, h4, w4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c3, c4 = self._trunk(x)
+        return F.relu(self.deepid(torch.cat([c3.flatten(1), c4.flatten(1)], 1)))  # (N, dim)
+
+
+class VGGFc7(nn.Module):
+    """VGG19 up to fc7 (after its ReLU): the 4096-d body feature."""
+
+    def __init__(self, vgg: nn.Module):
+        super().__init__()
+        self.features, self.avgpool = vgg.features, vgg.avgpool
+        self.fc67 = vgg.classifier[:5]  # fc6, relu, dropout, fc7, relu (dropout is identity in eval)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc67(torch.flatten(self.avgpool(self.features(x)), 1))  # (N, 4096)
+
+
+def _seed(modality: str) -> int:
+    return INIT_SEED + zlib.crc32(modality.encode())
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a backbone's weights, ignoring the classifier head we do not use; other mismatches are errors."""
+    state = {k: v for k, v in state.items() if not k.startswith(_FINAL_LAYER_PREFIXES)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise WeightsError(f"{where}: weights do not fit ({e})") from e
+    missing = [k for k in missing if not k.startswith(_FINAL_LAYER_PREFIXES)]
+    if missing or unexpected:
+        raise WeightsError(f"{where}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+
+
+def _cross_modality_conv1(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """TSN's cross-modality init: average the RGB filters over channels, replicate over flow channels."""
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.mean(dim=1, keepdim=True).expand(-1, in_channels, -1, -1))
+    return new
+
+
+def build_backbone(modality: str, spec: EncoderSpec, weights_dir: Path | None) -> tuple[nn.Module, str]:
+    """(module mapping (N, C, h, w) -> (N, dim), provenance), deterministic when randomly initialised."""
+    import torchvision
+
+    name = spec.backbone
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(modality))
+        if name == "deepid":
+            net = DeepID(spec.input_size, spec.dim)
+            state, provenance = resolve_weights("deepid", weights_dir, warn=False)
+            if state is not None:
+                _load(net, state, f"deepid weights for {modality}")
+            return net, provenance
+        if name.startswith("resnet"):
+            # zero_init_residual: a random-init ResNet101 otherwise gives features of ~1e5 (inf in the
+            # store's float16) that are nearly parallel for all images; loaded weights overwrite it anyway.
+            net = torchvision.models.get_model(name, weights=None, zero_init_residual=True)
+            state, provenance = None, RANDOM_INIT
+            if spec.in_channels != 3:  # a flow net trained by the user (e.g. TSN on SRIV) comes first
+                state, provenance = resolve_weights(f"{name}_flow", weights_dir, warn=False)
+                if state is not None:
+                    net.conv1 = nn.Conv2d(spec.in_channels, 64, 7, 2, 3, bias=False)
+            if state is None:
+                state, provenance = resolve_weights(name, weights_dir, warn=False)
+            if state is not None:
+                _load(net, state, f"{name} weights for {modality}")
+            if net.conv1.in_channels != spec.in_channels:
+                net.conv1 = _cross_modality_conv1(net.conv1, spec.in_channels)
+            net.fc = nn.Identity()
+            return net, provenance
+        if name == "vgg19":
+            vgg = torchvision.models.vgg19(weights=None)
+            state, provenance = resolve_weights(name, weights_dir, warn=False)
+            if state is not None:
+                _load(vgg, state, f"vgg19 weights for {modality}")
+            return VGGFc7(vgg), provenance
+    raise EncoderError(f"unknown backbone {name!r} for modality {modality!r}")
+
+
+def _encoder_name(spec: EncoderSpec) -> str:
+    if spec.backbone == "vgg19":
+        return "vgg19-fc7"
+    if spec.backbone == "deepid":
+        return f"deepid-{spec.dim}"
+    return f"{spec.backbone}-flow{spec.in_channels}-tsn" if spec.in_channels != 3 else spec.backbone
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 -> (h, w, C): area averaging when shrinking (antialiased), bilinear when enlarging."""
+    h, w = size
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+class Encoder(nn.Module):
+    """A frozen backbone for one modality: RGB uint8 images in, (N, dim) features out."""
+
+    def __init__(self, modality: str, spec: EncoderSpec, net: nn.Module, weights: str, device: str = "cpu"):
+        super().__init__()
+        self.modality, self.name, self.dim = modality, _encoder_name(spec), spec.dim
+        self.input_size, self.in_channels, self.weights = spec.input_size, spec.in_channels, weights
+        self.net = net.eval()
+        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # preprocessing runs on the CPU
+        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.requires_grad_(False)
+        self.device = torch.device(device)
+        self.to(self.device)
+        if self.device.type == "cuda":
+            self.to(memory_format=torch.channels_last)
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """(N, H, W, 3) uint8 RGB -> (N, 3, h, w) float, resized to input_size and ImageNet-normalised (CPU)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise EncoderError(f"{self.modality}: expected (N, H, W, 3) uint8 RGB, got {images.shape} {images.dtype}")
+        h, w = self.input_size
+        if images.shape[1:3] != (h, w):
+            images = np.stack([resize_image(im, (h, w)) for im in images])
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, h, w)
+        return (x - self._mean) / self._std
+
+    @torch.inference_mode()
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) preprocessed batch -> (N, dim) float32, on the encoder's device."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.net(batch.contiguous(memory_format=torch.channels_last)).float()
+        return self.net(batch).float()
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """preprocess + encode: raw images (or flow stacks) -> (N, dim) float32 numpy."""
+        return self.encode(self.preprocess(images)).cpu().numpy()
+
+
+class FlowEncoder(Encoder):
+    """The motion stream: (N, 2P, H, W) flow stacks in [-1, 1] (asrn.flow) instead of RGB images."""
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """(N, 2P, H, W) float flow in [-1, 1] -> (N, 2P, h, w), resized; values are already centred."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise EncoderError(f"motion: expected (N, {self.in_channels}, H, W) flow stacks, got {images.shape}")
+        x = torch.from_numpy(images)
+        if x.shape[-2:] != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+
+def build_encoders(preset: str, weights_dir: Path | None = None, device: str = "cpu") -> dict[str, Encoder]:
+    """{modality: Encoder} for a preset, keys in MODALITIES order; one warning lists random-init modalities."""
+    if preset not in PRESETS:
+        raise EncoderError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    encoders: dict[str, Encoder] = {}
+    for modality in MODALITIES:
+        spec = PRESETS[preset][modality]
+        net, provenance = build_backbone(modality, spec, weights_dir)
+        cls = FlowEncoder if spec.in_channels != 3 else Encoder
+        encoders[modality] = cls(modality, spec, net, provenance, device)
+    random = [f"{m} ({e.name})" for m, e in encoders.items() if e.weights == RANDOM_INIT]
+    if random:
+        message = weights_help(", ".join(random))
+        warnings.warn(message, stacklevel=2)
+        logger.warning(message)
+    return encoders
+
+
+def crop_boxes(frames: np.ndarray, boxes: np.ndarray, has: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) frames + (T, 4) x1 y1 x2 y2 boxes -> (T, h, w, 3) uint8 crops; zeros where has is False.
+
+    Boxes are clamped to the frame (at least one pixel); a NaN box counts as missing.
+    """
+    frames, boxes, has = np.asarray(frames), np.asarray(boxes, np.float32), np.asarray(has, bool)
+    num, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
+    h, w = size
+    crops = np.zeros((num, h, w, 3), np.uint8)
+    for t in range(num):
+        if not has[t] or not np.isfinite(boxes[t]).all():
+            continue
+        x1, y1, x2, y2 = boxes[t]
+        x1 = int(np.clip(np.floor(x1), 0, width - 1))
+        y1 = int(np.clip(np.floor(y1), 0, height - 1))
+        x2 = int(np.clip(np.ceil(x2), x1 + 1, width))
+        y2 = int(np.clip(np.ceil(y2), y1 + 1, height))
+        crops[t] = resize_image(frames[t, y1:y2, x1:x2], (h, w))
+    return crops
