@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +147,26 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "demo":
         from asrn.demo import DemoConfig, run_demo
         run_demo(_config_from_args(DemoConfig, args))
+
+
+def _given(flag: str, argv: Sequence[str]) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def job_argv(command: str, argv: Sequence[str]) -> list[str]:
+    """Arguments of `asrn <command>` run as a Ray job: the job's own flags, plus the cluster as defaults.
+
+    Inside a job Ray sets RAY_ADDRESS to the cluster's GCS address (an http:// value is the job server's,
+    not one to join); MLFLOW_TRACKING_URI names the cluster's tracking server for train and tune.
+    """
+    args = [command, *argv]
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and not address.startswith(("http://", "https://")) and not _given("--address", argv):
+        args += ["--address", address]
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if command in ("train", "tune") and uri and not _given("--mlflow-uri", argv):
+        args += ["--mlflow-uri", uri]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

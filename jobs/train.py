@@ -1,0 +1,15 @@
+"""Ray job entrypoint for `asrn train`, with the same flags:
+
+    ray job submit --working-dir . -- python -m jobs.train ...
+
+Inside a Ray job, Ray sets RAY_ADDRESS to the cluster's GCS address for the driver: the command
+joins that cluster and logs to the cluster's MLflow server (MLFLOW_TRACKING_URI) unless
+the flags say otherwise. Paths given by flags should be on storage every node sees.
+"""
+
+import sys
+
+from asrn.cli import job_argv, main
+
+if __name__ == "__main__":
+    sys.exit(main(job_argv("train", sys.argv[1:])))

@@ -1,0 +1,176 @@
+"""Cluster configs and the local multi-node cluster: `ray_cluster.yaml` passes Ray's own validation,
+the KubeRay manifests are what KubeRay expects, and `cluster/local.sh` runs a real two-node Ray
+cluster with token authentication and an MLflow server that a `jobs.train` job trains on.
+
+The local cluster here is its own (ports and state dir differ from `local.sh`'s defaults and from the
+session's `ray_cluster` fixture), and `local.sh down` kills only its own processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_SH = REPO / "cluster" / "local.sh"
+VENV_BIN = Path(sys.executable).parent
+PORTS = {"ASRN_RAY_PORT": "6390", "ASRN_DASHBOARD_PORT": "8276", "ASRN_MLFLOW_PORT": "5065",
+         "ASRN_RAY_CLIENT_PORT": "20012", "ASRN_AGENT_PORT_BASE": "52450", "ASRN_WORKER_PORT_BASE": "23000"}
+
+
+def test_ray_cluster_yaml_passes_ray_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    config = prepare_config(raw)
+    validate_config(config)
+
+    assert config["provider"]["type"] == "aws"
+    head = config["available_node_types"][config["head_node_type"]]
+    assert "g" not in head["node_config"]["InstanceType"].split(".")[0]  # a CPU head
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
+    assert gpu["node_config"]["InstanceType"].startswith(("g4dn", "g5", "g6", "p3", "p4", "p5"))
+    head_cmds = " ".join(config["head_start_ray_commands"])
+    assert "mlflow server" in head_cmds and "sqlite:///" in head_cmds and "s3://" in head_cmds
+    assert "--dashboard-host=127.0.0.1" in head_cmds
+    for cmds in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert "RAY_AUTH_MODE=token" in cmds[-1]
+    assert any("uv sync --frozen" in c for c in config["setup_commands"])
+    assert "~/.ray/auth_token" in config["file_mounts"]
+    for node_type in config["available_node_types"].values():  # our own group: SSH from one CIDR only
+        assert node_type["node_config"]["SecurityGroupIds"]
+
+
+def test_kuberay_manifests_parse_with_the_right_kinds():
+    folder = REPO / "cluster" / "kuberay"
+    cluster = yaml.safe_load((folder / "raycluster.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    gpu_groups = [g for g in cluster["spec"]["workerGroupSpecs"]
+                  if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    assert gpu_groups and gpu_groups[0]["minReplicas"] == 0
+
+    for name in ("extract", "train", "tune"):
+        job = yaml.safe_load((folder / f"rayjob-{name}.yaml").read_text())
+        assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+        assert job["spec"]["entrypoint"].startswith(f"python -m jobs.{name} ")
+        assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+
+
+def _our_processes(state: Path) -> list[str]:
+    """Live processes started by this cluster: the marker in their environment, or the state dir in argv."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"ASRN_LOCAL_CLUSTER={state}".encode() in environ or str(state) in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    exports = {}
+    for line in text.splitlines():
+        assert line.startswith("export "), f"`up` printed a non-export line to stdout: {line!r}"
+        key, _, value = line[len("export "):].partition("=")
+        exports[key] = value
+    return exports
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    state = Path(tempfile.mkdtemp(prefix="asrn-cl-", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {**os.environ, **PORTS, "ASRN_CLUSTER_DIR": str(state), "ASRN_VENV": str(VENV_BIN.parent),
+           "ASRN_UP_TIMEOUT": "150"}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    try:
+        up = subprocess.run(["bash", str(LOCAL_SH), "up"], env=env, capture_output=True, text=True, timeout=240)
+        assert up.returncode == 0, up.stderr[-3000:]
+        exports = _parse_exports(up.stdout)
+        yield {"state": state, "exports": exports, "env": {**env, **exports}}
+    finally:
+        down = subprocess.run(["bash", str(LOCAL_SH), "down"], env=env, capture_output=True, text=True, timeout=120)
+        left = _our_processes(state)
+        shutil.rmtree(state, ignore_errors=True)
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert not left, "local.sh down left processes behind:\n" + "\n".join(left)
+
+
+def _http(url: str, token: str | None = None, data: dict | None = None) -> int:
+    request = urllib.request.Request(url, data=json.dumps(data).encode() if data else None,
+                                     headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.ray
+def test_local_cluster_prints_the_client_environment(local_cluster):
+    exports = local_cluster["exports"]
+    assert exports["RAY_ADDRESS"] == f"http://127.0.0.1:{PORTS['ASRN_DASHBOARD_PORT']}"
+    assert exports["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{PORTS['ASRN_MLFLOW_PORT']}"
+    assert exports["RAY_AUTH_MODE"] == "token"
+    assert Path(exports["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+
+@pytest.mark.ray
+def test_job_server_refuses_a_request_without_the_token(local_cluster):
+    address = local_cluster["exports"]["RAY_ADDRESS"]
+    token = Path(local_cluster["exports"]["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    assert _http(f"{address}/api/jobs/", data={"entrypoint": "echo hi"}) in (401, 403)
+    assert _http(f"{address}/api/jobs/", token="0" * 64) in (401, 403)
+    assert _http(f"{address}/api/jobs/", token=token) == 200
+
+
+@pytest.mark.ray
+def test_train_job_on_the_local_cluster_logs_to_its_mlflow(local_cluster, tmp_path):
+    from asrn.cli import main
+
+    features, out = tmp_path / "features", tmp_path / "run"
+    assert main(["synth", "features", "--out", str(features), "--num-videos", "24", "--seed", "0"]) == 0
+
+    env = local_cluster["env"]
+    job_id = f"asrn-test-train-{int(time.time())}"
+    submit = subprocess.run(
+        [str(VENV_BIN / "ray"), "job", "submit", "--submission-id", job_id, "--working-dir", str(REPO), "--",
+         "python", "-m", "jobs.train", "--features", str(features), "--task", "sub", "--out", str(out),
+         "--epochs", "2", "--num-workers", "1", "--batch-size", "8", "--experiment", "cluster-test"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    status = subprocess.run([str(VENV_BIN / "ray"), "job", "status", job_id], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "succeeded" in (status.stdout + status.stderr).lower(), (submit.stdout + submit.stderr)[-4000:]
+
+    assert (out / "metrics.json").is_file() and (out / "best.pt").is_file()
+    json.loads((out / "metrics.json").read_text())
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=local_cluster["exports"]["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("cluster-test")
+    assert experiment is not None, "the job logged no experiment to the cluster's MLflow server"
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs and runs[0].info.status == "FINISHED"
