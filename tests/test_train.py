@@ -1,0 +1,223 @@
+"""asrn.train: input checks before Ray starts (unit), and real Ray Train runs on planted features (marked `ray`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from asrn.cli import main
+from asrn.labels import UnknownLabelError, task_labels
+from asrn.metrics import compute_metrics
+from asrn.store import FeatureStoreError, part_files
+from asrn.synth_features import synthesize_feature_store
+from asrn.train import (
+    REPORTED_METRICS,
+    CheckpointError,
+    EmptySplitError,
+    TrainConfig,
+    TrainConfigError,
+    check_store,
+    load_checkpoint,
+    train,
+)
+
+# small but learnable: `mean` learns the planted cues of 280 training videos within ~20 epochs on a CPU
+FAST = {"variant": "mean", "hidden": 32, "dropout": 0.2, "lr": 0.5, "batch_size": 16, "patience": 100}
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> Path:
+    return synthesize_feature_store(tmp_path_factory.mktemp("small") / "store", num_videos=12, seed=1)
+
+
+def _rewrite(store: Path, out: Path, change) -> Path:
+    """A copy of `store` whose single part table went through `change(table) -> table`."""
+    out.mkdir()
+    (out / "features.json").write_text((store / "features.json").read_text())
+    for f in part_files(store):
+        pq.write_table(change(pq.read_table(f)), out / f.name)
+    return out
+
+
+def _replace(table: pa.Table, name: str, values: list) -> pa.Table:
+    i = table.column_names.index(name)
+    return table.set_column(i, name, pa.array(values, table.schema.field(name).type))
+
+
+# ---------------------------------------------------------------- bad input stops before training
+
+def test_wrong_dimension_is_named(small_store, tmp_path):
+    store = _rewrite(small_store, tmp_path / "s", lambda t: t)
+    info = json.loads((store / "features.json").read_text())
+    info["dims"]["rgb"] += 1
+    (store / "features.json").write_text(json.dumps(info))
+    with pytest.raises(FeatureStoreError, match=r"rgb dim 128, features.json says 129"):
+        check_store(store, "sub")
+
+
+def test_missing_column_is_named(small_store, tmp_path):
+    store = _rewrite(small_store, tmp_path / "s", lambda t: t.drop_columns(["face"]))
+    with pytest.raises(FeatureStoreError, match=r"lacks column\(s\) face"):
+        check_store(store, "sub")
+
+
+def test_unknown_label_is_named(small_store, tmp_path):
+    def angry(t):
+        return _replace(t, "labels", [["sub:angry"]] + t.column("labels").to_pylist()[1:])
+    store = _rewrite(small_store, tmp_path / "s", angry)
+    with pytest.raises(UnknownLabelError, match=r"video 'synth-00000'.*'sub:angry'"):
+        check_store(store, "sub")
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_empty_split_is_named(small_store, tmp_path, split):
+    other = "train" if split != "train" else "val"
+    def move(t):
+        return _replace(t, "split", [other if s == split else s for s in t.column("split").to_pylist()])
+    store = _rewrite(small_store, tmp_path / "s", move)
+    with pytest.raises(EmptySplitError, match=rf"no videos in split {split}"):
+        check_store(store, "sub")
+
+
+def test_cli_prints_the_reason_and_exits_1(small_store, tmp_path, capsys):
+    store = _rewrite(small_store, tmp_path / "s", lambda t: t.drop_columns(["has_face"]))
+    code = main(["train", "--features", str(store), "--task", "sub", "--out", str(tmp_path / "run")])
+    assert code == 1
+    assert "lacks column(s) has_face" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("lr", 0.0, "lr = 0.0"), ("lr", -1.0, "lr = -1.0"), ("batch_size", 0, "batch_size = 0"),
+    ("dropout", 1.0, "dropout = 1.0"), ("dropout", -0.1, "dropout"), ("epochs", 0, "epochs = 0"),
+    ("variant", "gru", "unknown variant 'gru'"), ("task", "both", "unknown task 'both'"),
+])
+def test_bad_hyperparameter_is_named(tmp_path, field, value, message):
+    kwargs = {"features": tmp_path, "task": "sub", "out": tmp_path / "run", field: value}
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_config_defaults_are_the_papers(tmp_path):
+    c = TrainConfig(features=tmp_path, task="sub", out=tmp_path)
+    assert (c.lr, c.batch_size, c.dropout, c.epochs, c.variant) == (0.01, 32, 0.7, 200, "asrn")
+    assert c.lr * c.lr_decay ** 200 == pytest.approx(0.01 * 0.01)
+    assert json.loads(json.dumps(c.to_dict()))["features"] == str(tmp_path)
+
+
+def test_resume_without_a_previous_run_is_refused(small_store, tmp_path):
+    with pytest.raises(TrainConfigError, match="--resume"):
+        train(TrainConfig(features=small_store, task="sub", out=tmp_path / "run", resume=True, mlflow_uri="none"))
+
+
+def test_load_checkpoint_refuses_other_files(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "random.pt")
+    with pytest.raises(CheckpointError, match="random.pt: not an ASRN checkpoint"):
+        load_checkpoint(tmp_path / "random.pt")
+    (tmp_path / "junk.pt").write_bytes(np.random.default_rng(0).bytes(64))
+    with pytest.raises(CheckpointError, match="junk.pt: not an ASRN checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+# ---------------------------------------------------------------- real training on a local Ray cluster
+
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory) -> Path:
+    return synthesize_feature_store(tmp_path_factory.mktemp("planted") / "store", num_videos=400, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, planted_store, tmp_path_factory):
+    """Two CPU workers (DDP over gloo), 20 epochs; MLflow in a sqlite file of its own."""
+    root = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    config = TrainConfig(features=planted_store, task="sub", out=root / "out", num_workers=2, epochs=20,
+                         mlflow_uri=uri, experiment="test-train", **FAST)
+    return config, train(config)
+
+
+@pytest.mark.ray
+def test_two_workers_beat_chance_on_test(trained):
+    config, result = trained
+    table = pq.read_table(config.out / "predictions.parquet").to_pandas()
+    test = table[table.split == "test"]
+    labels = list(task_labels("sub"))
+    y = np.array([[name in row for name in labels] for row in test["labels"]], dtype=int)
+    scores = test[labels].to_numpy()
+    f1 = result.metrics["test"]["f1_macro"]
+    rng = np.random.default_rng(0)  # chance: the same scores given to the wrong videos
+    chance = [compute_metrics(y, scores[rng.permutation(len(scores))], labels)["f1_macro"] for _ in range(200)]
+    assert f1 > np.percentile(chance, 95), (f1, np.mean(chance))
+    assert [h["epoch"] for h in result.history] == list(range(1, 21))
+
+
+@pytest.mark.ray
+def test_outputs_and_checkpoint(trained):
+    config, result = trained
+    for name in ("config.json", "best.pt", "metrics.json", "predictions.parquet", "loss_curves.png",
+                 "per_class.png", "mlflow_run.json"):
+        assert (config.out / name).is_file(), name
+    assert json.loads((config.out / "config.json").read_text()) == config.to_dict()
+    model, ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["labels"] == list(task_labels("sub")) and ckpt["epoch"] == result.best_epoch
+    assert ckpt["store_info"]["dims"] == ckpt["model_config"]["dims"] == {"rgb": 128, "motion": 64, "body": 64,
+                                                                           "face": 32}
+    assert ckpt["store_info"]["preset"] == "synthetic" and ckpt["store_info"]["fps"] == 2.0
+    assert set(REPORTED_METRICS) <= set(ckpt["val_metrics"])
+    assert not model.training
+
+
+@pytest.mark.ray
+def test_metrics_json_agrees_with_predictions(trained):
+    config, _ = trained
+    metrics = json.loads((config.out / "metrics.json").read_text())
+    table = pq.read_table(config.out / "predictions.parquet").to_pandas()
+    labels = list(task_labels("sub"))
+    for split in ("val", "test"):
+        part = table[table.split == split]
+        y = np.array([[name in row for name in labels] for row in part["labels"]], dtype=int)
+        recomputed = compute_metrics(y, part[labels].to_numpy(), labels)
+        for key in ("f1_micro", "f1_macro", "acc", "subacc"):
+            assert metrics[split][key] == pytest.approx(recomputed[key], abs=1e-6), (split, key)
+        for name in labels:
+            assert metrics[split]["per_class"][name] == pytest.approx(recomputed["per_class"][name]), (split, name)
+
+
+@pytest.mark.ray
+def test_mlflow_holds_params_and_epoch_metrics(trained):
+    from mlflow import MlflowClient
+
+    config, result = trained
+    client = MlflowClient(result.tracking_uri)
+    run = client.get_run(json.loads((config.out / "mlflow_run.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.5" and run.data.params["variant"] == "mean"
+    assert run.data.params["num_workers"] == "2"
+    for key in REPORTED_METRICS[1:]:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, 21)), key
+    assert run.data.metrics["test_f1_macro"] == pytest.approx(result.metrics["test"]["f1_macro"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "loss_curves.png", "per_class.png"} <= artifacts
+
+
+@pytest.mark.ray
+def test_resume_continues_from_the_saved_epoch(ray_cluster, small_store, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = {"features": small_store, "task": "sub", "out": tmp_path / "out", "mlflow_uri": uri,
+              "num_workers": 1, **FAST}
+    first = train(TrainConfig(epochs=2, **common))
+    second = train(TrainConfig(epochs=4, resume=True, **common))
+    assert [h["epoch"] for h in first.history] == [1, 2]
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
+    assert second.mlflow_run_id == first.mlflow_run_id
+    # each epoch was trained once: epochs 1-2 by the first run, 3-4 by the resumed one
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(second.mlflow_run_id, "train_loss")]
+    assert steps == [1, 2, 3, 4]
