@@ -1,4 +1,4 @@
-"""Figures of a training run: loss curves (paper Fig. 8) and per-class F1 / accuracy bars (paper Fig. 5).
+"""Figures: loss curves (paper Fig. 8), per-class F1 / accuracy bars (paper Fig. 5), a sweep's trials.
 
 Each function writes one PNG and returns its path; matplotlib runs headless (Agg), so plots work on
 cluster nodes and in tests without a display.
@@ -6,6 +6,7 @@ cluster nodes and in tests without a display.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,31 @@ def plot_per_class(per_class: dict[str, dict], path: str | os.PathLike, title: s
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(trials: Sequence[dict], path: str | os.PathLike, names: Sequence[str],
+               metric: str = "best_val_f1_macro", title: str = "sweep") -> Path:
+    """One scatter per hyperparameter against the trials' best F1 macro (log x for lr); marker = trial status."""
+    markers = {"completed": ("o", "tab:blue"), "stopped_early": ("x", "tab:orange"), "failed": ("s", "tab:red")}
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for status, (marker, color) in {**markers, "unfinished": ("^", "tab:gray")}.items():
+            points = [(t[name], t[metric]) for t in trials
+                      if t["status"] == status and isinstance(t[metric], float) and math.isfinite(t[metric])]
+            if points:
+                ax.scatter(*zip(*points, strict=True), marker=marker, color=color, label=status.replace("_", " "))
+        if name == "lr":
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -1,0 +1,176 @@
+"""`asrn tune`: a small real sweep (Ray Tune + Optuna + ASHA, each trial a TorchTrainer) on planted features.
+
+One sweep is shared by the tests of the module (it is the slow part): 4 trials, 2 at a time, 1 Train worker
+each, on the session's 4-CPU cluster; MLflow writes to a sqlite file in a tmp folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import pytest
+
+from asrn.search_space import SearchSpaceError
+from asrn.tune import TuneConfig, TuneConfigError, fit_concurrency, tune
+
+# Ray Train gives a worker group 60 s to start; on a busy 2-core machine starting a worker can take longer.
+# Set before the session's cluster starts, so that its raylet (and every trial and Train controller) inherits it.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+
+NUM_TRIALS = 4
+EPOCHS = 3
+
+
+def _config(tmp, features, **overrides) -> TuneConfig:
+    from asrn.search_space import DEFAULT_SPACE
+
+    values = dict(features=features, task="sub", out=tmp / "out", num_samples=NUM_TRIALS, max_concurrent=2,
+                  space=DEFAULT_SPACE.parent / "asha-demo.yaml", workers_per_trial=1, epochs=EPOCHS, hidden=16,
+                  grace_period=1, reduction_factor=2, mlflow_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+                  experiment="test-tune")
+    values.update(overrides)
+    return TuneConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    from asrn.synth_features import synthesize_feature_store
+
+    return synthesize_feature_store(tmp_path_factory.mktemp("store") / "features", num_videos=60, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, features, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    started = time.perf_counter()
+    result = tune(_config(tmp, features))
+    print(f"sweep of {NUM_TRIALS} trials took {time.perf_counter() - started:.0f} s")
+    return tmp, result
+
+
+def _trials_csv(out):
+    with (out / "trials.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.ray
+def test_sweep_completes_and_writes_outputs(sweep):
+    tmp, result = sweep
+    out = tmp / "out"
+    rows = _trials_csv(out)
+    assert len(rows) == NUM_TRIALS
+    assert {r["status"] for r in rows} <= {"completed", "stopped_early"}
+    for r in rows:
+        assert 1e-6 <= float(r["lr"]) <= 5e-1 and 0.3 <= float(r["dropout"]) <= 0.6 and int(r["batch_size"]) in (8, 16)
+        assert 1 <= int(r["epochs"]) <= EPOCHS
+    assert result.max_concurrent == 2
+    assert (out / "sweep.png").stat().st_size > 0 and (out / "best.pt").is_file()
+
+
+@pytest.mark.ray
+def test_best_config_is_the_maximum_of_trials_csv(sweep):
+    tmp, _ = sweep
+    out = tmp / "out"
+    best = json.loads((out / "best_config.json").read_text())
+    scores = [float(r["best_val_f1_macro"]) for r in _trials_csv(out)]
+    assert best["best_val_f1_macro"] == pytest.approx(max(scores))
+    assert set(best["hyperparameters"]) >= {"dropout", "lr", "batch_size"}
+
+
+@pytest.mark.ray
+def test_best_checkpoint_is_a_train_checkpoint_of_the_best_trial(sweep):
+    from asrn.train import load_checkpoint
+
+    tmp, result = sweep
+    model, checkpoint = load_checkpoint(tmp / "out" / "best.pt")
+    assert checkpoint["epoch"] == result.best.best_epoch
+    assert checkpoint["train_config"]["lr"] == pytest.approx(result.best.hyperparameters["lr"])
+    assert checkpoint["model_config"]["hidden"] == 16
+    assert checkpoint["val_metrics"]["val_f1_macro"] == pytest.approx(result.best.best_val_f1_macro)
+
+
+@pytest.mark.ray
+def test_asha_stops_a_trial_early(sweep):
+    tmp, _ = sweep
+    rows = _trials_csv(tmp / "out")
+    stopped = [r for r in rows if r["status"] == "stopped_early"]
+    assert stopped, rows
+    assert all(int(r["epochs"]) < EPOCHS for r in stopped)
+
+
+@pytest.mark.ray
+def test_mlflow_holds_a_parent_and_one_child_run_per_trial(sweep):
+    from mlflow import MlflowClient
+
+    tmp, result = sweep
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test-tune")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.mlflow_run_id]
+    assert [p.info.run_id for p in parents] == [result.mlflow_run_id]
+    assert len(children) == NUM_TRIALS
+    rows = {r["trial_id"]: r for r in _trials_csv(tmp / "out")}
+    for child in children:
+        row = rows[child.data.tags["asrn.trial_id"]]
+        assert {"dropout", "lr", "batch_size"} <= set(child.data.params)
+        assert float(child.data.params["lr"]) == pytest.approx(float(row["lr"]))
+        assert child.data.tags["status"] == row["status"]
+        assert child.data.metrics["best_val_f1_macro"] == pytest.approx(float(row["best_val_f1_macro"]))
+        history = client.get_metric_history(child.info.run_id, "val_f1_macro")
+        assert sorted(m.step for m in history) == list(range(1, int(row["epochs"]) + 1))
+    parent = parents[0]
+    assert parent.data.tags["best_trial_id"] == result.best.trial_id
+    assert parent.data.tags["best_run_id"] == result.best.mlflow_run_id
+    assert parent.data.metrics["best_val_f1_macro"] == pytest.approx(result.best.best_val_f1_macro)
+    assert "sweep.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.ray
+def test_resume_of_a_finished_sweep_reruns_nothing(sweep, features):
+    tmp, first = sweep
+    before = {p: p.stat().st_mtime for p in (tmp / "out" / "trials").rglob("checkpoint_manager_snapshot.json")}
+    again = tune(_config(tmp, features, resume=True))
+    assert {t.trial_id: t.epochs for t in again.trials} == {t.trial_id: t.epochs for t in first.trials}
+    after = {p: p.stat().st_mtime for p in (tmp / "out" / "trials").rglob("checkpoint_manager_snapshot.json")}
+    assert after == before  # no Train run was started again
+    assert again.mlflow_run_id == first.mlflow_run_id
+
+
+# ---------------------------------------------------------------- refused before Ray starts
+
+@pytest.mark.parametrize("text, key", [
+    ("momentum: {distribution: uniform, low: 0.1, high: 0.9}\n", "momentum"),
+    ("lr: {distribution: loguniform, low: 0.1, high: 0.1}\n", "lr"),
+    ("dropout: {distribution: gaussian, low: 0.1, high: 0.5}\n", "dropout"),
+])
+def test_bad_space_is_refused_before_any_trial(tmp_path, text, key, monkeypatch):
+    import ray
+
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started for a bad space"))
+    config = TuneConfig(features=tmp_path / "no-features", task="sub", out=tmp_path / "out", num_samples=2,
+                        space=space)
+    with pytest.raises(SearchSpaceError, match=key):
+        tune(config)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field, value", [("num_samples", 0), ("max_concurrent", 0), ("workers_per_trial", 0),
+                                          ("epochs", 0), ("scheduler", "hyperband")])
+def test_bad_options_are_refused(tmp_path, field, value):
+    with pytest.raises(TuneConfigError, match=field):
+        TuneConfig(**{"features": tmp_path, "task": "sub", "out": tmp_path / "out", "num_samples": 2, field: value})
+
+
+def test_max_concurrent_is_clamped_to_the_cluster():
+    assert fit_concurrency(2, {"CPU": 1}, {"CPU": 4}) == (2, "")
+    clamped, note = fit_concurrency(8, {"CPU": 2}, {"CPU": 4})
+    assert clamped == 1 and "lowered to 1" in note
+    assert fit_concurrency(4, {"GPU": 1}, {"CPU": 16, "GPU": 2})[0] == 2
+    with pytest.raises(TuneConfigError, match="workers-per-trial"):
+        fit_concurrency(1, {"CPU": 8}, {"CPU": 4})
