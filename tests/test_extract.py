@@ -1,0 +1,171 @@
+"""asrn.extract: the per-video functions (no Ray) and the Ray Data job on a handful of tiny synthetic videos."""
+
+from __future__ import annotations
+
+import csv
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from skimage import data
+
+from asrn import store
+from asrn.encoders import PRESETS, build_encoders
+from asrn.extract import ExtractConfig, ExtractError, VideoSettings, encode_prepared, extract_features, prepare_video
+from asrn.manifest import ManifestError
+from asrn.store import MODALITIES
+from asrn.synth_videos import synthesize_videos
+
+LITE_DIMS = {m: PRESETS["lite"][m].dim for m in MODALITIES}
+
+
+@pytest.fixture(scope="module")
+def astronaut_video(tmp_path_factory) -> Path:
+    """2 s of skimage's astronaut (a real photograph) at 10 fps, shifted a few pixels per frame, H.264."""
+    path = tmp_path_factory.mktemp("astronaut") / "astronaut.mp4"
+    image = cv2.resize(data.astronaut(), (320, 320), interpolation=cv2.INTER_AREA)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(10))
+        stream.width, stream.height, stream.pix_fmt = 320, 320, "yuv420p"
+        for i in range(20):
+            shift = np.float32([[1, 0, (i % 5) - 2], [0, 1, (i % 3) - 1]])
+            frame = cv2.warpAffine(image, shift, (320, 320), borderMode=cv2.BORDER_REFLECT)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_prepare_and_encode_find_the_face_without_boxes(astronaut_video):
+    prepared = prepare_video(str(astronaut_video), None, VideoSettings(preset="lite", fps=4.0))
+    t = prepared.num_steps
+    assert t == 8 and np.all(np.diff(prepared.timestamps) > 0)
+    assert prepared.detector == "opencv-haar+hog"  # offline: no Faster R-CNN weights here
+    assert prepared.has_face.sum() >= 0.75 * t and prepared.has_body.sum() >= 0.75 * t
+    assert prepared.rgb.shape == (t, 112, 112, 3) and prepared.flow.shape == (t, 10, 112, 112)
+    assert prepared.face.shape == (t, 55, 47, 3) and prepared.body.shape == (t, 112, 56, 3)
+    features = encode_prepared(prepared, build_encoders("lite"))
+    assert {m: f.shape for m, f in features.items()} == {m: (t, d) for m, d in LITE_DIMS.items()}
+    assert all(f.dtype == np.float32 and np.isfinite(f).all() for f in features.values())
+    missing = ~prepared.has_face
+    assert not features["face"][missing].any()  # zero where no face was found
+
+
+def test_bad_manifest_and_bad_flags_are_refused_before_any_output(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("video_id,path,split,labels\nv1,a.mp4,train,sub:warm\nv2,b.mp4,nope,sub:bogus\n")
+    out = tmp_path / "feats"
+    with pytest.raises(ManifestError, match=r"manifest.csv:3"):
+        extract_features(ExtractConfig(manifest=manifest, out=out))
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--fps"):
+        ExtractConfig(manifest=manifest, out=out, fps=0)
+    with pytest.raises(ValueError, match="--num-workers"):
+        ExtractConfig(manifest=manifest, out=out, num_workers=0)
+    with pytest.raises(ValueError, match="--preset"):
+        ExtractConfig(manifest=manifest, out=out, preset="huge")
+
+
+def _manifest_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _transcode(src: Path, dst: Path, codec: str) -> None:
+    with av.open(str(src)) as source, av.open(str(dst), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(10))
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for frame in source.decode(video=0):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def tiny_videos(tmp_path_factory) -> Path:
+    """6 synthetic videos of 2.5 s at 160x120 (boxes JSON given); manifest.csv in the folder."""
+    root = tmp_path_factory.mktemp("tiny")
+    return synthesize_videos(root, num_videos=6, seed=3, width=160, height=120, fps=10.0, seconds=2.5)
+
+
+@pytest.mark.ray
+def test_extract_good_corrupt_and_missing_videos_offline(ray_cluster, tiny_videos, tmp_path, monkeypatch):
+    torch_home = tmp_path / "empty-torch-home"
+    torch_home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))  # no weights anywhere: random init, and nothing hangs
+    rows = _manifest_rows(tiny_videos)[:4]
+    mpeg4 = tiny_videos.parent / "videos" / "v0003-mpeg4.mp4"  # a non-H.264 codec: MPEG-4 Part 2
+    _transcode(tiny_videos.parent / rows[3]["path"], mpeg4, "mpeg4")
+    rows[3] = {**rows[3], "video_id": "mpeg4", "path": str(mpeg4)}
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is a text file, not a video\n")
+    rows.append({**rows[0], "video_id": "corrupt", "path": str(fake), "boxes": ""})
+    rows.append({**rows[0], "video_id": "missing", "path": str(tmp_path / "nowhere.mp4"), "boxes": ""})
+    manifest = _write_rows(tiny_videos.parent / "with-bad.csv", rows)
+    out = tmp_path / "feats"
+    summary = extract_features(ExtractConfig(manifest=manifest, out=out, preset="lite", fps=2.0,
+                                             num_workers=1, batch_size=2, videos_per_part=3))
+    assert (summary.succeeded, summary.failed, summary.skipped, summary.total) == (4, 2, 0, 6)
+    assert len(summary.part_files) == 2  # 3 + 1 videos
+
+    info = store.read_info(out)
+    assert info.preset == "lite" and info.fps == 2.0 and info.dims == LITE_DIMS
+    assert info.weights == {m: "random-init" for m in MODALITIES}
+    assert info.detector == "tracks" and set(info.encoders) == set(MODALITIES)
+    videos = {v.video_id: v for v in store.load_videos(out)}
+    assert sorted(videos) == sorted(r["video_id"] for r in rows[:4])
+    for v in videos.values():
+        assert v.num_steps == 5 and np.all(np.diff(v.timestamp) > 0)  # 2.5 s at 2 fps
+        assert {m: f.shape[1] for m, f in v.features.items()} == info.dims
+        assert v.has_body.mean() >= 0.6 and v.has_face.mean() >= 0.6
+        assert not v.features["face"][~v.has_face].any()
+    table = pq.read_table(summary.part_files[0])
+    assert table.schema.names == store.row_schema().names
+
+    errors = {r["video_id"]: r for r in store.read_errors(out).to_pylist()}
+    assert sorted(errors) == ["corrupt", "missing"]
+    assert errors["corrupt"]["stage"] == "decode" and "text file" in errors["corrupt"]["message"]
+    assert errors["missing"]["stage"] == "decode" and "not found" in errors["missing"]["message"]
+    assert errors["missing"]["error"] == "VideoDecodeError" and errors["missing"]["path"].endswith("nowhere.mp4")
+
+    with pytest.raises(ExtractError, match="fps"):  # another sampling rate into the same store
+        extract_features(ExtractConfig(manifest=manifest, out=out, fps=1.0))
+
+
+@pytest.mark.ray
+def test_rerun_skips_done_videos_and_does_only_new_ones(ray_cluster, tiny_videos, tmp_path):
+    rows = _manifest_rows(tiny_videos)
+    first = _write_rows(tmp_path / "first.csv", [{**r, "path": str(tiny_videos.parent / r["path"]),
+                                                 "boxes": str(tiny_videos.parent / r["boxes"])} for r in rows[:3]])
+    out = tmp_path / "feats"
+    config = ExtractConfig(manifest=first, out=out, batch_size=4)
+    assert extract_features(config).succeeded == 3
+    before = {p: p.stat().st_mtime_ns for p in store.part_files(out)}
+    info_before = json.loads((out / store.INFO_FILE).read_text())
+
+    again = extract_features(config)  # everything done: no Ray work, nothing rewritten
+    assert (again.processed, again.skipped) == (0, 3)
+    assert {p: p.stat().st_mtime_ns for p in store.part_files(out)} == before
+
+    # one new video; its boxes omitted so the offline detector runs on it
+    more = _write_rows(tmp_path / "more.csv", _manifest_rows(first) + [
+        {**rows[3], "path": str(tiny_videos.parent / rows[3]["path"]), "boxes": ""}])
+    third = extract_features(ExtractConfig(manifest=more, out=out, batch_size=4))
+    assert (third.succeeded, third.failed, third.skipped) == (1, 0, 3)
+    assert all(p.stat().st_mtime_ns == m for p, m in before.items())
+    assert sorted(store.done_video_ids(out)) == [r["video_id"] for r in rows[:4]]
+    info = store.read_info(out)
+    assert info.dims == info_before["dims"] and info.detector == "opencv-haar+hog, tracks"
+    new = next(v for v in store.load_videos(out) if v.video_id == rows[3]["video_id"])
+    assert new.num_steps == 5  # no person found must still give rows, not an error
