@@ -90,3 +90,36 @@ def compute_metrics(targets: np.ndarray, scores: np.ndarray, class_names: Sequen
         "num_samples": int(n),
         "per_class": per_class,
     }
+
+
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (("F1 mi", "f1_micro"), ("F1 ma", "f1_macro"), ("Acc", "acc"),
+                                              ("Subacc", "subacc"))
+
+
+def format_table(title: str, rows: dict[str, dict], spread: dict[str, dict] | None = None) -> str:
+    """A text table in the layout of the paper's Tables 2-3: one row a method, columns F1 mi, F1 ma, Acc, Subacc.
+
+    `spread` (same keys) adds ± figures, e.g. the standard deviation over seeds.
+    """
+    width = max([len("Methods"), *map(len, rows)])
+    cell = 15 if spread else 8
+    lines = [title, f"{'Methods':<{width}}" + "".join(f"{name:>{cell}}" for name, _ in TABLE_COLUMNS)]
+    for method, metrics in rows.items():
+        cells = []
+        for _, key in TABLE_COLUMNS:
+            text = f"{metrics[key]:.4f}"
+            if spread:
+                text += f" ±{spread[method][key]:.3f}"
+            cells.append(f"{text:>{cell}}")
+        lines.append(f"{method:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def group_metrics(targets: np.ndarray, scores: np.ndarray, class_names: Sequence[str], group: str,
+                  threshold: float = 0.5) -> dict:
+    """Metrics over the classes of one group (`sub` or `obj`) of a wider (e.g. task `all`) prediction."""
+    columns = [i for i, name in enumerate(class_names) if name.startswith(f"{group}:")]
+    if not columns:
+        raise ValueError(f"no {group}:* classes among {list(class_names)}")
+    return compute_metrics(np.asarray(targets)[:, columns], np.asarray(scores)[:, columns],
+                           [class_names[i] for i in columns], threshold)

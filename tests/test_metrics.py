@@ -90,3 +90,22 @@ def test_threshold_is_inclusive():
 def test_bad_inputs_named(targets, scores, names, message):
     with pytest.raises(ValueError, match=message):
         compute_metrics(targets, scores, names)
+
+
+def test_group_metrics_and_table_layout():
+    from asrn.labels import task_labels
+    from asrn.metrics import format_table, group_metrics
+
+    rng = np.random.default_rng(3)
+    names = task_labels("all")
+    y = (rng.random((30, 16)) < 0.3).astype(int)
+    s = rng.random((30, 16))
+    sub = group_metrics(y, s, names, "sub")
+    assert sub == compute_metrics(y[:, :8], s[:, :8], names[:8])
+    assert group_metrics(y, s, names, "obj")["per_class"].keys() == set(names[8:])
+    table = format_table("Table 2", {"ASRN": sub, "mean": group_metrics(y, s, names, "obj")})
+    lines = table.splitlines()
+    assert lines[1].split() == ["Methods", "F1", "mi", "F1", "ma", "Acc", "Subacc"]
+    assert lines[2].split()[1:] == [f"{sub[k]:.4f}" for k in ("f1_micro", "f1_macro", "acc", "subacc")]
+    with pytest.raises(ValueError, match="no sub:"):
+        group_metrics(y[:, 8:], s[:, 8:], names[8:], "sub")

@@ -1,0 +1,541 @@
+"""`asrn predict`: relation scores and attention figures for videos, with a trained checkpoint, in one process.
+
+Per video: prepare_video + encode_prepared with the preset, fps and encoders the checkpoint's feature store was
+made with (checkpoint["store_info"]), the sequence former and ASRN in eval mode, then three files:
+  scores.json     per class of the checkpoint's task {"score": p, "predicted": p >= threshold}, top relations,
+                  video, checkpoint, preset, fps, detector, step counts, warnings
+  attention.json  the kept steps: timestamps, temporal attention a_t (sums to 1), modality attention c_t per step
+                  (image, motion, body, face; sums to 1 over the modalities present), BDLSTM boundaries s_t, shot
+                  weights ω, shot index per step, keyframes; plus has_body / has_face of every sampled step
+  attention.png   paper Fig. 7: a keyframe per shot with the temporal attention as a colour bar under them (light =
+                  high), the modality attention over time, and the top relations
+Layout: one video -> the files go in --out itself; several videos -> --out/<name>/ per video, where <name> is the
+manifest's video_id or the file's stem (a repeated stem gets -2, -3, ...), plus --out/summary.json.
+
+Errors: bad input raises ValueError subclasses (an unreadable video: VideoDecodeError naming the path; a file that
+is not an ASRN checkpoint: CheckpointError; features the checkpoint was not trained on: PredictError naming the
+modality and both dims). With several videos one failing video does not stop the others: it is printed when it
+fails, listed in --out/errors.json, and at the end `PredictFailures` (a PredictError carrying the predictions
+that succeeded) is raised, so `asrn predict` exits 1. A video without any person is not an error: it is predicted
+from image and motion, and the warning is printed and written to scores.json.
+
+No Ray here: a video is small work for one process, so `--address` is accepted (every command takes it) and
+ignored. For the same reason the checkpoint is read by `read_checkpoint`, the Ray-free twin of
+train.load_checkpoint (asrn.train imports Ray at module level).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asrn.detect import Detector, build_detector
+from asrn.encoders import PRESETS, Encoder, build_encoders
+from asrn.extract import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
+from asrn.labels import task_labels
+from asrn.manifest import read_manifest
+from asrn.model import ASRN, ModelConfig
+from asrn.sequence import collate
+from asrn.store import MODALITIES
+from asrn.video import VideoDecodeError, decode_clip
+
+CHECKPOINT_FORMAT = "asrn-checkpoint"  # = train.CHECKPOINT_FORMAT (tests check they agree)
+CHECKPOINT_VERSION = 1  # = train.CHECKPOINT_VERSION
+MODALITY_NAMES = {"rgb": "image", "motion": "motion", "body": "body", "face": "face"}  # the paper's words
+DISPLAY_SIDE = 320  # px, long side of the keyframes re-decoded for attention.png
+EVEN_KEYFRAMES = 5  # keyframes when the model finds no shots (or one): evenly spaced, as the ~5 of paper Fig. 7
+MAX_KEYFRAMES = 8  # at most this many shots get a keyframe (those with the most temporal attention)
+TOP_K = 3  # relations printed per video
+OUTPUT_FILES = ("scores.json", "attention.json", "attention.png")
+NO_PERSON = "no person found: predicted from image and motion only"
+NO_FACE = "no face found: predicted from image, motion and body only"
+
+
+class PredictError(ValueError):
+    """Input `asrn predict` cannot use (flags, a checkpoint whose features differ from the preset's); names it."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not an ASRN checkpoint written by `asrn train` (the Ray-free twin of train.CheckpointError)."""
+
+
+class PredictFailures(PredictError):
+    """Some of several videos failed; `predictions` holds the others, `errors` one dict per failed video."""
+
+    def __init__(self, message: str, predictions: list[VideoPrediction], errors: list[dict]):
+        super().__init__(message)
+        self.predictions, self.errors = predictions, errors
+
+
+@dataclass
+class PredictConfig:
+    """`asrn predict` flags (same names). `address` is accepted and ignored: predict runs in this process."""
+
+    checkpoint: Path
+    out: Path
+    videos: list[Path] = field(default_factory=list)
+    manifest: Path | None = None
+    boxes: Path | None = None  # tracks JSON of the single video
+    weights_dir: Path | None = None
+    threshold: float = 0.5
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
+        self.videos = [Path(v) for v in self.videos]
+        self.manifest = Path(self.manifest) if self.manifest is not None else None
+        self.boxes = Path(self.boxes) if self.boxes is not None else None
+        self.weights_dir = Path(self.weights_dir) if self.weights_dir is not None else None
+        if not self.videos and self.manifest is None:
+            raise PredictError("no videos given: pass VIDEO paths or --manifest CSV")
+        if self.videos and self.manifest is not None:
+            raise PredictError("give VIDEO paths or --manifest, not both")
+        if self.boxes is not None and (len(self.videos) != 1 or self.manifest is not None):
+            raise PredictError("--boxes is the tracks JSON of a single video; with several videos use a manifest "
+                               "with a boxes column")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise PredictError(f"--threshold must lie in [0, 1], got {self.threshold}")
+        if not self.checkpoint.is_file():
+            raise PredictError(f"--checkpoint {self.checkpoint}: no such file")
+        if self.weights_dir is not None and not self.weights_dir.is_dir():
+            raise PredictError(f"--weights-dir {self.weights_dir} is not a folder")
+
+
+@dataclass
+class VideoPrediction:
+    """One video's scores and attentions. Per-step arrays are over the K kept steps (the sequence former's)."""
+
+    path: str
+    checkpoint: str
+    task: str
+    variant: str
+    labels: tuple[str, ...]  # class names, model output order
+    scores: np.ndarray  # (C,) σ(logits)
+    threshold: float
+    preset: str
+    fps: float
+    detector: str
+    num_steps: int  # sampled steps T, before the sequence former
+    steps: np.ndarray  # (K,) kept step indices into the T sampled steps
+    timestamps: np.ndarray  # (K,) seconds
+    frame_indices: np.ndarray  # (K,) source frame of each kept step
+    temporal_attention: np.ndarray  # (K,) a_t, sums to 1
+    modality_attention: np.ndarray  # (K, M) c_t over MODALITIES, 0 for absent modalities
+    boundaries: np.ndarray  # (K,) s_t in {0, 1}: step t opens a new shot
+    shot_weights: np.ndarray  # (K,) ω_s at the step closing each shot
+    shot_index: np.ndarray  # (K,) shot of each kept step, from 0
+    has_body: np.ndarray  # (T,) every sampled step
+    has_face: np.ndarray  # (T,)
+    all_timestamps: np.ndarray  # (T,)
+    keyframes: list[int] = field(default_factory=list)  # positions into the K kept steps
+    keyframe_images: list[np.ndarray] = field(default_factory=list)  # (h, w, 3) uint8 at display size
+    true_labels: list[str] | None = None  # from a manifest, when given
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def predicted(self) -> list[str]:
+        return [name for name, p in zip(self.labels, self.scores, strict=True) if p >= self.threshold]
+
+    def top(self, k: int = TOP_K) -> list[tuple[str, float]]:
+        order = np.argsort(-self.scores, kind="stable")[:k]
+        return [(self.labels[i], float(self.scores[i])) for i in order]
+
+    def scores_json(self) -> dict:
+        return {
+            "video": self.path, "checkpoint": self.checkpoint, "task": self.task, "variant": self.variant,
+            "preset": self.preset, "fps": self.fps, "detector": self.detector, "threshold": self.threshold,
+            "scores": {name: {"score": float(p), "predicted": bool(p >= self.threshold)}
+                       for name, p in zip(self.labels, self.scores, strict=True)},
+            "predicted": self.predicted,
+            "top": [{"label": name, "score": p} for name, p in self.top(len(self.labels))],
+            "num_steps": self.num_steps, "num_kept_steps": int(self.steps.size),
+            "steps_with_body": int(self.has_body.sum()), "steps_with_face": int(self.has_face.sum()),
+            **({"true_labels": self.true_labels} if self.true_labels is not None else {}),
+            "warnings": self.warnings, "seconds": round(self.seconds, 3),
+        }
+
+    def attention_json(self) -> dict:
+        shots = []
+        for s in np.unique(self.shot_index):
+            members = np.flatnonzero(self.shot_index == s)
+            shots.append({"shot": int(s), "start": float(self.timestamps[members[0]]),
+                          "end": float(self.timestamps[members[-1]]), "steps": int(members.size),
+                          "attention": float(self.temporal_attention[members].sum()),
+                          "weight": float(self.shot_weights[members].sum())})
+        return {
+            "video": self.path, "variant": self.variant, "modalities": [MODALITY_NAMES[m] for m in MODALITIES],
+            "timestamps": self.timestamps.tolist(), "steps": self.steps.tolist(),
+            "frame_indices": self.frame_indices.tolist(),
+            "temporal_attention": self.temporal_attention.tolist(),
+            "modality_attention": self.modality_attention.tolist(),
+            "boundaries": self.boundaries.tolist(), "shot_weights": self.shot_weights.tolist(),
+            "shot_index": self.shot_index.tolist(), "shots": shots,
+            "keyframes": [{"step": int(self.steps[k]), "time": float(self.timestamps[k]),
+                           "shot": int(self.shot_index[k])} for k in self.keyframes],
+            "has_body": self.has_body[self.steps].tolist(), "has_face": self.has_face[self.steps].tolist(),
+            "sampled_steps": {"timestamps": self.all_timestamps.tolist(), "has_body": self.has_body.tolist(),
+                              "has_face": self.has_face.tolist()},
+        }
+
+
+# ---------------------------------------------------------------- the checkpoint and its features
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ASRN, dict]:
+    """The model of a `best.pt` (eval mode) and the checkpoint dict, as train.load_checkpoint, without Ray.
+
+    CheckpointError for any file that is not one (see the key list in train.py's docstring).
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not ours
+        raise CheckpointError(f"{path}: not an ASRN checkpoint (torch.load failed: {e})") from e
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an ASRN checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
+                              "expected a best.pt written by `asrn train`")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')!r}, "
+                              f"this asrn reads version {CHECKPOINT_VERSION}")
+    missing = [k for k in ("model_state", "model_config", "task", "labels", "store_info") if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if list(checkpoint["labels"]) != list(task_labels(checkpoint["task"])):
+        raise CheckpointError(f"{path}: its labels are not the classes of task {checkpoint['task']!r}")
+    model = ASRN(ModelConfig(**checkpoint["model_config"]))
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its model_config ({e})") from e
+    checkpoint["path"] = str(path)
+    return model.to(device).eval(), checkpoint
+
+
+def feature_settings(checkpoint: dict, weights_dir: Path | None = None) -> VideoSettings:
+    """The extraction settings the checkpoint was trained with; PredictError when no preset makes its features.
+
+    The store's preset must be one `asrn extract` has (paper, lite), and the dims of the store and of the model
+    must equal what that preset's encoders produce.
+    """
+    where = checkpoint.get("path", "checkpoint")
+    info = checkpoint["store_info"]
+    preset, dims, fps = info.get("preset"), dict(info.get("dims") or {}), float(info.get("fps") or 0)
+    if preset not in PRESETS:
+        options = "; ".join(f"{p}: " + ", ".join(f"{m} {s.dim}" for m, s in specs.items())
+                            for p, specs in PRESETS.items())
+        raise PredictError(f"{where}: trained on a feature store of preset {preset!r} (dims "
+                           + ", ".join(f"{m} {d}" for m, d in dims.items())
+                           + f"), which no video encoder produces ({options}); predict needs a checkpoint "
+                             "trained on features from `asrn extract`")
+    if not fps > 0:
+        raise PredictError(f"{where}: store_info has no sampling rate (fps = {info.get('fps')!r})")
+    model_dims = checkpoint["model_config"]["dims"]
+    for m in MODALITIES:
+        made = PRESETS[preset][m].dim
+        for name, have in (("its feature store", dims.get(m)), ("its model", model_dims.get(m, made))):
+            if have != made:
+                raise PredictError(f"{where}: {name} has {m} dim {have}, but the {preset} preset's {m} encoder "
+                                   f"produces dim {made}: the checkpoint was not trained on {preset} features")
+    return VideoSettings(preset=preset, fps=fps, weights_dir=weights_dir)
+
+
+def _check_encoders(checkpoint: dict, encoders: dict[str, Encoder]) -> None:
+    dims = checkpoint["model_config"]["dims"]
+    for m, d in dims.items():
+        if m not in encoders:
+            raise PredictError(f"encoders lack modality {m}, which the checkpoint's model reads")
+        if encoders[m].dim != d:
+            raise PredictError(f"{checkpoint.get('path', 'checkpoint')}: its model reads {m} dim {d}, the given "
+                               f"{m} encoder produces dim {encoders[m].dim}")
+
+
+def _weights_warning(checkpoint: dict, encoders: dict[str, Encoder]) -> str | None:
+    trained = checkpoint["store_info"].get("weights") or {}
+    differ = [f"{m} {trained[m]} (now {e.weights})" for m, e in encoders.items()
+              if m in trained and trained[m] != e.weights]
+    if differ:
+        return ("encoder weights differ from those the checkpoint was trained on: " + ", ".join(differ)
+                + "; the scores may be meaningless (give the same --weights-dir)")
+    return None
+
+
+# ---------------------------------------------------------------- one video
+
+
+def shot_indices(boundaries: np.ndarray) -> np.ndarray:
+    """(K,) s_t in {0, 1} -> (K,) shot of each step from 0 (a boundary at step t opens a shot; s_0 opens shot 0)."""
+    opens = np.asarray(boundaries) > 0.5
+    if opens.size:
+        opens[0] = False
+    return np.cumsum(opens).astype(np.int64)
+
+
+def keyframe_positions(shot_index: np.ndarray, attention: np.ndarray, even: int = EVEN_KEYFRAMES,
+                       most: int = MAX_KEYFRAMES) -> list[int]:
+    """Kept-step positions to show: per shot the step of highest temporal attention (at most `most` shots, those
+    with the most attention); with fewer than two shots `even` evenly spaced steps."""
+    shots = np.unique(shot_index)
+    if shots.size < 2:
+        return sorted(set(np.rint(np.linspace(0, attention.size - 1, min(even, attention.size))).astype(int)))
+    per_shot = [(float(attention[shot_index == s].sum()), int(np.flatnonzero(shot_index == s)[
+        np.argmax(attention[shot_index == s])])) for s in shots]
+    best = sorted(per_shot, key=lambda x: -x[0])[:most]
+    return sorted(pos for _, pos in best)
+
+
+def _display_frames(path: str, fps: float, frame_indices: np.ndarray, fallback: np.ndarray,
+                    warnings: list[str]) -> list[np.ndarray]:
+    """The frames at `frame_indices` re-decoded at DISPLAY_SIDE; `fallback` (encoder-size rgb) if that fails."""
+    try:
+        clip = decode_clip(path, fps=fps, flow_pairs=0, flow_side=8, max_side=DISPLAY_SIDE)
+    except Exception as e:  # noqa: BLE001 - the prediction stands; only the figure gets smaller frames
+        warnings.append(f"keyframes shown at encoder size: re-decoding failed ({e})")
+        return list(fallback)
+    by_index = {int(i): frame for i, frame in zip(clip.frame_indices, clip.frames, strict=True)}
+    nearest = clip.frame_indices[np.abs(clip.frame_indices[None, :] - frame_indices[:, None]).argmin(1)]
+    return [by_index.get(int(i), by_index[int(j)]) for i, j in zip(frame_indices, nearest, strict=True)]
+
+
+def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dict[str, Encoder],
+                  detector: Detector | None = None, boxes: str | Path | None = None,
+                  threshold: float = 0.5) -> VideoPrediction:
+    """Extract one video's features in this process as the checkpoint's store was made, and run the model.
+
+    `model`, `checkpoint` from read_checkpoint; `encoders` from build_encoders(preset of the checkpoint) so that
+    several videos share them; boxes (tracks JSON) over detector over extract's default detector chain.
+    Raises VideoDecodeError (naming the path) for an unreadable video, PredictError for another failed stage.
+    """
+    start = time.monotonic()
+    path = str(path)
+    settings = feature_settings(checkpoint)
+    _check_encoders(checkpoint, encoders)
+    try:
+        prepared = prepare_video(path, str(boxes) if boxes else None, settings, detector)
+        features = encode_prepared(prepared, encoders)
+    except VideoStageError as e:
+        if isinstance(e.__cause__, VideoDecodeError):
+            raise e.__cause__ from None
+        raise PredictError(f"{path}: {e.stage} failed: {e.error}: {e}") from e
+    except Exception as e:
+        raise PredictError(f"{path}: encode failed: {type(e).__name__}: {e}") from e
+    warnings = list(prepared.warnings)
+    if not prepared.has_body.any() and not prepared.has_face.any():
+        warnings.append(NO_PERSON)
+    elif not prepared.has_face.any():
+        warnings.append(NO_FACE)
+    if (note := _weights_warning(checkpoint, encoders)) is not None:
+        warnings.append(note)
+
+    task = checkpoint["task"]
+    video = to_video_features(prepared, features, Path(path).stem, "test", ())
+    batch = collate([video], task)
+    with torch.no_grad():
+        out = model.eval()(batch.features, batch.present, batch.mask)
+    steps = batch.steps[0]  # (K,)
+    k = steps.size
+    temporal = out.temporal_attention[0, :k].float().numpy()  # (K,)
+    boundaries = out.boundaries[0, :k].float().numpy()  # (K,)
+    shots = shot_indices(boundaries)
+    keyframes = keyframe_positions(shots, temporal)
+    frame_indices = prepared.frame_indices[steps]
+    images = _display_frames(path, settings.fps, frame_indices[keyframes], prepared.rgb[steps][keyframes], warnings)
+    return VideoPrediction(
+        path=path, checkpoint=str(checkpoint.get("path", "")), task=task, variant=model.config.variant,
+        labels=tuple(checkpoint["labels"]), scores=torch.sigmoid(out.logits[0].float()).numpy(),
+        threshold=threshold, preset=settings.preset, fps=settings.fps, detector=prepared.detector,
+        num_steps=prepared.num_steps, steps=steps, timestamps=prepared.timestamps[steps].astype(np.float64),
+        frame_indices=frame_indices, temporal_attention=temporal,
+        modality_attention=out.modality_attention[0, :k].float().numpy(),  # (K, M)
+        boundaries=boundaries, shot_weights=out.shot_weights[0, :k].float().numpy(), shot_index=shots,
+        has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool),
+        all_timestamps=prepared.timestamps.astype(np.float64), keyframes=keyframes, keyframe_images=images,
+        warnings=warnings, seconds=time.monotonic() - start)
+
+
+def write_prediction(prediction: VideoPrediction, out: Path) -> dict[str, Path]:
+    """scores.json, attention.json and attention.png of one video in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in OUTPUT_FILES}
+    files["scores.json"].write_text(json.dumps(prediction.scores_json(), indent=1))
+    files["attention.json"].write_text(json.dumps(prediction.attention_json(), indent=1))
+    p = prediction
+    plot_attention(
+        files["attention.png"], p.keyframe_images, p.timestamps[p.keyframes], p.timestamps, p.temporal_attention,
+        p.modality_attention, [MODALITY_NAMES[m] for m in MODALITIES], p.timestamps[1:][np.diff(p.shot_index) > 0],
+        dict(zip(p.labels, p.scores.tolist(), strict=True)), p.threshold,
+        title=f"{Path(p.path).name}: {p.task} relations, {p.variant} ({p.preset} features, detector {p.detector})",
+        notes=p.warnings, step=1.0 / p.fps, keyframe_shots=p.shot_index[p.keyframes].tolist())
+    return files
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _video_list(config: PredictConfig) -> list[tuple[str, str | None, list[str] | None, str]]:
+    """(path, boxes, true labels, output name) per video."""
+    if config.manifest is not None:
+        return [(e.path, e.boxes, list(e.labels), e.video_id) for e in read_manifest(config.manifest)]
+    seen: dict[str, int] = {}
+    videos = []
+    for v in config.videos:
+        seen[v.stem] = seen.get(v.stem, 0) + 1
+        name = v.stem if seen[v.stem] == 1 else f"{v.stem}-{seen[v.stem]}"
+        videos.append((str(v), str(config.boxes) if config.boxes else None, None, name))
+    return videos
+
+
+def _report(prediction: VideoPrediction, out: Path) -> None:
+    top = ", ".join(f"{name} {p:.2f}" for name, p in prediction.top())
+    predicted = ", ".join(prediction.predicted) or f"none at threshold {prediction.threshold:g}"
+    print(f"predict: {prediction.path}: top relations: {top} (predicted: {predicted}; "
+          f"{prediction.steps.size} steps, {prediction.seconds:.1f} s)", flush=True)
+    for line in prediction.warnings:
+        print(f"predict: note: {prediction.path}: {line}", flush=True)
+    print(f"predict: outputs in {out}: {', '.join(OUTPUT_FILES)}", flush=True)
+
+
+def predict(config: PredictConfig) -> list[VideoPrediction]:
+    """`asrn predict`: model and encoders loaded once, then each video predicted and written (module docstring)."""
+    videos = _video_list(config)
+    if not videos:
+        raise PredictError(f"{config.manifest}: lists no videos")
+    model, checkpoint = read_checkpoint(config.checkpoint)
+    settings = feature_settings(checkpoint, config.weights_dir)  # before the encoders: a mismatch fails fast
+    encoders = build_encoders(settings.preset, settings.weights_dir)
+    detector = None if all(boxes for _, boxes, _, _ in videos) else build_detector(settings.weights_dir)
+    single = len(videos) == 1
+    predictions, errors, summary = [], [], []
+    for path, boxes, labels, name in videos:
+        out = config.out if single else config.out / name
+        try:
+            prediction = predict_video(path, model, checkpoint, encoders, detector, boxes, config.threshold)
+        except (ValueError, OSError) as e:
+            if single:
+                raise
+            errors.append({"video": path, "error": type(e).__name__, "message": str(e)})
+            summary.append({"video": path, "out": None, "error": str(e)})
+            print(f"predict: error: {path}: {e}", file=sys.stderr, flush=True)
+            continue
+        prediction.true_labels = labels
+        write_prediction(prediction, out)
+        _report(prediction, out)
+        predictions.append(prediction)
+        summary.append({"video": path, "out": str(out), "top": prediction.top(), "predicted": prediction.predicted,
+                        "warnings": prediction.warnings})
+    if not single:
+        (config.out / "summary.json").write_text(json.dumps({"checkpoint": str(config.checkpoint),
+                                                             "videos": summary}, indent=1))
+        print(f"predict: {len(predictions)} of {len(videos)} videos predicted; summary in "
+              f"{config.out / 'summary.json'}", flush=True)
+    if errors:
+        (config.out / "errors.json").write_text(json.dumps(errors, indent=1))
+        raise PredictFailures(f"{len(errors)} of {len(videos)} videos failed (listed in "
+                              f"{config.out / 'errors.json'}; first: {errors[0]['message']})", predictions, errors)
+    return predictions
+
+
+# moves to plots.py
+
+
+def plot_attention(path: str | Path, keyframes: Sequence[np.ndarray], keyframe_times: Sequence[float],
+                   timestamps: np.ndarray, temporal_attention: np.ndarray, modality_attention: np.ndarray,
+                   modality_names: Sequence[str], boundary_times: Sequence[float], scores: dict[str, float],
+                   threshold: float = 0.5, title: str = "", notes: Sequence[str] = (), step: float | None = None,
+                   top: int = 8, keyframe_shots: Sequence[int] | None = None) -> Path:
+    """Paper Fig. 7 and more: keyframes in a row, the temporal attention as a colour bar under them (light = high)
+    with an arrow from each keyframe to its time, the modality attention over time (stacked), the top relations.
+
+    timestamps (K,), temporal_attention (K,), modality_attention (K, M); boundary_times: where shots open;
+    keyframe_shots: the shot of each keyframe (from 0), named in its title when there are several shots.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import ConnectionPatch
+
+    timestamps = np.asarray(timestamps, float)
+    attention = np.asarray(temporal_attention, float)
+    if step is None:
+        step = float(np.median(np.diff(timestamps))) if timestamps.size > 1 else 1.0
+    # step k covers the span halfway to its neighbours (the first and last half a step outwards)
+    mids = (timestamps[1:] + timestamps[:-1]) / 2
+    edges = np.concatenate([[timestamps[0] - step / 2], mids, [timestamps[-1] + step / 2]])
+    edges[0] = max(edges[0], 0.0)
+
+    fig = Figure(figsize=(15, 7.2), dpi=100)
+    outer = fig.add_gridspec(1, 2, width_ratios=[3.3, 1.0], wspace=0.32, left=0.05, right=0.97, top=0.86,
+                             bottom=0.1)
+    left = outer[0].subgridspec(3, 1, height_ratios=[2.4, 0.38, 1.6], hspace=0.45)
+    n = max(1, len(keyframes))
+    frames = left[0].subgridspec(1, n, wspace=0.06)
+    strip = fig.add_subplot(left[1])
+    modal = fig.add_subplot(left[2], sharex=strip)
+
+    strip.pcolormesh(edges, [0, 1], attention[None, :], cmap="magma", vmin=0.0,
+                     vmax=max(float(attention.max()), 1e-9), shading="flat")
+    strip.set_yticks([])
+    strip.set_xlim(edges[0], edges[-1])
+    strip.set_title("temporal attention (dark = low, light = high)", fontsize=10, loc="left")
+    strip.tick_params(labelbottom=False)
+    cbar_ax = strip.inset_axes([1.01, 0.0, 0.012, 1.0])
+    fig.colorbar(strip.collections[0], cax=cbar_ax)
+    cbar_ax.tick_params(labelsize=7)
+
+    for i, (image, t) in enumerate(zip(keyframes, keyframe_times, strict=True)):
+        ax = fig.add_subplot(frames[0, i])
+        ax.imshow(image)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        k = int(np.argmin(np.abs(timestamps - t)))
+        shot = f"shot {keyframe_shots[i] + 1}   " if keyframe_shots is not None and len(boundary_times) else ""
+        ax.set_title(f"{shot}{t:.1f} s   a = {attention[k]:.2f}", fontsize=9)
+        fig.add_artist(ConnectionPatch(xyA=(0.5, 0.0), coordsA=ax.transAxes, xyB=(t, 1.0), coordsB=strip.transData,
+                                       arrowstyle="-|>", color="black", lw=1.0, mutation_scale=10))
+
+    modality_attention = np.asarray(modality_attention, float)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    bottom = np.zeros(timestamps.size)
+    for j, name in enumerate(modality_names):  # stacked per step over the same spans as the colour bar's cells
+        modal.bar(edges[:-1], modality_attention[:, j], width=np.diff(edges), bottom=bottom, align="edge",
+                  color=colours[j % len(colours)], label=name, alpha=0.9, linewidth=0)
+        bottom += modality_attention[:, j]
+    for t in boundary_times:  # a shot opens at step k: the line sits where step k's span starts
+        x = edges[int(np.argmin(np.abs(timestamps - t)))]
+        strip.axvline(x, color="white", ls="--", lw=1.2)
+        modal.axvline(x, color="black", ls="--", lw=1.0)
+    modal.set_ylim(0, 1)
+    modal.set_ylabel("modality attention")
+    modal.set_xlabel("time (s)")
+    modal.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=len(modality_names), frameon=False,
+                 fontsize=9)
+    modal.grid(alpha=0.25)
+
+    bars = fig.add_subplot(outer[1])
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])[:top]
+    names = [name for name, _ in ranked][::-1]
+    values = [p for _, p in ranked][::-1]
+    bars.barh(names, values, color=["tab:orange" if p >= threshold else "lightsteelblue" for p in values])
+    bars.axvline(threshold, color="black", ls="--", lw=1.0, label=f"threshold {threshold:g}")
+    for y, p in enumerate(values):
+        bars.text(min(p, 1.0) + 0.01, y, f"{p:.2f}", va="center", fontsize=9,
+                  bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
+    bars.set_xlim(0, 1.12)
+    bars.set_xlabel("score")
+    bars.set_title(f"top {len(ranked)} relations", fontsize=11)
+    bars.legend(loc="lower right", fontsize=8)
+    bars.tick_params(axis="y", labelsize=9)
+
+    fig.suptitle(title, fontsize=12, x=0.05, ha="left")
+    if notes:
+        fig.text(0.05, 0.925, "; ".join(notes), fontsize=9, color="firebrick", ha="left")
+    path = Path(path)
+    fig.savefig(path)
+    return path

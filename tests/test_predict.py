@@ -1,0 +1,231 @@
+"""asrn.predict: a checkpoint trained here on lite features of tiny synthetic videos, then `asrn predict` in-process.
+
+No Ray cluster: predict runs in one process (the checkpoint is saved with train.save_checkpoint, which is why
+asrn.train, and with it the ray package, is imported here; a subprocess checks predict itself never imports it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from asrn.cli import main
+from asrn.encoders import PRESETS, build_encoders
+from asrn.extract import VideoSettings, encode_prepared, prepare_video, to_video_features
+from asrn.labels import task_labels
+from asrn.manifest import read_manifest
+from asrn.model import ASRN, ModelConfig, asrn_loss
+from asrn.predict import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    NO_PERSON,
+    CheckpointError,
+    PredictConfig,
+    PredictError,
+    predict,
+    shot_indices,
+)
+from asrn.sequence import collate
+from asrn.store import MODALITIES, StoreInfo
+from asrn.synth_videos import synthesize_videos
+from asrn.video import VideoDecodeError
+
+LITE_DIMS = {m: PRESETS["lite"][m].dim for m in MODALITIES}
+TASK = "all"
+FPS = 2.0
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """6 synthetic videos (2.5 s, 160x120), their lite features, an ASRN trained on them for 40 Adam steps,
+    saved by train.save_checkpoint with store_info of the lite preset."""
+    from asrn.train import TrainConfig, save_checkpoint
+
+    root = tmp_path_factory.mktemp("predict")
+    entries = read_manifest(synthesize_videos(root / "synth", num_videos=6, seed=3, seconds=2.5))
+    encoders = build_encoders("lite")
+    settings = VideoSettings(preset="lite", fps=FPS)
+    videos = []
+    for e in entries:
+        prepared = prepare_video(e.path, e.boxes, settings)
+        videos.append(to_video_features(prepared, encode_prepared(prepared, encoders), e.video_id, e.split, e.labels))
+    torch.manual_seed(0)
+    config = TrainConfig(features=root, task=TASK, out=root, hidden=32, dropout=0.1, epochs=1)
+    model = ASRN(ModelConfig(dims=LITE_DIMS, num_classes=len(task_labels(TASK)), hidden=32, dropout=0.1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = collate(videos, TASK)
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = asrn_loss(model(batch.features, batch.present, batch.mask).logits, batch.targets)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    info = StoreInfo(preset="lite", dims=LITE_DIMS, fps=FPS, encoders={m: e.name for m, e in encoders.items()},
+                     weights={m: e.weights for m, e in encoders.items()}, detector="tracks", dtype="float32")
+    checkpoint = save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": 1,
+                                                    "history": [{"epoch": 1, "train_loss": losses[-1]}]},
+                                 config, info)
+    return {"root": root, "checkpoint": checkpoint, "entries": entries}
+
+
+@pytest.fixture(scope="module")
+def astronaut_video(tmp_path_factory) -> Path:
+    """2 s of skimage's astronaut (a real photograph) at 10 fps, shifted a few pixels per frame, H.264."""
+    image = cv2.resize(data.astronaut(), (320, 320), interpolation=cv2.INTER_AREA)
+    frames = [cv2.warpAffine(image, np.float32([[1, 0, (i % 5) - 2], [0, 1, (i % 3) - 1]]), (320, 320),
+                             borderMode=cv2.BORDER_REFLECT) for i in range(20)]
+    return _write_video(tmp_path_factory.mktemp("astronaut") / "astronaut.mp4", frames)
+
+
+def _rewrite_checkpoint(src: Path, dst: Path, change) -> Path:
+    checkpoint = torch.load(src, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, dst)
+    return dst
+
+
+def test_scores_attention_and_figure(trained, tmp_path):
+    entry = trained["entries"][0]
+    out = tmp_path / "out"
+    (prediction,) = predict(PredictConfig(checkpoint=trained["checkpoint"], out=out, videos=[Path(entry.path)],
+                                          boxes=Path(entry.boxes), threshold=0.4))
+    scores = json.loads((out / "scores.json").read_text())
+    assert list(scores["scores"]) == list(task_labels(TASK))
+    for item in scores["scores"].values():
+        assert 0.0 <= item["score"] <= 1.0 and item["predicted"] == (item["score"] >= 0.4)
+    assert scores["preset"] == "lite" and scores["detector"] == "tracks" and scores["num_steps"] == 5
+    assert scores["video"] == entry.path and scores["checkpoint"] == str(trained["checkpoint"])
+
+    attention = json.loads((out / "attention.json").read_text())
+    a = np.array(attention["temporal_attention"])
+    c = np.array(attention["modality_attention"])
+    assert len(attention["timestamps"]) == a.size == c.shape[0] == prediction.steps.size >= 1
+    assert np.all(np.diff(attention["timestamps"]) > 0)
+    assert a.sum() == pytest.approx(1.0, abs=1e-5) and np.all(a >= 0)
+    present = np.stack([np.ones(a.size, bool), np.ones(a.size, bool), attention["has_body"], attention["has_face"]], 1)
+    assert np.allclose(c.sum(1), 1.0, atol=1e-5) and not c[~present].any()
+    assert attention["modalities"] == ["image", "motion", "body", "face"]
+    assert attention["shot_index"] == shot_indices(np.array(attention["boundaries"])).tolist()
+
+    image = matplotlib.image.imread(out / "attention.png")
+    assert 1000 <= image.shape[1] <= 2500 and 500 <= image.shape[0] <= 1200
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_shot_indices_follow_boundaries():
+    assert shot_indices(np.array([1.0, 0, 1, 1, 0])).tolist() == [0, 0, 1, 2, 2]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["store_info"]["dims"].update(face=128), r"face dim 128, but the lite preset's face encoder "
+                                                         r"produces dim 260"),
+    (lambda c: c["store_info"].update(preset="synthetic"), r"preset 'synthetic' \(dims rgb 512.*lite: rgb 512"),
+])
+def test_features_the_checkpoint_was_not_trained_on_are_refused(trained, tmp_path, change, message):
+    checkpoint = _rewrite_checkpoint(trained["checkpoint"], tmp_path / "other.pt", change)
+    video = Path(trained["entries"][0].path)
+    with pytest.raises(PredictError, match=message):
+        predict(PredictConfig(checkpoint=checkpoint, out=tmp_path / "out", videos=[video]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_of_another_format_is_refused(trained, tmp_path):
+    from asrn import train
+
+    assert (CHECKPOINT_FORMAT, CHECKPOINT_VERSION) == (train.CHECKPOINT_FORMAT, train.CHECKPOINT_VERSION)
+    torch.save({"foo": 1}, tmp_path / "foo.pt")
+    video = Path(trained["entries"][0].path)
+    with pytest.raises(CheckpointError, match="foo.pt: not an ASRN checkpoint"):
+        predict(PredictConfig(checkpoint=tmp_path / "foo.pt", out=tmp_path / "out", videos=[video]))
+
+
+def test_bad_flags_are_refused(tmp_path):
+    (tmp_path / "c.pt").write_bytes(b"")
+    with pytest.raises(PredictError, match="no videos given"):
+        PredictConfig(checkpoint=tmp_path / "c.pt", out=tmp_path)
+    with pytest.raises(PredictError, match="--boxes"):
+        PredictConfig(checkpoint=tmp_path / "c.pt", out=tmp_path, videos=[Path("a.mp4"), Path("b.mp4")],
+                      boxes=Path("a.json"))
+    with pytest.raises(PredictError, match="--checkpoint .*nope.pt: no such file"):
+        PredictConfig(checkpoint=tmp_path / "nope.pt", out=tmp_path, videos=[Path("a.mp4")])
+
+
+def test_an_unreadable_video_is_named(trained, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x01 not a video" * 50)
+    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+        predict(PredictConfig(checkpoint=trained["checkpoint"], out=tmp_path / "out", videos=[bad]))
+
+
+def test_a_clip_without_people_is_predicted_from_image_and_motion(trained, tmp_path, capsys):
+    frames = [np.full((120, 160, 3), (90 + 3 * i, 120, 150), np.uint8) for i in range(20)]  # flat, slowly brighter
+    video = _write_video(tmp_path / "empty.mp4", frames)
+    (prediction,) = predict(PredictConfig(checkpoint=trained["checkpoint"], out=tmp_path / "out", videos=[video]))
+    assert NO_PERSON in prediction.warnings
+    assert NO_PERSON in json.loads((tmp_path / "out" / "scores.json").read_text())["warnings"]
+    assert NO_PERSON in capsys.readouterr().out
+    assert not prediction.modality_attention[:, 2:].any()  # body and face weigh nothing
+    assert (tmp_path / "out" / "attention.png").is_file()
+
+
+def test_cli_prints_the_top_relations(trained, tmp_path, capsys):
+    entry = trained["entries"][1]
+    out = tmp_path / "out"
+    code = main(["predict", entry.path, "--checkpoint", str(trained["checkpoint"]), "--out", str(out),
+                 "--boxes", entry.boxes])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "top relations: " in printed and f"outputs in {out}" in printed
+    best = max(json.loads((out / "scores.json").read_text())["scores"].items(), key=lambda kv: kv[1]["score"])
+    assert f"{best[0]} {best[1]['score']:.2f}" in printed
+
+
+def test_cli_goes_on_past_an_unreadable_video_and_exits_1(trained, tmp_path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("hello")
+    good = trained["entries"][2].path
+    out = tmp_path / "out"
+    code = main(["predict", str(bad), good, "--checkpoint", str(trained["checkpoint"]), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "1 of 2 videos failed" in captured.err and str(bad) in captured.err
+    assert (out / Path(good).stem / "scores.json").is_file() and not (out / "broken").exists()
+    assert json.loads((out / "errors.json").read_text())[0]["video"] == str(bad)
+
+
+def test_a_real_photo_finds_the_face_without_boxes(trained, astronaut_video, tmp_path):
+    (prediction,) = predict(PredictConfig(checkpoint=trained["checkpoint"], out=tmp_path, videos=[astronaut_video]))
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["detector"] == "opencv-haar+hog" and scores["num_steps"] == 4
+    sampled = json.loads((tmp_path / "attention.json").read_text())["sampled_steps"]
+    assert sum(sampled["has_face"]) >= 0.75 * len(sampled["has_face"])
+    assert not any(w.startswith("no person") or w.startswith("no face") for w in prediction.warnings)
+
+
+def test_predict_imports_no_ray():
+    code = "import sys, asrn.cli, asrn.predict; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
