@@ -20,8 +20,7 @@ that succeeded) is raised, so `asrn predict` exits 1. A video without any person
 from image and motion, and the warning is printed and written to scores.json.
 
 No Ray here: a video is small work for one process, so `--address` is accepted (every command takes it) and
-ignored. For the same reason the checkpoint is read by `read_checkpoint`, the Ray-free twin of
-train.load_checkpoint (asrn.train imports Ray at module level).
+ignored; the checkpoint is read by asrn.checkpoint, which is Ray-free too.
 """
 
 from __future__ import annotations
@@ -36,18 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asrn.checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - CheckpointError re-exported
 from asrn.detect import Detector, build_detector
 from asrn.encoders import PRESETS, Encoder, build_encoders
 from asrn.extract import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
-from asrn.labels import task_labels
 from asrn.manifest import read_manifest
-from asrn.model import ASRN, ModelConfig
+from asrn.model import ASRN
 from asrn.sequence import collate
 from asrn.store import MODALITIES
 from asrn.video import VideoDecodeError, decode_clip
 
-CHECKPOINT_FORMAT = "asrn-checkpoint"  # = train.CHECKPOINT_FORMAT (tests check they agree)
-CHECKPOINT_VERSION = 1  # = train.CHECKPOINT_VERSION
 MODALITY_NAMES = {"rgb": "image", "motion": "motion", "body": "body", "face": "face"}  # the paper's words
 DISPLAY_SIDE = 320  # px, long side of the keyframes re-decoded for attention.png
 EVEN_KEYFRAMES = 5  # keyframes when the model finds no shots (or one): evenly spaced, as the ~5 of paper Fig. 7
@@ -60,10 +57,6 @@ NO_FACE = "no face found: predicted from image, motion and body only"
 
 class PredictError(ValueError):
     """Input `asrn predict` cannot use (flags, a checkpoint whose features differ from the preset's); names it."""
-
-
-class CheckpointError(ValueError):
-    """A file that is not an ASRN checkpoint written by `asrn train` (the Ray-free twin of train.CheckpointError)."""
 
 
 class PredictFailures(PredictError):
@@ -189,38 +182,6 @@ class VideoPrediction:
 # ---------------------------------------------------------------- the checkpoint and its features
 
 
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ASRN, dict]:
-    """The model of a `best.pt` (eval mode) and the checkpoint dict, as train.load_checkpoint, without Ray.
-
-    CheckpointError for any file that is not one (see the key list in train.py's docstring).
-    """
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not ours
-        raise CheckpointError(f"{path}: not an ASRN checkpoint (torch.load failed: {e})") from e
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an ASRN checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
-                              "expected a best.pt written by `asrn train`")
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')!r}, "
-                              f"this asrn reads version {CHECKPOINT_VERSION}")
-    missing = [k for k in ("model_state", "model_config", "task", "labels", "store_info") if k not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    if list(checkpoint["labels"]) != list(task_labels(checkpoint["task"])):
-        raise CheckpointError(f"{path}: its labels are not the classes of task {checkpoint['task']!r}")
-    model = ASRN(ModelConfig(**checkpoint["model_config"]))
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit its model_config ({e})") from e
-    checkpoint["path"] = str(path)
-    return model.to(device).eval(), checkpoint
-
-
 def feature_settings(checkpoint: dict, weights_dir: Path | None = None) -> VideoSettings:
     """The extraction settings the checkpoint was trained with; PredictError when no preset makes its features.
 
@@ -311,7 +272,7 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
                   threshold: float = 0.5) -> VideoPrediction:
     """Extract one video's features in this process as the checkpoint's store was made, and run the model.
 
-    `model`, `checkpoint` from read_checkpoint; `encoders` from build_encoders(preset of the checkpoint) so that
+    `model`, `checkpoint` from load_checkpoint; `encoders` from build_encoders(preset of the checkpoint) so that
     several videos share them; boxes (tracks JSON) over detector over extract's default detector chain.
     Raises VideoDecodeError (naming the path) for an unreadable video, PredictError for another failed stage.
     """
@@ -409,7 +370,7 @@ def predict(config: PredictConfig) -> list[VideoPrediction]:
     videos = _video_list(config)
     if not videos:
         raise PredictError(f"{config.manifest}: lists no videos")
-    model, checkpoint = read_checkpoint(config.checkpoint)
+    model, checkpoint = load_checkpoint(config.checkpoint)
     settings = feature_settings(checkpoint, config.weights_dir)  # before the encoders: a mismatch fails fast
     encoders = build_encoders(settings.preset, settings.weights_dir)
     detector = None if all(boxes for _, boxes, _, _ in videos) else build_detector(settings.weights_dir)

@@ -18,14 +18,7 @@ Outputs in `out/`: config.json, best.pt, metrics.json (val and test of best.pt),
 per_class.png, mlflow_run.json, ray_run.json (Ray run name and storage, for `--resume`), and by default
 the Ray checkpoints under `out/ray_results/`.
 
-`best.pt` is a dict (torch.save), read back by `load_checkpoint`:
-  format        "asrn-checkpoint";  version  1
-  model_state   ASRN state_dict (plain, not DDP-wrapped)
-  model_config  ModelConfig as a dict (dims, num_classes, variant, hidden, dropout)
-  train_config  TrainConfig as a JSON-able dict
-  task, labels  the task and its ordered class names (model output order)
-  store_info    the store's features.json content (preset, dims, fps, encoders, weights, detector, ...)
-  epoch         the epoch of the checkpoint;  val_metrics  what that epoch reported
+`best.pt` is written and read by asrn.checkpoint (keys in its docstring); `load_checkpoint` is re-exported.
 MLflow: the driver creates the run and logs parameters; per-epoch metrics are logged by a Ray Train
 `UserCallback`, which runs in the Train controller (one process, on the driver's node); the driver
 logs test metrics and artifacts after `fit()`. No worker ever writes to MLflow.
@@ -39,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +45,7 @@ import torch
 from ray.data.expressions import col
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from asrn.checkpoint import CheckpointError, load_checkpoint, write_checkpoint  # noqa: F401 - re-exported
 from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
 from asrn.metrics import compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig, asrn_loss
@@ -72,8 +66,6 @@ SPLITS = ("train", "val", "test")
 REPORTED_METRICS = ("epoch", "train_loss", "val_loss", "val_f1_macro", "val_f1_micro", "val_acc", "val_subacc")
 MOMENTUM = 0.9
 STATE_FILE = "state.pt"  # inside each Ray checkpoint folder: model, optimizer, scheduler, epoch, history
-CHECKPOINT_FORMAT = "asrn-checkpoint"
-CHECKPOINT_VERSION = 1
 NO_MLFLOW = "none"
 
 
@@ -83,10 +75,6 @@ class TrainConfigError(ValueError):
 
 class EmptySplitError(FeatureStoreError):
     """The store has no rows for a split that training needs (train, val or test)."""
-
-
-class CheckpointError(ValueError):
-    """A file that is not an ASRN checkpoint written by `asrn train`."""
 
 
 @dataclass
@@ -398,39 +386,11 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
 
 
 def save_checkpoint(path: Path, state: dict, config: TrainConfig, info: StoreInfo) -> Path:
-    """Write `best.pt` (keys in the module docstring) from a Ray checkpoint's STATE_FILE dict."""
-    model_config = asdict(ModelConfig(dims=dict(info.dims), num_classes=len(task_labels(config.task)),
-                                      variant=config.variant, hidden=config.hidden, dropout=config.dropout))
-    torch.save({
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_state": state["model"],
-        "model_config": model_config, "train_config": config.to_dict(), "task": config.task,
-        "labels": list(task_labels(config.task)), "store_info": asdict(info), "epoch": state["epoch"],
-        "val_metrics": state["history"][-1],
-    }, path)
-    return path
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ASRN, dict]:
-    """The model of a `best.pt` (in eval mode) and the checkpoint dict; CheckpointError for any other file."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not ours
-        raise CheckpointError(f"{path}: not an ASRN checkpoint (torch.load failed: {e})") from e
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an ASRN checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
-                              "expected a best.pt written by `asrn train`")
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')!r}, "
-                              f"this asrn reads version {CHECKPOINT_VERSION}")
-    model = ASRN(ModelConfig(**checkpoint["model_config"]))
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit its model_config ({e})") from e
-    return model.to(device).eval(), checkpoint
+    """Write `best.pt` (keys in asrn.checkpoint) from a Ray checkpoint's STATE_FILE dict."""
+    model_config = ModelConfig(dims=dict(info.dims), num_classes=len(task_labels(config.task)),
+                               variant=config.variant, hidden=config.hidden, dropout=config.dropout)
+    return write_checkpoint(path, state["model"], model_config, config.to_dict(), config.task, info,
+                            state["epoch"], state["history"][-1])
 
 
 def _predict(model: ASRN, videos, task: str, batch_size: int) -> np.ndarray:

@@ -1,0 +1,70 @@
+"""`best.pt`: the one file `asrn predict` needs (weights, model and train config, labels, the store's features.json).
+
+Ray-free, so that prediction runs in a plain process. Keys (a dict written by torch.save):
+  format        "asrn-checkpoint";  version  1
+  model_state   ASRN state_dict (plain, not DDP-wrapped)
+  model_config  ModelConfig as a dict (dims, num_classes, variant, hidden, dropout)
+  train_config  TrainConfig as a JSON-able dict
+  task, labels  the task and its ordered class names (model output order)
+  store_info    the store's features.json content (preset, dims, fps, encoders, weights, detector, ...)
+  epoch         the epoch of the checkpoint;  val_metrics  what that epoch reported
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from asrn.labels import task_labels
+from asrn.model import ASRN, ModelConfig
+from asrn.store import StoreInfo
+
+CHECKPOINT_FORMAT = "asrn-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("model_state", "model_config", "task", "labels", "store_info")
+
+
+class CheckpointError(ValueError):
+    """A file that is not an ASRN checkpoint written by `asrn train` or `asrn tune`."""
+
+
+def write_checkpoint(path: str | Path, model_state: dict, model_config: ModelConfig, train_config: dict, task: str,
+                     store_info: StoreInfo, epoch: int, val_metrics: dict) -> Path:
+    torch.save({
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_state": model_state,
+        "model_config": asdict(model_config), "train_config": train_config, "task": task,
+        "labels": list(task_labels(task)), "store_info": asdict(store_info), "epoch": epoch,
+        "val_metrics": val_metrics,
+    }, path)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ASRN, dict]:
+    """The model of a `best.pt` (in eval mode) and the checkpoint dict; CheckpointError for any other file."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not ours
+        raise CheckpointError(f"{path}: not an ASRN checkpoint (torch.load failed: {e})") from e
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an ASRN checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
+                              "expected a best.pt written by `asrn train`")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')!r}, "
+                              f"this asrn reads version {CHECKPOINT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if list(checkpoint["labels"]) != list(task_labels(checkpoint["task"])):
+        raise CheckpointError(f"{path}: its labels are not the classes of task {checkpoint['task']!r}")
+    model = ASRN(ModelConfig(**checkpoint["model_config"]))
+    try:
+        model.load_state_dict(checkpoint["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit its model_config ({e})") from e
+    checkpoint["path"] = str(path)
+    return model.to(device).eval(), checkpoint
