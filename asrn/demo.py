@@ -94,7 +94,7 @@ def run_demo(config: DemoConfig) -> dict:
     began = time.monotonic()
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=config.address)  # with the dashboard: Train V2 cleans up stopped trials through it
     try:
         start = _stage(1, total, f"synthetic videos: {config.num_videos} mp4 files + boxes + manifest")
         manifest = out / "videos" / "manifest.csv"

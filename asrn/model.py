@@ -266,7 +266,28 @@ class ASRN(nn.Module):
             self.project = nn.Linear(self.fusion.width, H)
         self.dropout = nn.Dropout(config.dropout)  # §4.2: dropout 0.7 before the final fully connected layer
         self.classifier = nn.Linear(H, config.num_classes)  # W, b of eq. 9
+        # per-dimension standardisation of each input modality (identity until `set_input_stats`); buffers, so that
+        # best.pt carries the training set's statistics to prediction
+        for m, d in config.dims.items():
+            self.register_buffer(f"input_mean_{m}", torch.zeros(d))
+            self.register_buffer(f"input_std_{m}", torch.ones(d))
         self.reset_parameters()
+
+    def set_input_stats(self, stats: dict[str, tuple]) -> None:
+        """Standardise inputs by the train split's per-dimension (mean, std) per modality (store.feature_statistics).
+
+        Random-init encoders give features that differ little between videos around a large common mean; without
+        this the model sees almost constant inputs and learns only the label priors.
+        """
+        for m, (mean, std) in stats.items():
+            if m not in self.config.dims:
+                continue
+            mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+            if mean.shape != (self.config.dims[m],) or std.shape != mean.shape:
+                raise ValueError(f"input stats of {m!r} have shape {tuple(mean.shape)}, "
+                                 f"expected ({self.config.dims[m]},)")
+            getattr(self, f"input_mean_{m}").copy_(mean)
+            getattr(self, f"input_std_{m}").copy_(std.clamp(min=1e-6))
 
     def reset_parameters(self) -> None:
         """Initialise for signal propagation through the stack (the paper gives no initialisation).
@@ -298,6 +319,9 @@ class ASRN(nn.Module):
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor], mask: Tensor) -> ASRNOutput:
         mask = self._check_mask(mask)
+        features = {m: (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
+                    if m in self.config.dims and x.shape[-1:] == (self.config.dims[m],) else x
+                    for m, x in features.items()}  # (B, T, D_m) standardised; wrong widths are reported below
         present = self._present(features, present, mask)  # m -> (B, T) bool, False on padding
         x, modality_attention = self.fusion(features, present)  # (B, T, H) or (B, T, Σ D_m); (B, T, M)
         variant = self.config.variant

@@ -279,3 +279,30 @@ def done_video_ids(store_dir: str | os.PathLike) -> set[str]:
     for f in part_files(store_dir):
         ids.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
     return ids
+
+
+def feature_statistics(store_dir: str | os.PathLike, split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-dimension (mean, std) of each modality over the steps of `split` where it is present.
+
+    Streams the part files one at a time, so a large store is never held whole in memory.
+    """
+    info = read_info(store_dir)
+    sums = {m: np.zeros(d, np.float64) for m, d in info.dims.items()}
+    squares = {m: np.zeros(d, np.float64) for m, d in info.dims.items()}
+    counts = dict.fromkeys(info.dims, 0)
+    for f in part_files(store_dir):
+        table = pq.read_table(f, filters=[("split", "=", split)])
+        for video in table_to_videos(table):
+            present = video.present()
+            for m in info.dims:
+                x = video.features[m][present[m]].astype(np.float64)  # (n, D)
+                sums[m] += x.sum(0)
+                squares[m] += (x * x).sum(0)
+                counts[m] += x.shape[0]
+    stats = {}
+    for m in info.dims:
+        n = max(counts[m], 1)
+        mean = sums[m] / n
+        std = np.sqrt(np.maximum(squares[m] / n - mean * mean, 0.0))
+        stats[m] = (mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
+    return stats

@@ -55,6 +55,7 @@ from asrn.store import (
     MODALITIES,
     FeatureStoreError,
     StoreInfo,
+    feature_statistics,
     load_videos,
     part_files,
     read_info,
@@ -252,6 +253,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     autocast = bool(c["use_gpu"]) and device.type == "cuda"  # bf16 autocast on GPU only
 
     model = ASRN(_model_config(c))
+    model.set_input_stats(c["input_stats"])  # the train split's per-dimension mean / std (store.feature_statistics)
     model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU)
     net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     optimizer = torch.optim.SGD(model.parameters(), lr=c["lr"], momentum=c["momentum"])
@@ -346,7 +348,7 @@ def loop_config_for(config: TrainConfig, info: StoreInfo) -> dict:
         "variant": config.variant, "hidden": config.hidden, "dropout": config.dropout, "lr": config.lr,
         "lr_decay": config.lr_decay, "momentum": MOMENTUM, "epochs": config.epochs, "patience": config.patience,
         "batch_size": max(1, config.batch_size // config.num_workers), "seed": config.seed,
-        "use_gpu": config.use_gpu,
+        "use_gpu": config.use_gpu, "input_stats": feature_statistics(config.features, "train"),
     }
 
 

@@ -16,7 +16,9 @@ def ray_cluster():
     """A real local Ray cluster shared by every `@pytest.mark.ray` test of the session."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    # the dashboard serves the State API that Train V2's PlacementGroupCleaner needs when Tune stops a trial;
+    # without it a stopped trial's placement group leaks and the next trial waits forever
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False,
              runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
     yield ray
     ray.shutdown()

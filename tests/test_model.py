@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -228,3 +229,24 @@ def test_bad_inputs_raise():
         model({m: x for m, x in features.items() if m != "body"}, present, mask)
     with pytest.raises(ValueError, match="'face'"):
         model(dict(features, face=features["face"][..., :2]), present, mask)
+
+
+def test_input_stats_standardise_and_travel_in_the_state_dict():
+    torch.manual_seed(0)
+    config = ModelConfig(dims={"rgb": 6, "motion": 5, "body": 4, "face": 3}, num_classes=8, hidden=16, dropout=0.0)
+    model = ASRN(config).eval()
+    B, T = 2, 5
+    features = {m: torch.randn(B, T, d) for m, d in config.dims.items()}
+    present = {m: torch.ones(B, T, dtype=torch.bool) for m in config.dims}
+    mask = torch.ones(B, T, dtype=torch.bool)
+    shift = {m: (np.full(d, 10.0, np.float32), np.full(d, 2.0, np.float32)) for m, d in config.dims.items()}
+    model.set_input_stats(shift)
+    moved = {m: x * 2.0 + 10.0 for m, x in features.items()}  # the same inputs in the stats' units
+    plain = ASRN(config).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_")}, strict=False)
+    torch.testing.assert_close(model(moved, present, mask).logits, plain(features, present, mask).logits)
+    restored = ASRN(config).eval()
+    restored.load_state_dict(model.state_dict())
+    torch.testing.assert_close(restored(moved, present, mask).logits, model(moved, present, mask).logits)
+    with pytest.raises(ValueError, match="input stats of 'face'"):
+        model.set_input_stats({"face": (np.zeros(7), np.ones(7))})
