@@ -52,3 +52,17 @@ def test_errors_table_and_temp_files_ignored(tmp_path):
     (tmp_path / ".tmp-123-part.parquet").write_bytes(b"half written")
     assert store.read_errors(tmp_path).column("video_id").to_pylist() == ["x"]
     assert store.part_files(tmp_path) == []
+
+
+def test_feature_statistics_over_present_steps_of_a_split(tmp_path):
+    videos = [_video("a", 6, seed=1), _video("b", 4, seed=2), _video("c", 5, "val", seed=3)]
+    store.write_videos(tmp_path, videos)
+    store.write_info(tmp_path, StoreInfo("lite", DIMS, 2.0))
+    stats = store.feature_statistics(tmp_path, "train")
+    stored = {v.video_id: v for v in store.load_videos(tmp_path)}  # float16 round trip, as the statistics see them
+    face = np.concatenate([stored[i].features["face"][stored[i].has_face] for i in ("a", "b")])
+    np.testing.assert_allclose(stats["face"][0], face.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats["face"][1], face.std(0), rtol=1e-3, atol=1e-5)
+    rgb = np.concatenate([stored[i].features["rgb"] for i in ("a", "b")])  # rgb is present at every step
+    np.testing.assert_allclose(stats["rgb"][0], rgb.mean(0), rtol=1e-4, atol=1e-5)
+    assert {m: s[0].shape for m, s in stats.items()} == {m: (d,) for m, d in DIMS.items()}
