@@ -18,6 +18,14 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless back
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str | os.PathLike) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_loss_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "ASRN training") -> Path:
     """Train and validation loss per epoch (Fig. 8); `history` holds dicts with epoch, train_loss, val_loss."""
     epochs = [h["epoch"] for h in history]
@@ -29,11 +37,7 @@ def plot_loss_curves(history: Sequence[dict], path: str | os.PathLike, title: st
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_per_class(per_class: dict[str, dict], path: str | os.PathLike, title: str = "per-class performance") -> Path:
@@ -49,11 +53,7 @@ def plot_per_class(per_class: dict[str, dict], path: str | os.PathLike, title: s
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sweep(trials: Sequence[dict], path: str | os.PathLike, names: Sequence[str],
@@ -74,8 +74,4 @@ def plot_sweep(trials: Sequence[dict], path: str | os.PathLike, names: Sequence[
     axes[0][0].set_ylabel(metric.replace("_", " "))
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
