@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,27 +28,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import machine  # noqa: E402
+
 from asrn import store  # noqa: E402
 from asrn.encoders import build_encoders  # noqa: E402
 from asrn.extract import ExtractConfig, VideoSettings, encode_batch, extract_features, prepare_video  # noqa: E402
 from asrn.manifest import read_manifest  # noqa: E402
 from asrn.synth_videos import synthesize_videos  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine() -> dict:
-    return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": list(os.getloadavg()), "python": platform.python_version(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def bench_pipeline(manifest: Path, work: Path, workers: int, batch_size: int) -> dict:

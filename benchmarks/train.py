@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -57,6 +56,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import load, machine  # noqa: E402
+
 from asrn.labels import task_labels  # noqa: E402
 from asrn.metrics import compute_metrics  # noqa: E402
 from asrn.model import ASRN, BoundaryLSTM, ModelConfig, asrn_loss  # noqa: E402
@@ -66,26 +67,6 @@ from asrn.synth_features import synthesize_feature_store  # noqa: E402
 from asrn.train import MOMENTUM, NO_MLFLOW, STATE_FILE, TrainConfig, build_trainer, train_loop_per_worker  # noqa: E402
 
 LR_DECAY = TrainConfig.__dataclass_fields__["lr_decay"].default
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def machine() -> dict:
-    return {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "torch_threads_default": torch.get_num_threads(),
-            "load_average_at_start": load(), "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def wait_for_load(max_load: float | None, minutes: float) -> dict:
@@ -320,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         num_train = len(load_videos(store, splits=["train"]))
         plain = {f"plain_{t}t": bench_plain(store, t, args) for t in ints(args.plain_threads)}
         lstm = {f"{t}_threads": bench_lstm(t, args) for t in ints(args.lstm_threads)}
-        torch.set_num_threads(info["torch_threads_default"])
+        torch.set_num_threads(info["torch_threads"])
         ray_results = {f"ray_{w}w_{t}t": bench_ray(store, work, w, t, args) for w, t in ray_runs}
 
     ratios = {}

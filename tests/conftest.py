@@ -22,3 +22,12 @@ def ray_cluster():
              runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """An empty weights dir and an empty torch cache: nothing pretrained can be found."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    return weights_dir

@@ -22,14 +22,6 @@ from asrn.tracks import Tracks
 ASTRONAUT_FACE = np.array([170, 50, 270, 160], np.float32)  # x1 y1 x2 y2 in the 512x512 image (cascade: 177,66-272,161)
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    weights_dir = tmp_path / "weights"
-    weights_dir.mkdir()
-    return weights_dir
-
-
 @pytest.fixture(scope="module")
 def astronaut_clip() -> tuple[np.ndarray, np.ndarray]:
     """6 frames of skimage's astronaut, zoomed 0-20% and shifted a few px per frame, with the true face boxes."""

@@ -16,15 +16,6 @@ from asrn.store import MODALITIES
 from asrn.weights import RANDOM_INIT, WeightsError, resolve_weights
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """An empty weights dir and an empty torch cache: nothing pretrained can be found."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    weights_dir = tmp_path / "weights"
-    weights_dir.mkdir()
-    return weights_dir
-
-
 def lite_inputs(num: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (num, 120, 160, 3), dtype=np.uint8)
