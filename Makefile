@@ -3,6 +3,8 @@ SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
+# the venv's own executables, not `uv run`: under `uv run`, Ray 2.60 rebuilds a uv environment for every worker
+BIN := .venv/bin
 
 .PHONY: env test test-unit test-ray demo lint bench clean
 
@@ -11,24 +13,24 @@ env:
 	$(UV) sync --frozen --python 3.11
 
 test: env
-	$(UV) run --frozen pytest -q
+	$(BIN)/python -m pytest -q
 
 test-unit: env
-	$(UV) run --frozen pytest -q -m "not ray"
+	$(BIN)/python -m pytest -q -m "not ray"
 
 test-ray: env
-	$(UV) run --frozen pytest -q -m ray
+	$(BIN)/python -m pytest -q -m ray
 
 lint: env
-	$(UV) run --frozen ruff check asrn jobs tuning tests benchmarks
+	$(BIN)/ruff check asrn jobs tuning tests benchmarks
 
 demo: env
-	$(UV) run --frozen asrn demo --out demo-output
+	$(BIN)/asrn demo --out demo-output
 
 bench: env
-	$(UV) run --frozen python benchmarks/train.py
-	$(UV) run --frozen python benchmarks/extract.py
-	$(UV) run --frozen python benchmarks/ablation.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/ablation.py
 
 clean:
 	rm -rf demo-output .pytest_cache
