@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import ray
+import ray.data
 import ray.train
 import ray.tune
 
@@ -151,6 +152,7 @@ def train_trial(hyperparameters: dict, base: dict, info) -> None:
 
     from asrn.train import TrainConfig, build_trainer
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one trial's bars would flood the sweep's log
     config = TrainConfig(**{**base, **hyperparameters})
     trial_id = ray.tune.get_context().get_trial_id()
     build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()], info=info).fit()
