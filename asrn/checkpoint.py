@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from asrn.errors import AsrnError
 from asrn.labels import task_labels
 from asrn.model import ASRN, ModelConfig
 from asrn.store import StoreInfo
@@ -26,7 +27,7 @@ CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("model_state", "model_config", "task", "labels", "store_info")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AsrnError):
     """A file that is not an ASRN checkpoint written by `asrn train` or `asrn tune`."""
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asrn.errors import AsrnError
 from asrn.flow import FLOW_PAIRS
 from asrn.store import MODALITIES
 from asrn.weights import RANDOM_INIT, WeightsError, resolve_weights, weights_help
@@ -63,7 +64,7 @@ PRESETS: dict[str, dict[str, EncoderSpec]] = {
 _FINAL_LAYER_PREFIXES = ("fc.", "classifier.6.")  # classifier heads we drop; a re-id net's head may differ
 
 
-class EncoderError(ValueError):
+class EncoderError(AsrnError):
     """An unknown preset or backbone, or weights that do not fit the backbone; the message names which."""
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from asrn.errors import AsrnError
+
 FLOW_CLIP = 20.0  # pixels; TSN's flow images are clipped at +-20 too
 FLOW_PAIRS = 5  # TSN: 5 pairs -> 10 channels
 
 
-class FlowError(ValueError):
+class FlowError(AsrnError):
     """Frames that cannot be turned into a flow stack; the message says which shape was given."""
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from asrn.errors import AsrnError
+
 # SRIV class counts, paper Table 1. Order here is the order of model outputs.
 SUB_COUNTS: dict[str, int] = {
     "dominant": 770, "competitive": 840, "trusting": 1614, "warm": 1482,
@@ -26,11 +28,11 @@ ALL_LABELS: tuple[str, ...] = tuple(SRIV_COUNTS)
 TASKS: tuple[str, ...] = ("sub", "obj", "all")
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(AsrnError):
     """A relation name that is not one of the 16 qualified classes."""
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(AsrnError):
     """A task other than `sub`, `obj` or `all`."""
 
 

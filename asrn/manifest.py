@@ -7,13 +7,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrn.errors import AsrnError
 from asrn.labels import UnknownLabelError, parse_labels
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("video_id", "path", "split", "labels")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(AsrnError):
     """A malformed manifest; the message lists every problem with its line number."""
 
 

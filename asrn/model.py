@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asrn.errors import AsrnError
 from asrn.store import MODALITIES
 
-VARIANTS: tuple[str, ...] = ("asrn", "no-gla", "no-mfa", "lstm", "mean")
+VARIANTS: tuple[str, ...] = ("asrn", "no-gla", "no-mfa", "lstm", "tsn", "mean")
 # asrn    full model: MFA -> BDLSTM (global V_g) and GLA over a second LSTM -> classifier
 # no-gla  MFA -> plain LSTM, last valid hidden state -> classifier (no shots, no temporal attention)
 # no-mfa  rgb only (one Linear + tanh, no fusion across modalities) -> BDLSTM + GLA as in asrn
 # lstm    plain LSTM over the concatenated modality features, last valid hidden state -> classifier
-# mean    TSN-style: concatenated features projected per step (Linear + tanh), averaged over valid steps -> classifier
+# tsn     the paper's TSN row: rgb + motion only, projected per step (Linear + tanh), averaged over valid steps
+# mean    all four modalities concatenated, projected per step (Linear + tanh), averaged over valid steps
 
 # Initial bias of the LSTM forget gates (Gers et al. 2000; Jozefowicz et al. 2015): σ(1) ≈ 0.73 keeps the cell
 # memory across steps at the start of training instead of halving it every step.
@@ -33,7 +35,7 @@ FORGET_BIAS = 1.0
 FUSION_DROPOUT = 0.3
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(AsrnError):
     """A ModelConfig field out of range; the message names the field (and the modality, for dims)."""
 
 
@@ -252,6 +254,8 @@ class ASRN(nn.Module):
             self.fusion = ModalityAttention(config.dims, H, fusion_dropout)
         elif variant == "no-mfa":
             self.fusion = ModalityAttention({"rgb": config.dims["rgb"]}, H, fusion_dropout)
+        elif variant == "tsn":
+            self.fusion = ConcatFeatures({m: config.dims[m] for m in ("rgb", "motion") if m in config.dims})
         else:
             self.fusion = ConcatFeatures(config.dims)
         self.modalities = self.fusion.modalities
@@ -262,7 +266,7 @@ class ASRN(nn.Module):
             self.lstm = nn.LSTM(H, H, batch_first=True)
         elif variant == "lstm":
             self.lstm = nn.LSTM(self.fusion.width, H, batch_first=True)
-        else:  # mean
+        else:  # tsn, mean
             self.project = nn.Linear(self.fusion.width, H)
         self.dropout = nn.Dropout(config.dropout)  # §4.2: dropout 0.7 before the final fully connected layer
         self.classifier = nn.Linear(H, config.num_classes)  # W, b of eq. 9
@@ -334,7 +338,7 @@ class ASRN(nn.Module):
         elif variant in ("no-gla", "lstm"):
             h, _ = self.lstm(x)  # (B, T, H)
             pooled = last_valid(h, mask)  # (B, H)
-        else:  # mean
+        else:  # tsn, mean
             h = torch.tanh(self.project(x))  # (B, T, H)
             pooled = (temporal_attention.unsqueeze(-1) * h).sum(1)  # (B, H) average over valid steps
         logits = self.classifier(self.dropout(pooled))  # (B, C)  eq. 9, before σ

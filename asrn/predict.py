@@ -38,6 +38,7 @@ import torch
 from asrn.checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - CheckpointError re-exported
 from asrn.detect import Detector, build_detector
 from asrn.encoders import PRESETS, Encoder, build_encoders
+from asrn.errors import AsrnError
 from asrn.extract import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
 from asrn.manifest import read_manifest
 from asrn.model import ASRN
@@ -55,7 +56,7 @@ NO_PERSON = "no person found: predicted from image and motion only"
 NO_FACE = "no face found: predicted from image, motion and body only"
 
 
-class PredictError(ValueError):
+class PredictError(AsrnError):
     """Input `asrn predict` cannot use (flags, a checkpoint whose features differ from the preset's); names it."""
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from asrn.errors import AsrnError
+
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tuning" / "spaces" / "default.yaml"
 
 # hyperparameter -> (type, valid open/closed range check) of the matching TrainConfig field
@@ -21,7 +23,7 @@ HYPERPARAMETERS: dict[str, type] = {"dropout": float, "lr": float, "batch_size":
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "choice", "randint")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(AsrnError):
     """A search space that names an unknown hyperparameter or holds an empty or bad distribution."""
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from asrn.errors import AsrnError
 
-class TracksError(ValueError):
+
+class TracksError(AsrnError):
     """A boxes JSON file that is missing or malformed; the message names the file and the frame."""
 
 

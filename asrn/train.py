@@ -46,6 +46,7 @@ from ray.data.expressions import col
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from asrn.checkpoint import CheckpointError, load_checkpoint, write_checkpoint  # noqa: F401 - re-exported
+from asrn.errors import AsrnError
 from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
 from asrn.metrics import compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig, asrn_loss
@@ -70,7 +71,7 @@ STATE_FILE = "state.pt"  # inside each Ray checkpoint folder: model, optimizer, 
 NO_MLFLOW = "none"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(AsrnError):
     """A hyperparameter or option of `asrn train` out of range; the message names it."""
 
 

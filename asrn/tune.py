@@ -37,6 +37,7 @@ import ray.data
 import ray.train
 import ray.tune
 
+from asrn.errors import AsrnError
 from asrn.labels import TASKS, UnknownTaskError
 from asrn.plots import plot_sweep
 from asrn.search_space import DEFAULT_SPACE, Dimension, load_search_space, to_tune_space
@@ -52,7 +53,7 @@ NO_MLFLOW = "none"
 EPOCH_METRICS = ("train_loss", "val_loss", "val_f1_macro", "val_f1_micro", "val_acc", "val_subacc", "lr")
 
 
-class TuneConfigError(ValueError):
+class TuneConfigError(AsrnError):
     """An option of `asrn tune` out of range, or a sweep that cannot start or resume; the message names it."""
 
 

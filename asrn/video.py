@@ -23,10 +23,11 @@ import cv2
 import decord
 import numpy as np
 
+from asrn.errors import AsrnError
 from asrn.manifest import is_uri
 
 
-class VideoDecodeError(ValueError):
+class VideoDecodeError(AsrnError):
     """A video that cannot be decoded; the message names the path and the reason."""
 
 

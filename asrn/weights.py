@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from asrn.errors import AsrnError
+
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT = "random-init"
@@ -27,7 +29,7 @@ _FILE_SUFFIXES = (".pth", ".pt")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # common checkpoint layouts
 
 
-class WeightsError(ValueError):
+class WeightsError(AsrnError):
     """A weights file that exists but cannot be read as a state dict; the message names the file."""
 
 
