@@ -89,6 +89,17 @@ def _check_thresholds(thresholds: float | np.ndarray, num_classes: int) -> np.nd
     return t
 
 
+def _per_class(class_names: Sequence[str], precision: np.ndarray, recall: np.ndarray, f1: np.ndarray,
+               accuracy: np.ndarray, support: np.ndarray, thresholds: np.ndarray, ap: np.ndarray) -> dict:
+    """{name: {precision, recall, f1, accuracy, support, threshold, ap}} from (C,) arrays; ap None where NaN."""
+    return {
+        str(name): {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                    "accuracy": float(accuracy[i]), "support": int(support[i]), "threshold": float(thresholds[i]),
+                    "ap": None if np.isnan(ap[i]) else float(ap[i])}
+        for i, name in enumerate(class_names)
+    }
+
+
 def compute_metrics(targets: np.ndarray, scores: np.ndarray, class_names: Sequence[str],
                     thresholds: float | np.ndarray = 0.5) -> dict:
     """Metrics of (N, C) 0/1 targets against (N, C) scores, predicting class c where score >= thresholds[c].
@@ -121,19 +132,7 @@ def compute_metrics(targets: np.ndarray, scores: np.ndarray, class_names: Sequen
 
     ap = average_precision(y, scores)  # (C,), NaN where a class has no positive
     defined = ~np.isnan(ap)
-
-    per_class = {
-        str(name): {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "accuracy": float((tp[i] + tn[i]) / n),
-            "support": int(tp[i] + fn[i]),
-            "threshold": float(t[i]),
-            "ap": float(ap[i]) if defined[i] else None,
-        }
-        for i, name in enumerate(class_names)
-    }
+    per_class = _per_class(class_names, precision, recall, f1, (tp + tn) / n, tp + fn, t, ap)
     return {
         "f1_micro": float(f1_micro),
         "f1_macro": float(f1.mean()),

@@ -269,6 +269,20 @@ def _display_frames(path: str, fps: float, frame_indices: np.ndarray, fallback: 
     return [by_index.get(int(i), by_index[int(j)]) for i, j in zip(frame_indices, nearest, strict=True)]
 
 
+def _extract(path: str, boxes: str | Path | None, settings: VideoSettings, detector: Detector | None,
+             encoders: dict[str, Encoder]):
+    """prepare_video + encode_prepared of one video; an unreadable video stays a VideoDecodeError."""
+    try:
+        prepared = prepare_video(path, str(boxes) if boxes else None, settings, detector)
+        return prepared, encode_prepared(prepared, encoders)
+    except VideoStageError as e:
+        if isinstance(e.__cause__, VideoDecodeError):
+            raise e.__cause__ from None
+        raise PredictError(f"{path}: {e.stage} failed: {e.error}: {e}") from e
+    except Exception as e:
+        raise PredictError(f"{path}: encode failed: {type(e).__name__}: {e}") from e
+
+
 def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dict[str, Encoder],
                   detector: Detector | None = None, boxes: str | Path | None = None,
                   threshold: float | None = None) -> VideoPrediction:
@@ -283,15 +297,7 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
     path = str(path)
     settings = feature_settings(checkpoint)
     _check_encoders(checkpoint, encoders)
-    try:
-        prepared = prepare_video(path, str(boxes) if boxes else None, settings, detector)
-        features = encode_prepared(prepared, encoders)
-    except VideoStageError as e:
-        if isinstance(e.__cause__, VideoDecodeError):
-            raise e.__cause__ from None
-        raise PredictError(f"{path}: {e.stage} failed: {e.error}: {e}") from e
-    except Exception as e:
-        raise PredictError(f"{path}: encode failed: {type(e).__name__}: {e}") from e
+    prepared, features = _extract(path, boxes, settings, detector, encoders)
     warnings = list(prepared.warnings)
     if not prepared.has_body.any() and not prepared.has_face.any():
         warnings.append(NO_PERSON)
