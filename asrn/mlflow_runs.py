@@ -43,13 +43,35 @@ def open_run(tracking_uri: str, experiment: str, run_name: str, tags: dict[str, 
         tracking_uri, run_id = previous["tracking_uri"], previous["run_id"]
         MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
     else:
+        from mlflow.tracking.context.registry import resolve_tags
+
         client = MlflowClient(tracking_uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        # resolve_tags adds what mlflow.start_run would: user, source, and the git commit when run from a checkout
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags)).info.run_id
     write_json(record, {"run_id": run_id, "tracking_uri": tracking_uri,
                         "ui": f"mlflow ui --backend-store-uri {tracking_uri}"})
     return run_id, tracking_uri
+
+
+def store_params(info) -> dict[str, str]:
+    """A feature store's provenance as run params, so runs on different stores differ in the compare view."""
+    return {"store.preset": info.preset, "store.detector": info.detector, "store.fps": info.fps,
+            **{f"store.weights.{m}": w for m, w in info.weights.items()},
+            **{f"store.encoder.{m}": e for m, e in info.encoders.items()}}
+
+
+def per_class_metrics(prefix: str, metrics: dict) -> dict[str, float]:
+    """`<prefix>_f1.<group>.<class>` and `<prefix>_ap.<group>.<class>` of a compute_metrics dict (MLflow names
+    allow no ':')."""
+    out = {}
+    for name, scores in metrics["per_class"].items():
+        key = name.replace(":", ".")
+        out[f"{prefix}_f1.{key}"] = scores["f1"]
+        if scores.get("ap") is not None:
+            out[f"{prefix}_ap.{key}"] = scores["ap"]
+    return out
 
 
 def log_params(tracking_uri: str, run_id: str, params: dict) -> None:

@@ -519,8 +519,8 @@ def train(config: TrainConfig) -> TrainResult:
         run_id, tracking_uri = mlflow_runs.open_run(
             tracking_uri, mlflow_runs.experiment_for(config.experiment), config.out.name,
             {"asrn.command": "train", "asrn.task": config.task}, config.out / "mlflow_run.json", config.resume)
-        mlflow_runs.log_params(tracking_uri, run_id, {**config.to_dict(), **{f"num_{s}_videos": n
-                                                                             for s, n in counts.items()}})
+        mlflow_runs.log_params(tracking_uri, run_id, {**config.to_dict(), **mlflow_runs.store_params(info),
+                                                      **{f"num_{s}_videos": n for s, n in counts.items()}})
     print(f"training {config.variant} ({config.recipe} recipe) on {config.features} ({counts['train']} train / "
           f"{counts['val']} val / {counts['test']} test videos), task {config.task}, {config.num_workers} worker(s)",
           flush=True)
@@ -540,6 +540,7 @@ def train(config: TrainConfig) -> TrainResult:
     if run_id:
         test = {f"test_{k}": best.metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
         test["test_f1_macro_at_val_thresholds"] = best.metrics["test_at_val_thresholds"]["f1_macro"]
+        test.update(mlflow_runs.per_class_metrics("test", best.metrics["test"]))
         mlflow_runs.log_metrics(tracking_uri, run_id, test, step=best_state["epoch"],
                                 tags={"best_epoch": best_state["epoch"]})
         mlflow_runs.finish_run(tracking_uri, run_id, "FINISHED",

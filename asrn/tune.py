@@ -435,7 +435,7 @@ class Sweep:
 
     @property
     def context(self) -> dict:
-        return {k: self.base[k] for k in CONTEXT}
+        return {**{k: self.base[k] for k in CONTEXT}, **mlflow_runs.store_params(self.info)}
 
 
 def _check_sweep(config: TuneConfig) -> Sweep:
@@ -533,6 +533,7 @@ def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], metri
             **{f"best.{k}": v for k, v in best.hyperparameters.items()}}
     test = {f"best_test_{k}": metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
     test["best_test_f1_macro_at_val_thresholds"] = metrics["test_at_val_thresholds"]["f1_macro"]
+    test.update(mlflow_runs.per_class_metrics("best_test", metrics["test"]))
     mlflow_runs.log_metrics(sweep.tracking_uri, sweep.parent_run_id,
                             {"best_val_map": best.best_val_map, "num_trials": len(trials), **test}, 0, tags)
     mlflow_runs.finish_run(sweep.tracking_uri, sweep.parent_run_id, "KILLED" if unfinished else "FINISHED",

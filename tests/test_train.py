@@ -226,6 +226,9 @@ def test_mlflow_holds_params_and_epoch_metrics(trained):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert steps == list(range(1, SHORT_RUN_EPOCHS + 1)), key
     assert run.data.metrics["test_map"] == pytest.approx(result.metrics["test"]["map"])
+    assert run.data.metrics["test_ap.sub.warm"] == pytest.approx(result.metrics["test"]["per_class"]["sub:warm"]["ap"])
+    assert run.data.params["store.preset"] == "synthetic" and run.data.tags["mlflow.user"]  # who ran it
+    assert run.data.tags["mlflow.source.name"]
     assert run.data.metrics["test_f1_macro"] == pytest.approx(result.metrics["test"]["f1_macro"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "loss_curves.png", "per_class.png"} <= artifacts
