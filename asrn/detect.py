@@ -155,7 +155,8 @@ def working_scale(height: int, width: int, short_side: int = WORK_SHORT_SIDE) ->
     return short_side / min(height, width)
 
 
-def _to_gray(frame: np.ndarray, factor: float) -> np.ndarray:
+def _equalized_gray(frame: np.ndarray, factor: float) -> np.ndarray:
+    """RGB frame -> grey, scaled by `factor` to the working size, histogram-equalised (the cascades' input)."""
     gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
     if factor != 1.0:
         size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
@@ -201,7 +202,7 @@ class OpenCVDetector:
         factor = working_scale(height, width, self.short_side)
         persons, faces = [], []
         for frame in frames:
-            gray = _to_gray(frame, factor)
+            gray = _equalized_gray(frame, factor)
             face = largest_box(self.face_detector.faces(gray) / factor, width, height)
             person = largest_box(self.persons(gray) / factor, width, height)
             if person is None and face is not None and self.person_from_face:
@@ -238,7 +239,7 @@ class FasterRCNNDetector:
         for frame, out in zip(frames, outputs, strict=True):
             keep = (out["labels"] == COCO_PERSON) & (out["scores"] >= PERSON_SCORE)
             persons.append(largest_box(out["boxes"][keep].numpy(), width, height))
-            faces.append(largest_box(self.face_detector.faces(_to_gray(frame, factor)) / factor, width, height))
+            faces.append(largest_box(self.face_detector.faces(_equalized_gray(frame, factor)) / factor, width, height))
         return FrameBoxes.from_lists(persons, faces)
 
 

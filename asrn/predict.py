@@ -38,7 +38,7 @@ import torch
 from asrn.checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - CheckpointError re-exported
 from asrn.detect import Detector, build_detector
 from asrn.encoders import PRESETS, Encoder, build_encoders
-from asrn.extract import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
+from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
 from asrn.manifest import read_manifest
 from asrn.model import ASRN
 from asrn.sequence import collate

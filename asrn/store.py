@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MODALITIES: tuple[str, ...] = ("rgb", "motion", "body", "face")
-OPTIONAL_MODALITIES: tuple[str, ...] = ("body", "face")  # may be missing at a step: has_body / has_face
 INFO_FILE = "features.json"
 ERRORS_DIR = "errors"
 STORE_VERSION = 1
