@@ -202,7 +202,7 @@ class EncodeVideos:
                     features[i] = encode_prepared(video, self.encoders)
                 except Exception as e:  # noqa: BLE001
                     errors[i] = _error_fields(e, "encode")
-        videos, detectors = [], []
+        videos, detectors, detection = [], [], []
         for i in range(num):
             video = prepared.get(i)
             labels = [x for x in str(batch["labels"][i]).split("|") if x]
@@ -210,18 +210,21 @@ class EncodeVideos:
                 videos.append(to_video_features(video, features[i], str(batch["video_id"][i]),
                                                 str(batch["split"][i]), labels))
                 detectors.append(video.detector)
+                detection.append(json.dumps(video.detection, sort_keys=True))
             else:  # zero steps, dims kept so that the batch is one table
                 empty = {m: np.zeros((0, e.dim), np.float32) for m, e in self.encoders.items()}
                 videos.append(VideoFeatures(str(batch["video_id"][i]), str(batch["split"][i]), labels,
                                             np.zeros(0, np.float32), empty, np.zeros(0, bool), np.zeros(0, bool)))
                 detectors.append("")
+                detection.append("")
         table = videos_to_table(videos, STORE_DTYPE)
         extra = {"path": [str(p) for p in batch["path"]],
                  "stage": [e["stage"] if e["error"] else "" for e in errors],
                  "error": [e["error"] for e in errors],
                  "message": [e["message"] if e["error"] else "" for e in errors],
                  "warnings": [str(w) for w in batch["warnings"]],
-                 "detector": detectors, "encoders": [self.names] * num, "weights": [self.weights] * num}
+                 "detector": detectors, "detection": detection,
+                 "encoders": [self.names] * num, "weights": [self.weights] * num}
         for name, values in extra.items():
             table = table.append_column(name, pa.array(values, pa.string()))
         return table
@@ -315,6 +318,7 @@ class _StoreWriter:
         self.parts: list[Path] = []
         self.succeeded = self.failed = 0
         self.detectors: set[str] = set(filter(None, (existing.detector if existing else "").split(", ")))
+        self.detection: dict[str, dict] = dict(existing.extra.get("detection", {})) if existing else {}
         self.encoders: dict[str, set[str]] = {}
         self.weights: dict[str, set[str]] = {}
         self.info_written = False
@@ -339,6 +343,9 @@ class _StoreWriter:
                     for m, value in json.loads(text).items():
                         seen.setdefault(m, set()).add(value)
             self.detectors.update(good.column("detector").to_pylist())
+            for text in set(good.column("detection").to_pylist()):
+                described = json.loads(text)
+                self.detection[described.get("name", "")] = described
             if not self.info_written:
                 self.write_info()  # before the first part file: a reader never finds data without it
             self.videos.extend(table_to_videos(good.select(row_schema(STORE_DTYPE).names)))
@@ -365,7 +372,7 @@ class _StoreWriter:
             encoders=_merge_provenance(self.encoders) or (self.existing.encoders if self.existing else {}),
             weights=weights or (self.existing.weights if self.existing else {}),
             detector=", ".join(sorted(self.detectors)), dtype=STORE_DTYPE,
-            extra={"extract_config": config.to_dict()})
+            extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items()))})
 
     def write_info(self) -> None:
         write_info(self.config.out, self.info())

@@ -54,14 +54,17 @@ class PreparedVideo:
     frame_indices: np.ndarray  # (T,) int64 source frame of each step
     rgb: np.ndarray  # (T, h, w, 3) uint8, at the rgb encoder's input size
     flow: np.ndarray  # (T, 2P, h, w) float32 in [-1, 1], at the motion encoder's input size
-    body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where has_body is False
-    face: np.ndarray  # (T, h, w, 3) uint8 largest-face crops; zeros where has_face is False
-    has_body: np.ndarray  # (T,) bool
+    body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where not present()
+    face: np.ndarray  # (T, h, w, 3) uint8 largest-face crops; zeros where not present()
+    has_body: np.ndarray  # (T,) bool: detected
     has_face: np.ndarray  # (T,) bool
+    body_tracked: np.ndarray  # (T,) bool: not detected, box carried by tracking (crop taken from that box)
+    face_tracked: np.ndarray  # (T,) bool
     person_boxes: np.ndarray  # (T, 4) float32 x1 y1 x2 y2 in step-frame pixels; NaN where none
     face_boxes: np.ndarray  # (T, 4) float32
     frame_size: tuple[int, int]  # (H, W) of the step frames the boxes refer to
     detector: str  # which detector found the boxes
+    detection: dict = field(default_factory=dict)  # the detector's settings (Detector.describe), for features.json
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -73,9 +76,10 @@ class PreparedVideo:
         return {"rgb": self.rgb, "motion": self.flow, "body": self.body, "face": self.face}
 
     def present(self) -> dict[str, np.ndarray]:
-        """modality -> (T,) bool: where that modality exists (rgb and motion always)."""
+        """modality -> (T,) bool: where that modality exists (rgb and motion always; body/face detected or tracked)."""
         ones = np.ones(self.num_steps, bool)
-        return {"rgb": ones, "motion": ones, "body": self.has_body, "face": self.has_face}
+        return {"rgb": ones, "motion": ones, "body": self.has_body | self.body_tracked,
+                "face": self.has_face | self.face_tracked}
 
 
 
@@ -118,8 +122,9 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
             detector = default_detector(config.weights_dir)
         scale = clip.frames.shape[2] / clip.width  # step px per source px
         found = detector.detect(clip.frames, clip.frame_indices, scale)
-        body = crop_boxes(clip.frames, found.person, found.has_person, specs["body"].input_size)  # (T, h, w, 3)
-        face = crop_boxes(clip.frames, found.face, found.has_face, specs["face"].input_size)
+        body_present, face_present = found.has_person | found.person_tracked, found.has_face | found.face_tracked
+        body = crop_boxes(clip.frames, found.person, body_present, specs["body"].input_size)  # (T, h, w, 3)
+        face = crop_boxes(clip.frames, found.face, face_present, specs["face"].input_size)
     except Exception as e:
         raise VideoStageError("detect", e) from e
     try:
@@ -129,8 +134,9 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
     return PreparedVideo(
         path=path, timestamps=clip.timestamps, frame_indices=clip.frame_indices, rgb=rgb, flow=flow,
         body=body, face=face, has_body=found.has_person.copy(), has_face=found.has_face.copy(),
+        body_tracked=found.person_tracked.copy(), face_tracked=found.face_tracked.copy(),
         person_boxes=found.person, face_boxes=found.face, frame_size=(clip.frames.shape[1], clip.frames.shape[2]),
-        detector=detector.name, warnings=list(clip.warnings),
+        detector=detector.name, detection=detector.describe(), warnings=list(clip.warnings),
     )
 
 
@@ -167,5 +173,7 @@ def to_video_features(prepared: PreparedVideo, features: dict[str, np.ndarray], 
     """A prepared and encoded video -> the store's row for it."""
     return VideoFeatures(video_id=video_id, split=split, labels=list(labels),
                          timestamp=prepared.timestamps.astype(np.float32), features=features,
-                         has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool))
+                         has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool),
+                         body_tracked=prepared.body_tracked.astype(bool),
+                         face_tracked=prepared.face_tracked.astype(bool))
 

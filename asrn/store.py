@@ -2,8 +2,10 @@
 
 Layout of a store folder DIR (DESIGN.md "Feature store"):
   DIR/part-*.parquet   one row per video: video_id, split, labels, timestamp (T,),
-                       rgb/motion/body/face (T, D), has_body/has_face (T,)
+                       rgb/motion/body/face (T, D), has_body/has_face (T,) detected,
+                       body_tracked/face_tracked (T,) carried across a miss by tracking
   DIR/features.json    StoreInfo: preset, encoders, dims, fps, weights provenance, detector
+                       (extra["detection"]: each detector's settings and tracking gap limit)
   DIR/errors/*.parquet video_id, path, stage, error, message
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written file
 that a reader would take for data (readers ignore names starting with `.` or `_`).
@@ -64,17 +66,26 @@ class VideoFeatures:
     labels: list[str]
     timestamp: np.ndarray  # (T,) float32 seconds
     features: dict[str, np.ndarray]  # modality -> (T, D) float32
-    has_body: np.ndarray  # (T,) bool
+    has_body: np.ndarray  # (T,) bool: detected at that step
     has_face: np.ndarray  # (T,) bool
+    body_tracked: np.ndarray | None = None  # (T,) bool: not detected, box carried by tracking; None: all False
+    face_tracked: np.ndarray | None = None  # (T,) bool
+
+    def __post_init__(self) -> None:
+        none = np.zeros(len(self.has_body), bool)
+        self.body_tracked = none.copy() if self.body_tracked is None else np.asarray(self.body_tracked, bool)
+        self.face_tracked = none.copy() if self.face_tracked is None else np.asarray(self.face_tracked, bool)
 
     @property
     def num_steps(self) -> int:
         return int(self.timestamp.shape[0])
 
     def present(self) -> dict[str, np.ndarray]:
-        """Per-modality (T,) masks; rgb and motion are always present."""
+        """Per-modality (T,) masks: rgb and motion always; body/face where detected or carried by tracking
+        (a carried step's features were encoded from the carried box, so the model may use them)."""
         ones = np.ones(self.num_steps, dtype=bool)
-        return {"rgb": ones, "motion": ones, "body": self.has_body, "face": self.has_face}
+        return {"rgb": ones, "motion": ones, "body": self.has_body | self.body_tracked,
+                "face": self.has_face | self.face_tracked}
 
 
 def row_schema(dtype: str = "float16") -> pa.Schema:
@@ -88,7 +99,12 @@ def row_schema(dtype: str = "float16") -> pa.Schema:
         *[(m, matrix) for m in MODALITIES],
         ("has_body", pa.list_(pa.bool_())),
         ("has_face", pa.list_(pa.bool_())),
+        ("body_tracked", pa.list_(pa.bool_())),
+        ("face_tracked", pa.list_(pa.bool_())),
     ])
+
+
+TRACKED_COLUMNS = ("body_tracked", "face_tracked")  # added later: stores written before them read as all False
 
 
 ERRORS_SCHEMA = pa.schema([
@@ -126,6 +142,8 @@ def videos_to_table(videos: Sequence[VideoFeatures], dtype: str = "float16") -> 
         columns[m] = _matrix_array([np.asarray(v.features[m]) for v in videos], dtype)
     columns["has_body"] = pa.array([np.asarray(v.has_body, bool) for v in videos], pa.list_(pa.bool_()))
     columns["has_face"] = pa.array([np.asarray(v.has_face, bool) for v in videos], pa.list_(pa.bool_()))
+    for name in TRACKED_COLUMNS:
+        columns[name] = pa.array([np.asarray(getattr(v, name), bool) for v in videos], pa.list_(pa.bool_()))
     return pa.table(columns, schema=row_schema(dtype))
 
 
@@ -145,7 +163,7 @@ def _column_matrices(column: pa.ChunkedArray | pa.Array, name: str) -> list[np.n
 
 
 def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
-    missing = [c for c in row_schema().names if c not in table.column_names]
+    missing = [c for c in row_schema().names if c not in table.column_names and c not in TRACKED_COLUMNS]
     if missing:
         raise FeatureStoreError(f"feature table lacks column(s) {', '.join(missing)}")
     matrices = {m: _column_matrices(table.column(m), m) for m in MODALITIES}
@@ -155,6 +173,8 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
     stamps = table.column("timestamp").to_pylist()
     has_body = table.column("has_body").to_pylist()
     has_face = table.column("has_face").to_pylist()
+    tracked = {name: table.column(name).to_pylist() if name in table.column_names else [None] * len(ids)
+               for name in TRACKED_COLUMNS}
     videos = []
     for i, video_id in enumerate(ids):
         t = len(stamps[i])
@@ -162,14 +182,16 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
             if matrices[m][i].shape[0] != t:
                 raise FeatureStoreError(f"video {video_id!r}: {m} has {matrices[m][i].shape[0]} steps, "
                                         f"timestamp has {t}")
-        for name, mask in (("has_body", has_body[i]), ("has_face", has_face[i])):
-            if len(mask) != t:
+        masks = (("has_body", has_body[i]), ("has_face", has_face[i]), *((n, tracked[n][i]) for n in TRACKED_COLUMNS))
+        for name, mask in masks:
+            if mask is not None and len(mask) != t:
                 raise FeatureStoreError(f"video {video_id!r}: {name} has {len(mask)} steps, timestamp has {t}")
         videos.append(VideoFeatures(
             video_id=video_id, split=splits[i], labels=list(labels[i]),
             timestamp=np.asarray(stamps[i], np.float32),
             features={m: matrices[m][i] for m in MODALITIES},
             has_body=np.asarray(has_body[i], bool), has_face=np.asarray(has_face[i], bool),
+            **{n: None if tracked[n][i] is None else np.asarray(tracked[n][i], bool) for n in TRACKED_COLUMNS},
         ))
     return videos
 
