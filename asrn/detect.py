@@ -209,7 +209,7 @@ class HaarFaceDetector:
         boxes, neighbors = self._run(self.frontal, gray)
         if not len(boxes):
             boxes, neighbors = self._profiles(gray)
-            if near is not None:
+            if near is not None and self.settings.roll_degrees > 0:
                 rolled, rolled_neighbors = self._rolled(gray, near)
                 boxes, neighbors = np.concatenate([boxes, rolled]), np.concatenate([neighbors, rolled_neighbors])
         if not len(boxes):
