@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asrn.errors import AsrnError
 from asrn.labels import TASKS
 from asrn.loop import RECIPES
 from asrn.model import VARIANTS
@@ -196,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, OSError, KeyError) as e:  # our error types subclass these; the message names what
+    except (AsrnError, OSError) as e:  # bad input (the message names it) or a file that cannot be read; the rest
+        # is a bug, whose traceback is worth more than one line
         message = str(e).strip() or type(e).__name__
         print(f"asrn {args.command}: error: {message}", file=sys.stderr)
         return 1

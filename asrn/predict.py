@@ -38,7 +38,7 @@ from asrn.checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - Che
 from asrn.detect import Detector, build_detector
 from asrn.encoders import PRESETS, Encoder, build_encoders
 from asrn.errors import AsrnError
-from asrn.extract import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
+from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
 from asrn.files import write_json
 from asrn.loop import check_finite_scores
 from asrn.manifest import read_manifest

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from asrn.loop import RECIPES, NonFiniteLossError, build_optimizer, evaluate, input_statistics, train_epoch
+from asrn.loop import RECIPES, NonFiniteLossError, build_optimizer, evaluate, train_epoch
 from asrn.model import ASRN, ModelConfig
 from asrn.sequence import collate
-from asrn.store import feature_statistics
+from asrn.store import feature_statistics, input_statistics
 from asrn.synth_features import generate_videos, synthesize_feature_store
 
 TASK = "sub"

@@ -22,7 +22,7 @@ from skimage import data
 from asrn.checkpoint import CheckpointError, write_checkpoint
 from asrn.cli import main
 from asrn.encoders import PRESETS, build_encoders
-from asrn.extract import VideoSettings, encode_prepared, prepare_video, to_video_features
+from asrn.features import VideoSettings, encode_prepared, prepare_video, to_video_features
 from asrn.labels import task_labels
 from asrn.manifest import read_manifest
 from asrn.model import ASRN, ModelConfig, asrn_loss
