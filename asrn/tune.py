@@ -182,14 +182,14 @@ class TuneResult:
 
 # ---------------------------------------------------------------- the trial: a TorchTrainer inside Tune
 
-def train_trial(hyperparameters: dict, base: dict, info: StoreInfo, input_stats: dict) -> None:
+def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, input_stats: dict) -> None:
     """One Tune trial: `asrn train`'s TorchTrainer with this trial's hyperparameters, reporting to Tune.
 
     The Train run is named after the trial, so a trial restarted by `--resume` continues from its last
     Ray Train checkpoint instead of starting over.
     """
     ray.data.DataContext.get_current().enable_progress_bars = False  # one trial's bars would flood the sweep's log
-    config = TrainConfig(**{**base, **trial_hyperparameters(hyperparameters, {})})
+    config = TrainConfig(**{**trial_defaults, **trial_hyperparameters(hyperparameters, {})})
     trial_id = ray.tune.get_context().get_trial_id()
     build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()], info=info,
                   input_stats=input_stats).fit()
@@ -215,10 +215,10 @@ class SweepRecorder(ray.tune.Callback):
     map is read back from MLflow in `setup`.
     """
 
-    def __init__(self, status_file: Path, epochs: int, patience: int, fixed: dict, context: dict,
+    def __init__(self, status_file: Path, epochs: int, patience: int, untuned: dict, context: dict,
                  tracking_uri: str | None, parent_run_id: str | None):
         self.status_file, self.epochs, self.patience = Path(status_file), epochs, patience
-        self.fixed, self.context = dict(fixed), dict(context)
+        self.untuned, self.context = dict(untuned), dict(context)
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
         self._experiment_id, self._runs = None, {}
 
@@ -248,7 +248,7 @@ class SweepRecorder(ray.tune.Callback):
                                       "asrn.command": "tune-trial", "status": "running"})
         self._runs[trial_id] = run.info.run_id
         mlflow_runs.log_params(self.tracking_uri, run.info.run_id,
-                               {**self.context, **trial_hyperparameters(trial.config, self.fixed)})
+                               {**self.context, **trial_hyperparameters(trial.config, self.untuned)})
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if self.parent_run_id and trial.trial_id in self._runs and "epoch" in result:
@@ -276,9 +276,9 @@ class SweepRecorder(ray.tune.Callback):
         mlflow_runs.finish_run(self.tracking_uri, run_id, "FAILED" if status == "failed" else "FINISHED")
 
 
-def trial_hyperparameters(trial_config: dict, fixed: dict) -> dict:
-    """dropout, lr, batch_size (and any other searched name) of a trial: its sampled values over the fixed ones."""
-    values = {**fixed, **{k: v for k, v in trial_config.items() if k in HYPERPARAMETERS}}
+def trial_hyperparameters(trial_config: dict, untuned: dict) -> dict:
+    """dropout, lr, batch_size (and any other searched name) of a trial: its sampled values over the untuned ones."""
+    values = {**untuned, **{k: v for k, v in trial_config.items() if k in HYPERPARAMETERS}}
     return {k: HYPERPARAMETERS[k](v) for k, v in values.items()}
 
 
@@ -344,11 +344,11 @@ def _trial_id(result) -> str:
     return (result.metrics or {}).get("trial_id") or (found.group(1) if found else Path(result.path).name)
 
 
-def _record(result, status: str, fixed: dict, storage: str, run_ids: dict[str, str]) -> TrialRecord:
+def _record(result, status: str, untuned: dict, storage: str, run_ids: dict[str, str]) -> TrialRecord:
     """A TrialRecord from a Tune Result (its per-epoch metrics dataframe)."""
     trial_id = _trial_id(result)
     df = result.metrics_dataframe
-    hyper = trial_hyperparameters(result.config or {}, fixed)
+    hyper = trial_hyperparameters(result.config or {}, untuned)
     error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}" if result.error \
         else None
     if df is None or "epoch" not in df or METRIC not in df or df[METRIC].dropna().empty:
@@ -421,7 +421,7 @@ class Sweep:
     info: StoreInfo
     counts: dict[str, int]
     storage: str
-    base: dict  # TrainConfig.to_dict() of a trial before its hyperparameters
+    trial_defaults: dict  # TrainConfig.to_dict() of a trial before its sampled hyperparameters
     tracking_uri: str | None = None
     parent_run_id: str | None = None
 
@@ -430,12 +430,12 @@ class Sweep:
         return f"{self.storage}/{SWEEP_NAME}"
 
     @property
-    def fixed(self) -> dict:
-        return {k: self.base[k] for k in TUNED}
+    def untuned(self) -> dict:
+        return {k: self.trial_defaults[k] for k in TUNED}
 
     @property
     def context(self) -> dict:
-        return {**{k: self.base[k] for k in CONTEXT}, **mlflow_runs.store_params(self.info)}
+        return {**{k: self.trial_defaults[k] for k in CONTEXT}, **mlflow_runs.store_params(self.info)}
 
 
 def _check_sweep(config: TuneConfig) -> Sweep:
@@ -473,12 +473,13 @@ def _run_tuner(sweep: Sweep, max_concurrent: int):
     config = sweep.config
     input_stats = feature_statistics(config.features, "train")  # once for all trials
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(train_trial, base=sweep.base, info=sweep.info, input_stats=input_stats),
+        ray.tune.with_parameters(train_trial, trial_defaults=sweep.trial_defaults, info=sweep.info,
+                                 input_stats=input_stats),
         {"cpu": TRIAL_CPUS})
     if config.resume:
         return ray.tune.Tuner.restore(sweep.sweep_dir, trainable=trainable, resume_unfinished=True,
                                       resume_errored=True).fit()
-    recorder = SweepRecorder(config.out / "trial_status.json", config.epochs, config.patience, sweep.fixed,
+    recorder = SweepRecorder(config.out / "trial_status.json", config.epochs, config.patience, sweep.untuned,
                              sweep.context, sweep.tracking_uri, sweep.parent_run_id)
     return _build_tuner(config, sweep.space, trainable, max_concurrent, recorder, sweep.storage).fit()
 
@@ -500,15 +501,15 @@ def tune(config: TuneConfig) -> TuneResult:
               f"worker(s) each; {sweep.counts['train']} train / {sweep.counts['val']} val videos, task {config.task}",
               flush=True)
         try:
-            grid = _run_tuner(sweep, max_concurrent)
+            results = _run_tuner(sweep, max_concurrent)
         except BaseException:
             if sweep.parent_run_id:
                 mlflow_runs.finish_run(sweep.tracking_uri, sweep.parent_run_id, "FAILED")
             raise
-    return _finish_sweep(sweep, grid, max_concurrent)
+    return _finish_sweep(sweep, results, max_concurrent)
 
 
-def _collect_trials(sweep: Sweep, grid) -> list[TrialRecord]:
+def _collect_trials(sweep: Sweep, results) -> list[TrialRecord]:
     """The sweep's trials from Tune's results, best val mAP first."""
     run_ids: dict[str, str] = {}
     if sweep.parent_run_id:
@@ -518,7 +519,7 @@ def _collect_trials(sweep: Sweep, grid) -> list[TrialRecord]:
         run_ids = child_runs(client, client.get_run(sweep.parent_run_id).info.experiment_id, sweep.parent_run_id)
     statuses = read_statuses(sweep.config.out / "trial_status.json")
     trials = [_record(result, "failed" if result.error else statuses.get(_trial_id(result), "unfinished"),
-                      sweep.fixed, sweep.storage, run_ids) for result in grid]
+                      sweep.untuned, sweep.storage, run_ids) for result in results]
     trials.sort(key=lambda t: -t.best_val_map if math.isfinite(t.best_val_map) else math.inf)
     if not any(t.scored for t in trials):
         raise TuneConfigError(f"no trial of the sweep in {sweep.sweep_dir} reported {METRIC}: "
@@ -540,13 +541,13 @@ def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], metri
                            [files[k] for k in ("trials", "best_config", "sweep_plot", "metrics")])
 
 
-def _finish_sweep(sweep: Sweep, grid, max_concurrent: int) -> TuneResult:
+def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
     """Write best.pt (scored on val and test), best_config.json, trials.csv, sweep.png; log the parent run."""
     config = sweep.config
-    trials = _collect_trials(sweep, grid)
+    trials = _collect_trials(sweep, results)
     best = next(t for t in trials if t.scored)
     names = list(dict.fromkeys([*TUNED, *sweep.space]))
-    best_train = TrainConfig(**{**sweep.base, **best.hyperparameters})
+    best_train = TrainConfig(**{**sweep.trial_defaults, **best.hyperparameters})
     report = report_best_model(_best_state(best), best_train, sweep.info, config.out)
     files = {"trials": _write_csv(trials, config.out / "trials.csv"), "checkpoint": report.checkpoint,
              "metrics": config.out / "metrics.json",
