@@ -98,6 +98,12 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict, step: int, tags: 
                                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
 
+def logged_steps(tracking_uri: str, run_id: str, key: str) -> set[int]:
+    from mlflow import MlflowClient
+
+    return {m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)}
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str, artifacts: list[Path] = ()) -> None:
     from mlflow import MlflowClient
 

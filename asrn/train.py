@@ -18,12 +18,17 @@ default the Ray checkpoints under `out/ray_results/`. Rank 0 checkpoints when va
 `checkpoint_every` epochs, and at the last epoch.
 
 MLflow: the driver creates the run and logs parameters; per-epoch metrics are logged by a Ray Train `UserCallback`
-in the Train controller (one process); the driver logs test metrics and artifacts after `fit()`.
+in the Train controller (one process), once per epoch even when a restarted worker group repeats epochs since its
+last checkpoint; the driver logs test metrics and artifacts after `fit()`.
+
+Fault injection, for tests only: ASRN_FAULT_EXIT="<rank>:<epoch>:<marker file>" makes that worker exit hard
+(os._exit) after training that epoch, before reporting it, once (the marker file records that it happened).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -47,7 +52,15 @@ from asrn.checkpoint import load_training_state, save_training_state, write_chec
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
-from asrn.loop import RECIPES, Recipe, build_optimizer, check_finite_scores, evaluate, train_epoch
+from asrn.loop import (
+    RECIPES,
+    NonFiniteLossError,
+    Recipe,
+    build_optimizer,
+    check_finite_scores,
+    evaluate,
+    train_epoch,
+)
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
 from asrn.plots import plot_loss_curves, plot_per_class
@@ -69,6 +82,7 @@ SELECT_METRIC = "val_map"  # early stopping and checkpoint selection
 REPORTED_METRICS = ("epoch", "train_loss", "val_loss", "val_map", "val_f1_macro", "val_f1_micro", "val_acc",
                     "val_subacc")
 RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "dropout", "hidden", "epochs", "patience")
+FAULT_ENV = "ASRN_FAULT_EXIT"
 
 
 class TrainConfigError(AsrnError):
@@ -158,6 +172,17 @@ class LoopConfig:
     use_gpu: bool
     input_stats: dict[str, tuple[np.ndarray, np.ndarray]]  # the train split's per-dimension (mean, std)
     checkpoint_every: int
+    fault: str | None = None  # FAULT_ENV's value on the driver (tests only)
+
+
+def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
+    """Exit this worker hard, once, at the rank and epoch that FAULT_ENV names (see the module docstring)."""
+    if not fault:
+        return
+    fault_rank, fault_epoch, marker = fault.split(":", 2)
+    if (rank, epoch) == (int(fault_rank), int(fault_epoch)) and not os.path.exists(marker):
+        Path(marker).write_text(f"rank {rank} exited at epoch {epoch}\n")
+        os._exit(1)
 
 
 @dataclass
@@ -316,6 +341,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
         batches = _batches(train_shard, config.batch_size, config.task,
                            local_shuffle_buffer_size=4 * config.batch_size, local_shuffle_seed=config.seed + epoch)
         loss_sum, seen = _all_reduce_sum(list(train_epoch(model, batches, optimizer, device, autocast, epoch)))
+        _inject_fault(config.fault, rank, epoch)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         seconds = time.perf_counter() - started
@@ -336,14 +362,24 @@ def train_loop_per_worker(config: LoopConfig) -> None:
 # ---------------------------------------------------------------- driver side: trainer, MLflow, outputs
 
 class EpochLogger(ray.train.UserCallback):
-    """Runs in the Train controller (one process): prints each epoch and logs it to MLflow (step = epoch)."""
+    """Runs in the Train controller (one process): prints each epoch and logs it to MLflow (step = epoch).
 
-    def __init__(self, epochs: int, tracking_uri: str | None = None, run_id: str | None = None):
+    An epoch is logged once: a worker group restarted from its last checkpoint repeats the epochs after it, and a
+    resumed run those its killed driver had logged (`logged`, read from MLflow); the first report stands.
+    """
+
+    def __init__(self, epochs: int, tracking_uri: str | None = None, run_id: str | None = None,
+                 logged: set[int] | None = None):
         self.epochs, self.tracking_uri, self.run_id = epochs, tracking_uri, run_id
+        self.logged = set(logged or ())
         self.started = time.monotonic()
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         m = metrics[0]  # rank 0's; every worker reports the same validation figures
+        if int(m["epoch"]) in self.logged:
+            print(f"epoch {m['epoch']}/{self.epochs}: repeated after a restart (logged before)", flush=True)
+            return
+        self.logged.add(int(m["epoch"]))
         elapsed = time.monotonic() - self.started
         eta = elapsed / m["epoch"] * (self.epochs - m["epoch"]) if m["epoch"] else 0.0
         print(f"epoch {m['epoch']}/{self.epochs}: train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
@@ -359,7 +395,8 @@ def loop_config_for(config: TrainConfig, info: StoreInfo, input_stats: dict | No
     return LoopConfig(task=config.task, model=config.model_config(info.dims), recipe=config.effective_recipe(),
                       batch_size=max(1, config.batch_size // config.num_workers), seed=config.seed,
                       use_gpu=config.use_gpu, checkpoint_every=config.checkpoint_every,
-                      input_stats=input_stats or feature_statistics(config.features, "train"))
+                      input_stats=input_stats or feature_statistics(config.features, "train"),
+                      fault=os.environ.get(FAULT_ENV))
 
 
 def storage_path(config: TrainConfig) -> str:
@@ -499,13 +536,29 @@ def summary_line(metrics: dict) -> str:
 def _fit(config: TrainConfig, run_name: str, info: StoreInfo, tracking_uri: str | None, run_id: str | None):
     """Run the TorchTrainer; mark the MLflow run FAILED if it raises."""
     ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+    logged = mlflow_runs.logged_steps(tracking_uri, run_id, "train_loss") if run_id and config.resume else set()
     try:
         with ray_session(config.address):
-            return build_trainer(config, run_name, [EpochLogger(config.epochs, tracking_uri, run_id)], info).fit()
-    except BaseException:
+            logger = EpochLogger(config.epochs, tracking_uri, run_id, logged)
+            return build_trainer(config, run_name, [logger], info).fit()
+    except BaseException as e:
         if run_id:
             mlflow_runs.finish_run(tracking_uri, run_id, "FAILED")
+        if (diverged := _non_finite_loss(e)) is not None:
+            raise NonFiniteLossError(f"{diverged}; the last good checkpoint stays in {storage_path(config)}/"
+                                     f"{run_name}") from e
         raise
+
+
+def _non_finite_loss(error: BaseException) -> str | None:
+    """The message of a NonFiniteLossError raised on a worker, wherever Ray wrapped it; None for other errors."""
+    pending = [error, *getattr(error, "worker_failures", {}).values()]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, NonFiniteLossError):
+            return str(e)
+        pending += [c for c in (getattr(e, "cause", None), e.__cause__) if isinstance(c, BaseException)]
+    return None
 
 
 def train(config: TrainConfig) -> TrainResult:

@@ -249,3 +249,49 @@ def test_resume_continues_from_the_saved_epoch(ray_cluster, small_store, tmp_pat
     # each epoch was trained once: epochs 1-2 by the first run, 3-4 by the resumed one
     steps = [m.step for m in MlflowClient(uri).get_metric_history(second.mlflow_run_id, "train_loss")]
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.ray
+def test_a_worker_that_dies_mid_run_is_replaced_and_each_epoch_counts_once(ray_cluster, small_store, tmp_path,
+                                                                             monkeypatch):
+    from mlflow import MlflowClient
+
+    marker = tmp_path / "fault-fired"
+    monkeypatch.setenv("ASRN_FAULT_EXIT", f"1:2:{marker}")  # rank 1 exits hard after training epoch 2, once
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(TrainConfig(features=small_store, task="sub", out=tmp_path / "out", mlflow_uri=uri, num_workers=2,
+                               epochs=3, checkpoint_every=1, **FAST))
+    assert marker.is_file()  # the fault did happen
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(result.mlflow_run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3]
+    model, _ = load_checkpoint(result.checkpoint)
+    assert not model.training
+
+
+@pytest.mark.ray
+def test_a_killed_driver_is_resumed_without_losing_or_repeating_epochs(ray_cluster, planted_store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"
+    flags = ["--features", str(planted_store), "--task", "sub", "--out", str(out), "--epochs", "5",
+             "--tracking-uri", uri, "--hidden", "32", "--address", ray_cluster.get_runtime_context().gcs_address]
+    driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "train", *flags], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in driver.stdout:  # kill it once epoch 2 is reported (the Train controller's line, forwarded)
+        if "epoch 2/5:" in line:
+            os.killpg(driver.pid, signal.SIGKILL)
+            break
+    driver.wait(timeout=120)
+    assert driver.returncode == -signal.SIGKILL
+    resumed = train(TrainConfig(features=planted_store, task="sub", out=out, epochs=5, mlflow_uri=uri, hidden=32,
+                                resume=True))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(resumed.mlflow_run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5]
