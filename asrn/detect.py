@@ -34,6 +34,11 @@ COCO_PERSON = 1  # torchvision detection label of "person"
 PERSON_SCORE = 0.7
 WORK_SHORT_SIDE = 240  # px; cascades cost ~ pixels, and 360p took 2-3x as long as 240p for the same faces
 STRONG_FACE_FRACTION = 0.5  # of the best hit's neighbour count
+HOG_MIN_WEIGHT = 0.5  # HOG hits with an SVM margin at or below this are dropped
+# HOG's false persons on textured scenes come in short runs (hits up to weight 1.6, linked 3 at a time on the
+# rendered no-person clips of tests/test_tracking.py), where a face cascade's false hits stay lone: a person
+# track must be detected on 4 steps (1 s at 4 steps/s) before it is kept and carried across misses.
+PERSON_TRACKING = TrackingSettings(min_hits=4)
 
 
 class DetectorError(AsrnError):
@@ -251,14 +256,16 @@ def faces_over_time(face_detector: HaarFaceDetector, grays: list[np.ndarray], fa
 
 
 def tracked_frame_boxes(persons: list[np.ndarray], faces: list[np.ndarray], width: int, height: int,
-                        tracking: TrackingSettings, person_from_face: bool) -> FrameBoxes:
+                        tracking: TrackingSettings, person_from_face: bool,
+                        person_tracking: TrackingSettings | None = None) -> FrameBoxes:
     """Per-step candidates -> FrameBoxes of the largest tracked person and face, bridged steps flagged.
 
-    Where no person is found or carried but a face is, the body is the region below the face (detected or
-    carried like the face). Faces are never invented from person boxes.
+    Persons are tracked with `person_tracking` (default: `tracking`, as for faces). Where no person is found or
+    carried but a face is, the body is the region below the face (detected or carried like the face). Faces
+    are never invented from person boxes.
     """
     face = track_boxes(faces, width, height, tracking)
-    person = track_boxes(persons, width, height, tracking)
+    person = track_boxes(persons, width, height, person_tracking or tracking)
     if person_from_face:
         for t in np.flatnonzero(~(person.detected | person.bridged) & (face.detected | face.bridged)):
             box = largest_box(body_from_face(face.boxes[t])[None], width, height)
@@ -270,8 +277,8 @@ def tracked_frame_boxes(persons: list[np.ndarray], faces: list[np.ndarray], widt
 
 class OpenCVDetector:
     """Faces: Haar cascades. Persons: HOG people detector (full bodies), optionally the upper-body cascade.
-    Both are then tracked over the steps (asrn.tracking), which drops one-step false positives and carries
-    boxes across short misses.
+    Both are then tracked over the steps (asrn.tracking), which drops short runs of false positives and carries
+    boxes across short misses; person tracks need more detections (`person_tracking`) than face tracks.
 
     The upper-body cascade is off by default: it costs about as much as the face cascade and rarely
     fires where the face-derived box below would not do as well.
@@ -280,8 +287,10 @@ class OpenCVDetector:
     name = "opencv-haar+hog"
 
     def __init__(self, person_from_face: bool = True, upper_body: bool = False,
-                 settings: CascadeSettings = CascadeSettings(), tracking: TrackingSettings | None = None):
+                 settings: CascadeSettings = CascadeSettings(), tracking: TrackingSettings | None = None,
+                 person_tracking: TrackingSettings = PERSON_TRACKING, hog_min_weight: float = HOG_MIN_WEIGHT):
         self.settings, self.tracking = settings, tracking or TrackingSettings()
+        self.person_tracking, self.hog_min_weight = person_tracking, hog_min_weight
         self.face_detector = HaarFaceDetector(settings)
         self.upper_body = _cascade("haarcascade_upperbody.xml") if upper_body else None
         self.hog = cv2.HOGDescriptor()
@@ -295,6 +304,7 @@ class OpenCVDetector:
     def describe(self) -> dict:
         """What features.json records about this detector."""
         return {"name": self.name, "cascades": self.settings.to_dict(), "tracking": self.tracking.to_dict(),
+                "person_tracking": self.person_tracking.to_dict(), "hog_min_weight": self.hog_min_weight,
                 "upper_body": self.upper_body is not None, "person_from_face": self.person_from_face}
 
     def persons(self, gray: np.ndarray) -> np.ndarray:
@@ -303,7 +313,7 @@ class OpenCVDetector:
         if gray.shape[0] >= 128 and gray.shape[1] >= 64:  # HOG's window is 64x128
             rects, weights = self.hog.detectMultiScale(gray, winStride=(8, 8), padding=(0, 0), scale=1.1)
             if len(rects):
-                boxes.append(_xywh_to_xyxy(rects)[np.asarray(weights).reshape(-1) > 0.5])
+                boxes.append(_xywh_to_xyxy(rects)[np.asarray(weights).reshape(-1) > self.hog_min_weight])
         if self.upper_body is not None:
             upper = self.upper_body.detectMultiScale(gray, 1.15, 5, minSize=(40, 40))
             if len(upper):
@@ -316,7 +326,8 @@ class OpenCVDetector:
         grays = [equalized_gray(frame, factor) for frame in frames]
         faces = faces_over_time(self.face_detector, grays, factor, self.tracking.max_gap)
         persons = [self.persons(gray) / factor for gray in grays]
-        return tracked_frame_boxes(persons, faces, width, height, self.tracking, self.person_from_face)
+        return tracked_frame_boxes(persons, faces, width, height, self.tracking, self.person_from_face,
+                                   self.person_tracking)
 
 
 def body_from_face(face: np.ndarray) -> np.ndarray:

@@ -17,7 +17,9 @@ from asrn.detect import (
     body_from_face,
     build_detector,
     largest_box,
+    tracked_frame_boxes,
 )
+from asrn.tracking import TrackingSettings
 from asrn.tracks import Tracks
 
 ASTRONAUT_FACE = np.array([170, 50, 270, 160], np.float32)  # x1 y1 x2 y2 in the 512x512 image (cascade: 177,66-272,161)
@@ -98,6 +100,26 @@ def test_opencv_finds_no_face_in_noise_or_flat_frames():
                              np.full((1, 120, 160, 3), 128, np.uint8)])
     boxes = OpenCVDetector().detect(frames, np.arange(3), 1.0)
     assert not boxes.has_face.any() and np.isnan(boxes.face).all()
+
+
+def test_person_tracks_need_more_detections_than_face_tracks():
+    """A run of 3 person hits (like HOG's on a textured empty scene) is dropped, a run of 4 kept; a face seen
+    twice is kept. The settings go to features.json."""
+    none = np.zeros((0, 4), np.float32)
+    short, long = np.array([[10, 10, 50, 90]], np.float32), np.array([[100, 20, 140, 100]], np.float32)
+    persons = [short if t < 3 else long if t >= 8 else none for t in range(12)]
+    faces = [np.array([[20, 12, 36, 30]], np.float32) if t < 2 else none for t in range(12)]
+    out = tracked_frame_boxes(persons, faces, 160, 120, TrackingSettings(), person_from_face=False,
+                              person_tracking=TrackingSettings(min_hits=4))
+    np.testing.assert_array_equal(out.has_person, [0] * 8 + [1] * 4)
+    np.testing.assert_array_equal(out.person_tracked, [0] * 5 + [1] * 3 + [0] * 4)  # the kept track carried back
+    np.testing.assert_allclose(out.person[5:], np.repeat(long, 7, 0))
+    np.testing.assert_array_equal(out.has_face, [1, 1] + [0] * 10)
+    same = tracked_frame_boxes(persons, faces, 160, 120, TrackingSettings(), person_from_face=False)
+    assert same.has_person[:3].all()  # without person_tracking, persons are tracked like faces
+    described = OpenCVDetector().describe()
+    assert described["person_tracking"]["min_hits"] == 4 and described["tracking"]["min_hits"] == 2
+    assert described["hog_min_weight"] == 0.5
 
 
 def test_body_from_face_hangs_below_the_face():
