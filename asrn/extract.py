@@ -15,14 +15,28 @@ video, and a failed video has none), encoded ones as rows of the store's Arrow s
 
 Errors are data: a per-video exception in the CPU stage (decode/detect/flow) or in the actor (encode) becomes a
 row with `stage`, `error`, `message` that flows to the driver, which appends it to the errors table; one bad
-video never fails the dataset.
+video never fails the dataset. A video whose task kills its worker process (segfault, OOM kill) is retried
+`max_retries` times (Ray's default for Ray Data tasks is forever); then Ray Data drops its block
+(`max_errored_blocks=-1`) and the driver records the video as missing from the output: stage `prepare` (the CPU
+stage; a dead process cannot say whether decode, detect or flow) or `encode`, error the Ray exception (e.g.
+WorkerCrashedError).
+
+Fault injection, for tests only: ASRN_FAULT_CRASH_VIDEO=<video_id> in the driver's environment (forwarded to the
+workers) makes the CPU-stage task of that video call os._exit(1) on every attempt.
+
+One writer per store: `store.writer_lock` holds DIR/.lock (pid, host) for the whole run; a second extract on the
+same --out is refused naming the holder; a lock left by a dead process on this host is taken over.
 
 Resume: videos already in the store's part files (store.done_video_ids) are skipped; everything else in the
 manifest, including videos that failed before, is (re)tried. The errors table keeps the latest attempt of each
-video: at the end of a run the records of earlier runs for videos retried in this run are dropped (after a crash
-an old and a new record of one video may both remain until the next completed run). `--overwrite` removes the
-part files, the errors table and features.json first. A store made with another preset, fps or dims, or with
-other weights, is refused unless --overwrite.
+video: at the start of a run records of videos now in the part files are dropped, at the end the records of
+earlier runs for videos retried in this run. A stored video whose split or labels changed in the manifest is
+updated in place (its part file rewritten, features kept) and named on stderr.
+
+`--overwrite` builds the new store in DIR/_staging and swaps it in only when the run completes (a failed or
+killed run leaves the old store as it was); it replaces only the files the store owns (part-*.parquet, errors/,
+features.json) and refuses a folder holding other Parquet files. A store made with another preset, fps or dims,
+or with other weights, is refused unless --overwrite.
 
 The per-video work (decode, detect, crop, flow, encode) lives in `asrn.features`, without Ray; this module only
 wires it into Ray Data and writes the store.
@@ -31,8 +45,11 @@ wires it into Ray Data and writes the store.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
+import re
+import shutil
 import sys
 import time
 import uuid
@@ -63,24 +80,35 @@ from asrn.store import (
     ERRORS_DIR,
     INFO_FILE,
     MODALITIES,
+    PART_PREFIX,
     FeatureStoreError,
     StoreInfo,
     VideoFeatures,
+    commit_staging,
     done_video_ids,
+    foreign_data_files,
     part_files,
     read_info,
+    recover_staging,
     row_schema,
+    staging_dir,
+    stored_splits_labels,
     table_to_videos,
+    update_splits_labels,
     videos_to_table,
     write_errors,
     write_info,
     write_videos,
+    writer_lock,
 )
 from asrn.train import ray_session
 
 STORE_DTYPE = "float16"
 ENCODER_MEMORY = {"lite": 1 << 30, "paper": 3 << 30}  # bytes of RAM reserved per encoder actor (nets + batches)
 ERROR_COLUMNS = ("path", "stage", "error", "message")  # with video_id: the errors table (store.ERRORS_SCHEMA)
+FAULT_CRASH_VIDEO = "ASRN_FAULT_CRASH_VIDEO"  # tests only: the video whose CPU-stage task kills its worker
+FORWARDED_ENV = ("TORCH_HOME", FAULT_CRASH_VIDEO)  # driver variables the workers see too
+STAGE_OF_OPERATOR = {"Map(_prepare_row)": "prepare", "MapBatches(EncodeVideos)": "encode"}
 
 
 class ExtractError(AsrnError):
@@ -88,10 +116,9 @@ class ExtractError(AsrnError):
 
 
 
-
 @dataclass
 class ExtractConfig:
-    """`asrn extract` flags (same names); the last two fields have no flag."""
+    """`asrn extract` flags (same names); the last three fields have no flag."""
 
     manifest: Path
     out: Path
@@ -105,6 +132,7 @@ class ExtractConfig:
     address: str | None = None
     cpus_per_worker: float = 1.0  # CPUs reserved per encoder actor (its torch threads on a CPU)
     videos_per_part: int = 16  # videos per Parquet part file the driver writes
+    max_retries: int = 2  # retries of a video whose worker process dies; then it goes to the errors table
 
     def __post_init__(self) -> None:
         self.manifest, self.out = Path(self.manifest), Path(self.out)
@@ -126,6 +154,8 @@ class ExtractConfig:
             problems.append(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.videos_per_part < 1:
             problems.append(f"videos_per_part must be >= 1, got {self.videos_per_part}")
+        if self.max_retries < 0:
+            problems.append(f"max_retries must be >= 0, got {self.max_retries}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -168,6 +198,8 @@ def _error_fields(e: BaseException, stage: str) -> dict[str, str]:
 def _prepare_row(row: dict, settings: VideoSettings) -> dict:
     """CPU stage (one Ray task per video): manifest row -> row with the pickled PreparedVideo, or an error."""
     out = {k: row[k] for k in ("video_id", "path", "split", "labels")}
+    if os.environ.get(FAULT_CRASH_VIDEO) == row["video_id"]:
+        os._exit(1)  # fault injection (tests): a worker that dies as on a segfault
     try:
         prepared = prepare_video(row["path"], row["boxes"] or None, settings)
     except Exception as e:  # noqa: BLE001 - errors are data: one bad video must not fail the dataset
@@ -238,14 +270,15 @@ def build_dataset(entries: Sequence[ManifestEntry], config: ExtractConfig):
               "boxes": e.boxes or ""} for e in entries]
     use_gpu = config.gpus_per_worker > 0
     # Forward an explicitly set TORCH_HOME: where the driver was told torchvision's cache is, the workers look too.
-    env = {k: os.environ[k] for k in ("TORCH_HOME",) if k in os.environ}
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block per video: one task per video
-    ds = ds.map(_prepare_row, fn_kwargs={"settings": config.settings}, num_cpus=1, runtime_env=runtime_env)
+    ds = ds.map(_prepare_row, fn_kwargs={"settings": config.settings}, num_cpus=1, runtime_env=runtime_env,
+                max_retries=config.max_retries)  # retries after the worker died; exceptions are caught in the task
     resources = {"num_gpus": config.gpus_per_worker} if use_gpu else {}
     # The actors' memory reservation also keeps the stages two operators: Ray Data fuses a task map into a
     # following actor map whose remote args are equal, and decoding would then run inside the encoder actors.
-    return ds.map_batches(
+    ds = ds.map_batches(
         EncodeVideos,
         fn_constructor_kwargs={"preset": config.preset, "weights_dir": str(config.weights_dir or ""),
                                "device": "cuda" if use_gpu else "cpu",
@@ -256,8 +289,11 @@ def build_dataset(entries: Sequence[ManifestEntry], config: ExtractConfig):
         num_cpus=config.cpus_per_worker,
         memory=ENCODER_MEMORY.get(config.preset, 2 << 30),
         runtime_env=runtime_env,
+        max_task_retries=config.max_retries,  # a batch whose actor dies (restarted each time) is retried so often
         **resources,
     )
+    ds.context.max_errored_blocks = -1  # a block whose retries ran out is dropped; the driver records its videos
+    return ds
 
 
 # ---------------------------------------------------------------- the job
@@ -271,9 +307,12 @@ def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
     """The store already in --out, refused when it was made with another preset, fps or dims."""
     out = config.out
     if not (out / INFO_FILE).is_file():
-        if out.is_dir() and part_files(out):
+        if part_files(out):
+            foreign = foreign_data_files(out)
+            hint = (f"move {', '.join(p.name for p in foreign[:3])}{' ...' if len(foreign) > 3 else ''} away, or "
+                    "choose another --out" if foreign else "use --overwrite to replace it, or another --out")
             raise ExtractError(f"{out}: holds Parquet files but no {INFO_FILE}; not a feature store of "
-                               f"`asrn extract` (use --overwrite to replace it, or another --out)")
+                               f"`asrn extract` ({hint})")
         return None
     try:
         info = read_info(out)
@@ -290,20 +329,25 @@ def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
     return info
 
 
-def _clear_store(out: Path) -> None:
-    """--overwrite: remove part files, errors and features.json (only what `asrn extract` writes)."""
-    if not out.is_dir():
-        return
-    for path in [*out.glob("*.parquet"), *(out / ERRORS_DIR).glob("*.parquet"), out / INFO_FILE]:
-        path.unlink(missing_ok=True)
+def _check_overwritable(out: Path) -> None:
+    """--overwrite replaces only the store's own files; Parquet files it did not write would stay and be read as
+    data, so a folder holding some is refused, naming them."""
+    foreign = foreign_data_files(out)
+    if foreign:
+        names = ", ".join(p.name for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise ExtractError(f"{out}: holds Parquet files that `asrn extract` did not write ({names}); --overwrite "
+                           f"replaces only {PART_PREFIX}*.parquet, {ERRORS_DIR}/ and {INFO_FILE}: move them away, "
+                           f"or choose another --out")
 
 
 def _remove_temporaries(out: Path) -> None:
-    """Half-written files of a crashed run (store writes to `.tmp-*` and renames)."""
+    """Half-written files of a crashed run (store writes `.tmp-*` and `.features.json.*.tmp`, then renames).
+    Called under the store's lock, so no other writer's temporaries are removed."""
     for folder in (out, out / ERRORS_DIR):
         if folder.is_dir():
-            for path in folder.glob(".tmp-*"):
-                path.unlink(missing_ok=True)
+            for path in [*folder.glob(".tmp-*"), *folder.glob(f".{INFO_FILE}.*.tmp")]:
+                if not path.name.endswith("-lock"):  # another writer's lock attempt, not ours to remove
+                    path.unlink(missing_ok=True)
 
 
 def _merge_provenance(seen: dict[str, set[str]]) -> dict[str, str]:
@@ -313,8 +357,9 @@ def _merge_provenance(seen: dict[str, set[str]]) -> dict[str, str]:
 class _StoreWriter:
     """Driver side: buffers encoded videos and errors, writes part files every `videos_per_part` videos."""
 
-    def __init__(self, config: ExtractConfig, existing: StoreInfo | None, run_id: str, total: int):
-        self.config, self.existing, self.run_id, self.total = config, existing, run_id, total
+    def __init__(self, config: ExtractConfig, target: Path, existing: StoreInfo | None, run_id: str, total: int):
+        self.config, self.target, self.existing, self.run_id, self.total = config, target, existing, run_id, total
+        self.seen: set[str] = set()  # video ids the pipeline returned
         self.videos: list[VideoFeatures] = []
         self.errors: list[dict] = []
         self.parts: list[Path] = []
@@ -328,6 +373,7 @@ class _StoreWriter:
         self.last_report = 0
 
     def add(self, table: pa.Table) -> None:
+        self.seen.update(table.column("video_id").to_pylist())
         ok = pc.equal(table.column("error"), "")
         good = table.filter(ok)
         bad = table.filter(pc.invert(ok))
@@ -377,7 +423,7 @@ class _StoreWriter:
             extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items()))})
 
     def write_info(self) -> None:
-        write_info(self.config.out, self.info())
+        write_info(self.target, self.info())
         self.info_written = True
 
     def flush(self, full_only: bool = False) -> None:
@@ -385,13 +431,29 @@ class _StoreWriter:
         k = self.config.videos_per_part
         while self.videos and (len(self.videos) >= k or not full_only):
             name = f"part-{self.run_id}-{len(self.parts):05d}"
-            self.parts.append(write_videos(self.config.out, self.videos[:k], name=name, dtype=STORE_DTYPE))
+            self.parts.append(write_videos(self.target, self.videos[:k], name=name, dtype=STORE_DTYPE))
             self.videos = self.videos[k:]
 
     def flush_errors(self) -> None:
         if self.errors:
-            write_errors(self.config.out, self.errors, name=f"part-{self.run_id}-{uuid.uuid4().hex[:6]}")
+            write_errors(self.target, self.errors, name=f"part-{self.run_id}-{uuid.uuid4().hex[:6]}")
             self.errors = []
+
+    def add_lost(self, entries: Sequence[ManifestEntry], dropped: list[tuple[str, str]]) -> None:
+        """Videos the pipeline never returned: Ray Data dropped their blocks after their workers died
+        max_retries + 1 times. `dropped`: (operator, exception type) of each dropped block, as Ray Data logged it."""
+        stages = sorted({STAGE_OF_OPERATOR.get(op, op) for op, _ in dropped}) or ["prepare"]
+        causes = sorted({cause for _, cause in dropped}) or ["WorkerCrashedError"]
+        for e in entries:
+            self.errors.append({
+                "video_id": e.video_id, "path": e.path, "stage": "|".join(stages), "error": "|".join(causes),
+                "message": f"the Ray worker process died on each of {self.config.max_retries + 1} attempt(s) at "
+                           f"this video (a segfault, an OOM kill or an exit in native code; see the Ray worker "
+                           f"logs); the video was given up"})
+            print(f"extract: {e.video_id} failed: its worker process died {self.config.max_retries + 1} time(s) "
+                  f"({', '.join(causes)})", file=sys.stderr, flush=True)
+        self.failed += len(entries)
+        self.flush_errors()
 
     def report(self, final: bool = False) -> None:
         done = self.succeeded + self.failed
@@ -403,75 +465,153 @@ class _StoreWriter:
             self.last_report = done
 
 
-def _retire_old_errors(out: Path, old_files: list[Path], retried: set[str], run_id: str) -> None:
-    """Keep one record per failed video: drop earlier runs' records of videos this run retried."""
-    if not old_files:
+def _error_files(store: Path) -> list[Path]:
+    folder = store / ERRORS_DIR
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))) if folder.is_dir() else []
+
+
+def _drop_error_records(store: Path, files: list[Path], video_ids: set[str], run_id: str) -> None:
+    """Rewrite the errors table's `files` without the records of `video_ids`, one record per video (the latest);
+    the new file is written before the old ones go, so a crash leaves a duplicate, never a loss."""
+    if not files:
         return
-    old = pa.concat_tables([pq.read_table(f) for f in old_files])
-    keep = [r for r in old.to_pylist() if r["video_id"] not in retried]
+    records = [r for f in files for r in pq.read_table(f).to_pylist()]
+    keep = list({r["video_id"]: r for r in records if r["video_id"] not in video_ids}.values())
+    if len(keep) == len(records):
+        return
     if keep:
-        write_errors(out, keep, name=f"part-{run_id}-earlier")
-    for f in old_files:
+        write_errors(store, keep, name=f"part-{run_id}-earlier")
+    for f in files:
         f.unlink(missing_ok=True)
 
 
-def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _StoreWriter, existing: StoreInfo | None,
-                  old_error_files: list[Path], run_id: str) -> None:
+class _DroppedBlocks(logging.Handler):
+    """Collects (operator, exception type) of each block Ray Data drops under max_errored_blocks, from its log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.dropped: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r'task of operator "([^"]+)"\. Ignoring', record.getMessage())
+        if found:
+            cause = type(record.exc_info[1]).__name__ if record.exc_info and record.exc_info[1] else "unknown"
+            self.dropped.append((found.group(1), cause))
+
+
+def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _StoreWriter, old_error_files: list[Path],
+                  run_id: str) -> None:
     """Stream the Ray Data pipeline into the store; whatever finished is written even if the job dies half-way."""
+    handler = _DroppedBlocks()
+    ray_log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    ray_log.addHandler(handler)
     try:
         for table in build_dataset(todo, config).iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.add(table)
+        writer.add_lost([e for e in todo if e.video_id not in writer.seen], handler.dropped)
         writer.flush()
         writer.flush_errors()
-        if writer.info_written or existing is not None:
+        if writer.info_written or writer.existing is not None:
             writer.write_info()  # final: every detector seen
-        _retire_old_errors(config.out, old_error_files, {e.video_id for e in todo}, run_id)
+        _drop_error_records(writer.target, old_error_files, {e.video_id for e in todo}, run_id)
     finally:
+        ray_log.removeHandler(handler)
         writer.flush()
         writer.flush_errors()
+
+
+def _run(todo: list[ManifestEntry], config: ExtractConfig, target: Path, existing: StoreInfo | None) -> _StoreWriter:
+    """The Ray part of a run: the pipeline's output into the store in `target`."""
+    old_error_files = _error_files(target)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    with ray_session(config.address):
+        _warn_on_resources(config, ray.cluster_resources())
+        writer = _StoreWriter(config, target, existing, run_id, len(todo))
+        _run_pipeline(todo, config, writer, old_error_files, run_id)
+    if writer.succeeded + writer.failed != len(todo):
+        raise ExtractError(f"{config.out}: the pipeline returned {writer.succeeded + writer.failed} of {len(todo)} "
+                           f"videos")
+    return writer
+
+
+def _update_changed_videos(out: Path, entries: Sequence[ManifestEntry]) -> None:
+    """Stored videos whose split or labels the manifest now gives otherwise: update those rows, name them."""
+    stored = stored_splits_labels(out)
+    changes = {e.video_id: (e.split, list(e.labels)) for e in entries
+               if e.video_id in stored and stored[e.video_id] != (e.split, list(e.labels))}
+    if not changes:
+        return
+    update_splits_labels(out, changes)
+    for video_id, (split, labels) in sorted(changes.items()):
+        old_split, old_labels = stored[video_id]
+        print(f"extract: {video_id}: split/labels changed in the manifest, updated in the store: "
+              f"{old_split} {'|'.join(old_labels)} -> {split} {'|'.join(labels)}", file=sys.stderr, flush=True)
+
+
+def _start_message(config: ExtractConfig, todo: int, done: int) -> None:
+    print(f"extract: {todo} videos to do, {done} already in {config.out} (preset {config.preset}, "
+          f"fps {config.fps}, {config.num_workers} encoder actor(s), "
+          f"{config.gpus_per_worker or 'no'} GPU each)", file=sys.stderr, flush=True)
+
+
+def _overwrite(config: ExtractConfig, entries: list[ManifestEntry], start: float) -> ExtractSummary:
+    """Build the whole store anew in DIR/_staging; swap it in only once the run completed."""
+    out, staging = config.out, staging_dir(config.out)
+    _check_overwritable(out)
+    staging.mkdir()
+    _start_message(config, len(entries), 0)
+    try:
+        writer = _run(entries, config, staging, None)
+        commit_staging(out)
+    finally:
+        if staging.is_dir():
+            shutil.rmtree(staging)
+    return _finish(config, len(entries), writer, 0, start, [out / p.name for p in writer.parts])
+
+
+def _resume(config: ExtractConfig, entries: list[ManifestEntry], start: float) -> ExtractSummary:
+    """Add the manifest's videos that the store lacks (retrying failed ones); update changed split/labels."""
+    out = config.out
+    existing = _check_existing_store(config)
+    _update_changed_videos(out, entries)
+    stored = done_video_ids(out)
+    _drop_error_records(out, _error_files(out), stored, uuid.uuid4().hex[:6])  # left by a crashed run
+    done = stored & {e.video_id for e in entries}
+    todo = [e for e in entries if e.video_id not in done]
+    if not todo:
+        print(f"extract: all {len(entries)} videos of {config.manifest} are already in {out}; nothing to do "
+              f"(--overwrite redoes them)", file=sys.stderr, flush=True)
+        return _finish(config, len(entries), None, len(done), start, [])
+    _start_message(config, len(todo), len(done))
+    writer = _run(todo, config, out, existing)
+    return _finish(config, len(entries), writer, len(done), start, writer.parts)
+
+
+def _finish(config: ExtractConfig, total: int, writer: _StoreWriter | None, skipped: int, start: float,
+            parts: list[Path]) -> ExtractSummary:
+    out = config.out
+    summary = ExtractSummary(out=out, total=total, succeeded=writer.succeeded if writer else 0,
+                             failed=writer.failed if writer else 0, skipped=skipped,
+                             seconds=time.monotonic() - start, part_files=parts,
+                             info_path=out / INFO_FILE if (out / INFO_FILE).is_file() else None,
+                             errors_path=_errors_path(out))
+    _print_summary(summary)
+    return summary
 
 
 def extract_features(config: ExtractConfig) -> ExtractSummary:
     """Run the extraction job: manifest -> Ray Data pipeline -> feature store in config.out. See module docstring."""
     start = time.monotonic()
     entries = read_manifest(config.manifest)  # a malformed manifest is refused before anything is written
-    out = config.out
-    if config.overwrite:
-        _clear_store(out)
-        existing = None
-    else:
-        existing = _check_existing_store(config)
-    done = done_video_ids(out) & {e.video_id for e in entries} if out.is_dir() else set()
-    todo = [e for e in entries if e.video_id not in done]
-    if not todo:
-        print(f"extract: all {len(entries)} videos of {config.manifest} are already in {out}; nothing to do "
-              f"(--overwrite redoes them)", file=sys.stderr, flush=True)
-        summary = ExtractSummary(out=out, total=len(entries), succeeded=0, failed=0, skipped=len(done),
-                                 seconds=time.monotonic() - start, info_path=out / INFO_FILE,
-                                 errors_path=_errors_path(out))
-        _print_summary(summary)
-        return summary
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(out)
-    old_error_files = sorted(p for p in (out / ERRORS_DIR).glob("*.parquet") if not p.name.startswith((".", "_")))
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    print(f"extract: {len(todo)} videos to do, {len(done)} already in {out} (preset {config.preset}, "
-          f"fps {config.fps}, {config.num_workers} encoder actor(s), "
-          f"{config.gpus_per_worker or 'no'} GPU each)", file=sys.stderr, flush=True)
-
-    with ray_session(config.address):
-        _warn_on_resources(config, ray.cluster_resources())
-        writer = _StoreWriter(config, existing, run_id, len(todo))
-        _run_pipeline(todo, config, writer, existing, old_error_files, run_id)
-    seen = writer.succeeded + writer.failed
-    if seen != len(todo):
-        raise ExtractError(f"{out}: the pipeline returned {seen} of {len(todo)} videos")
-    summary = ExtractSummary(out=out, total=len(entries), succeeded=writer.succeeded, failed=writer.failed,
-                             skipped=len(done), seconds=time.monotonic() - start, part_files=writer.parts,
-                             info_path=out / INFO_FILE if (out / INFO_FILE).is_file() else None,
-                             errors_path=_errors_path(out))
-    _print_summary(summary)
-    return summary
+    config.out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(config.out):
+        recovered = recover_staging(config.out)
+        if recovered:
+            print(f"extract: {config.out}: {recovered}", file=sys.stderr, flush=True)
+        _remove_temporaries(config.out)
+        if config.overwrite:
+            return _overwrite(config, entries, start)
+        return _resume(config, entries, start)
 
 
 def _warn_on_resources(config: ExtractConfig, resources: dict) -> None:

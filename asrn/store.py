@@ -7,16 +7,23 @@ Layout of a store folder DIR (DESIGN.md "Feature store"):
   DIR/features.json    StoreInfo: preset, encoders, dims, fps, weights provenance, detector
                        (extra["detection"]: each detector's settings and tracking gap limit)
   DIR/errors/*.parquet video_id, path, stage, error, message
+  DIR/.lock            while a writer runs: {"pid", "host", "token", "since"} (`writer_lock`)
+  DIR/_staging/        a whole new store being built by `asrn extract --overwrite`, swapped in when complete
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written file
-that a reader would take for data (readers ignore names starting with `.` or `_`).
+that a reader would take for data (readers ignore names starting with `.` or `_`). The store owns only the
+files named `part-*.parquet` (data and errors), features.json, .lock and _staging/: writers never touch others.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,15 +32,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from asrn.errors import AsrnError
+from asrn.files import write_json
 
 MODALITIES: tuple[str, ...] = ("rgb", "motion", "body", "face")
 INFO_FILE = "features.json"
 ERRORS_DIR = "errors"
+PART_PREFIX = "part-"  # the store owns the Parquet files named so (data and errors), no others
+LOCK_FILE = ".lock"
+STAGING_DIR = "_staging"
+STAGED_FILES = "_complete.json"  # in _staging: the new store's files, written once the new store is whole
 STORE_VERSION = 1
 
 
 class FeatureStoreError(AsrnError):
     """A feature store that is missing, malformed or inconsistent; the message names file and key."""
+
+
+class StoreLockedError(FeatureStoreError):
+    """Another writer holds the store's lock; the message names the lock file and its holder."""
 
 
 @dataclass
@@ -227,12 +243,14 @@ def write_errors(store_dir: str | os.PathLike, rows: Sequence[dict], name: str |
 
 
 def write_info(store_dir: str | os.PathLike, info: StoreInfo) -> Path:
+    """features.json, strict JSON, atomically."""
     path = Path(store_dir) / INFO_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{INFO_FILE}")
-    tmp.write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, asdict(info))
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_info(store_dir: str | os.PathLike) -> StoreInfo:
@@ -240,9 +258,9 @@ def read_info(store_dir: str | os.PathLike) -> StoreInfo:
     if not path.is_file():
         raise FeatureStoreError(f"{path}: not found; is {store_dir} a feature store written by `asrn extract`?")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), parse_constant=_refuse_constant)
         info = StoreInfo(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
+    except (ValueError, TypeError) as e:
         raise FeatureStoreError(f"{path}: malformed ({e})") from e
     info.check(str(path))
     return info
@@ -332,3 +350,165 @@ def feature_statistics(store_dir: str | os.PathLike, split: str = "train") -> di
     """`input_statistics` of one split of a store, streaming the part files one at a time."""
     return input_statistics(video for f in part_files(store_dir)
                             for video in table_to_videos(pq.read_table(f, filters=[("split", "=", split)])))
+
+
+# ---------------------------------------------------------------- writers: ownership, lock, staging, relabeling
+
+
+def owned_files(store_dir: str | os.PathLike) -> list[Path]:
+    """The files of a folder that the store format owns: part files, the errors table's files, features.json."""
+    store = Path(store_dir)
+    files = sorted(store.glob(f"{PART_PREFIX}*.parquet")) + sorted((store / ERRORS_DIR).glob(f"{PART_PREFIX}*.parquet"))
+    return files + ([store / INFO_FILE] if (store / INFO_FILE).is_file() else [])
+
+
+def foreign_data_files(store_dir: str | os.PathLike) -> list[Path]:
+    """Parquet files a reader would take for the store's data but that no store writer made (not `part-*`)."""
+    return [p for p in part_files(store_dir) if not p.name.startswith(PART_PREFIX)] if Path(store_dir).is_dir() else []
+
+
+def _read_lock(path: Path) -> dict:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _is_stale(holder: dict) -> bool:
+    """A lock of a process that is gone: same host, dead pid (another host's lock is never judged from here)."""
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+def _try_lock(path: Path, holder: dict) -> bool:
+    """Create the lock file with `holder` in it, atomically and only if it does not exist (link(2) is exclusive)."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-lock")
+    write_json(tmp, holder)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _take_over(path: Path, stale: dict) -> None:
+    """Remove a stale lock; if another writer replaced it meanwhile, put theirs back."""
+    moved = path.with_name(f".tmp-{uuid.uuid4().hex}-stale-lock")
+    try:
+        os.rename(path, moved)
+    except FileNotFoundError:  # another writer took it over first
+        return
+    if _read_lock(moved).get("token") != stale.get("token"):
+        try:
+            os.link(moved, path)
+        except FileExistsError:
+            pass
+    moved.unlink(missing_ok=True)
+
+
+@contextmanager
+def writer_lock(store_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold DIR/.lock while writing a store: a second writer is refused, naming the holder (pid, host, since);
+    a stale lock (its pid dead on this host) is taken over."""
+    path = Path(store_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if not _try_lock(path, holder):
+        other = _read_lock(path)
+        if _is_stale(other):
+            _take_over(path, other)
+        if not _try_lock(path, holder):
+            other = _read_lock(path) or other
+            who = (f"pid {other.get('pid')} on {other.get('host')} since {other.get('since')}" if other
+                   else "an unreadable lock file")
+            raise StoreLockedError(f"{path}: another writer holds this feature store ({who}); wait for it to "
+                                   f"finish, or delete {path} if no such process is running")
+    try:
+        yield path
+    finally:
+        if _read_lock(path).get("token") == holder["token"]:
+            path.unlink(missing_ok=True)
+
+
+def staging_dir(store_dir: str | os.PathLike) -> Path:
+    """Where `asrn extract --overwrite` builds the new store, beside the old one."""
+    return Path(store_dir) / STAGING_DIR
+
+
+def commit_staging(store_dir: str | os.PathLike) -> list[Path]:
+    """Swap the whole store built in DIR/_staging in for DIR's own files; return the new store's files.
+
+    The list of staged files is written first, so a crash half-way through is finished by `recover_staging`.
+    """
+    staging = staging_dir(store_dir)
+    names = [str(p.relative_to(staging)) for p in owned_files(staging)]
+    write_json(staging / STAGED_FILES, names)
+    return _finish_swap(Path(store_dir))
+
+
+def recover_staging(store_dir: str | os.PathLike) -> str | None:
+    """After a crash: finish a swap whose new store was complete, or drop an unfinished one (the old store stays)."""
+    staging = staging_dir(store_dir)
+    if not staging.is_dir():
+        return None
+    if (staging / STAGED_FILES).is_file():
+        _finish_swap(Path(store_dir))
+        return "finished replacing the store with a complete one left by an interrupted --overwrite"
+    shutil.rmtree(staging)
+    return "dropped the unfinished new store of an interrupted --overwrite; the store there is unchanged"
+
+
+def _finish_swap(store: Path) -> list[Path]:
+    """Idempotent: remove the owned files that the new store lacks, move the new ones in (features.json last)."""
+    staging = staging_dir(store)
+    names = json.loads((staging / STAGED_FILES).read_text())
+    for path in owned_files(store):
+        if str(path.relative_to(store)) not in names:
+            path.unlink()
+    for name in sorted(names, key=lambda n: n == INFO_FILE):
+        if (staging / name).exists():
+            (store / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, store / name)
+    shutil.rmtree(staging)
+    return [store / name for name in names]
+
+
+def stored_splits_labels(store_dir: str | os.PathLike) -> dict[str, tuple[str, list[str]]]:
+    """video_id -> (split, labels) as stored, reading only those columns."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for f in part_files(store_dir):
+        table = pq.read_table(f, columns=["video_id", "split", "labels"])
+        for video_id, split, labels in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+            found[video_id] = (split, list(labels or []))
+    return found
+
+
+def update_splits_labels(store_dir: str | os.PathLike, changes: dict[str, tuple[str, list[str]]]) -> list[Path]:
+    """Set the split and labels of stored videos (features untouched), rewriting each affected part file atomically."""
+    rewritten = []
+    for path in part_files(store_dir):
+        table = pq.read_table(path)
+        ids = table.column("video_id").to_pylist()
+        if not any(i in changes for i in ids):
+            continue
+        rows = zip(ids, table.column("split").to_pylist(), table.column("labels").to_pylist(), strict=True)
+        new = [changes.get(i, (split, labels)) for i, split, labels in rows]
+        for name, values in (("split", [s for s, _ in new]), ("labels", [list(x) for _, x in new])):
+            field_ = table.schema.field(name)
+            table = table.set_column(table.schema.get_field_index(name), field_, pa.array(values, field_.type))
+        rewritten.append(_atomic_write_table(table, path))
+    return rewritten

@@ -210,8 +210,9 @@ def check_videos(videos, dims: dict[str, int], where: str) -> None:
                 raise FeatureStoreError(f"{where}: video {v.video_id!r} has {m} dim {d}, features.json says {dims[m]}")
 
 
-def _count_part(path: Path, counts: dict[str, int], info: StoreInfo) -> None:
-    """Check one part file's columns, splits, labels and first row's dims; add its videos to `counts`."""
+def _count_part(path: Path, counts: dict[str, int], info: StoreInfo, seen: dict[str, Path]) -> None:
+    """Check one part file's columns, splits, labels and first row's dims; add its videos to `counts` and `seen`
+    (video_id -> file), refusing a video id already seen, in this file or another, in any split."""
     names = pq.read_schema(path).names
     missing = [c for c in row_schema().names if c not in names]
     if missing:
@@ -221,6 +222,11 @@ def _count_part(path: Path, counts: dict[str, int], info: StoreInfo) -> None:
         if split not in counts:
             raise FeatureStoreError(f"{path}: video {video_id!r} has split {split!r}, expected one of "
                                     f"{', '.join(SPLITS)}")
+        if video_id in seen:
+            where = "twice in this file" if seen[video_id] == path else f"also in {seen[video_id]}"
+            raise FeatureStoreError(f"{path}: video {video_id!r} (split {split}) is {where}; a video must be in "
+                                    "the store once, in one split (remove one of its rows)")
+        seen[video_id] = path
         counts[split] += 1
         for name in labels or []:
             try:
@@ -242,8 +248,9 @@ def check_store(features: Path, task: str) -> tuple[StoreInfo, dict[str, int]]:
     if not files:
         raise FeatureStoreError(f"{features}: holds no Parquet data files")
     counts = dict.fromkeys(SPLITS, 0)
+    seen: dict[str, Path] = {}
     for path in files:
-        _count_part(path, counts, info)
+        _count_part(path, counts, info, seen)
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
         raise EmptySplitError(f"{features}: no videos in split {', '.join(empty)} "

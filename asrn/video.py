@@ -199,7 +199,7 @@ def _probe(local: str, path: str) -> _Probe:
     with open(local, "rb") as f:
         head = f.read(512)
     if _looks_like_text(head):
-        raise VideoDecodeError(f"{path}: not a video (looks like a text file: {head[:40]!r})")
+        raise VideoDecodeError(f"{path}: not a video (looks like a text file)")
     try:
         with av.open(local) as container:
             if not container.streams.video:

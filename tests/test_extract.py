@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from skimage import data
 
+from asrn import extract as extract_module
 from asrn import store
 from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
-from asrn.features import VideoSettings, encode_prepared, prepare_video
+from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video
 from asrn.manifest import ManifestError
-from asrn.store import MODALITIES
+from asrn.store import MODALITIES, StoreInfo, StoreLockedError, VideoFeatures
 from asrn.synth_videos import synthesize_videos
 
 LITE_DIMS = {m: PRESETS["lite"][m].dim for m in MODALITIES}
@@ -69,6 +77,108 @@ def test_bad_manifest_and_bad_flags_are_refused_before_any_output(tmp_path):
         ExtractConfig(manifest=manifest, out=out, num_workers=0)
     with pytest.raises(ValueError, match="--preset"):
         ExtractConfig(manifest=manifest, out=out, preset="huge")
+
+
+def test_text_file_error_names_the_file_but_never_quotes_it(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("SECRET token 1234, not a video\n")
+    with pytest.raises(VideoStageError) as raised:
+        prepare_video(str(fake), None, VideoSettings())
+    assert str(fake) in str(raised.value) and "text file" in str(raised.value)
+    assert "SECRET" not in str(raised.value) and "1234" not in str(raised.value)
+
+
+# ---------------------------------------------------------------- a hand-made lite store: store logic without Ray
+
+
+def _stored(video_id: str, split: str, labels: list[str], seed: int = 0) -> VideoFeatures:
+    rng = np.random.default_rng(seed)
+    return VideoFeatures(video_id, split, labels, np.arange(3, dtype=np.float32) / 2,
+                         {m: rng.standard_normal((3, d)).astype(np.float32) for m, d in LITE_DIMS.items()},
+                         np.ones(3, bool), np.ones(3, bool))
+
+
+@pytest.fixture
+def lite_store(tmp_path) -> tuple[Path, Path]:
+    """(store, manifest): v0000 train sub:warm and v0001 val in part-a, v0002 test in part-b, an errors record, a
+    foreign file; the manifest lists the three videos as stored (their files need not exist: all are done)."""
+    out = tmp_path / "feats"
+    store.write_videos(out, [_stored("v0000", "train", ["sub:warm"], 1), _stored("v0001", "val", ["obj:peer"], 2)],
+                       name="part-a")
+    store.write_videos(out, [_stored("v0002", "test", ["sub:dominant"], 3)], name="part-b")
+    store.write_errors(out, [{"video_id": "gone", "path": "/gone.mp4", "stage": "decode", "error": "E",
+                              "message": "m"}], name="part-old")
+    store.write_info(out, StoreInfo("lite", dict(LITE_DIMS), 2.0))
+    (out / "README.txt").write_text("notes of the user\n")
+    rows = [{"video_id": v, "path": f"{v}.mp4", "split": sp, "labels": lb} for v, sp, lb in
+            (("v0000", "train", "sub:warm"), ("v0001", "val", "obj:peer"), ("v0002", "test", "sub:dominant"))]
+    return out, _write_rows(tmp_path / "manifest.csv", rows)
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_store_until_the_new_one_is_whole(lite_store, monkeypatch):
+    out, manifest = lite_store
+    before = _contents(out)
+
+    def unreachable(address):
+        raise ConnectionError("cluster unreachable")
+
+    monkeypatch.setattr(extract_module, "ray_session", unreachable)
+    with pytest.raises(ConnectionError):
+        extract_features(ExtractConfig(manifest=manifest, out=out, overwrite=True))
+    assert _contents(out) == before  # nothing removed, no staging or lock left
+
+
+def test_parquet_files_not_written_by_extract_are_never_offered_to_overwrite(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    pq.write_table(pa.table({"x": [1, 2]}), out / "results.parquet")
+    manifest = _write_rows(tmp_path / "m.csv", [{"video_id": "v", "path": "v.mp4", "split": "train",
+                                                 "labels": "sub:warm"}])
+    with pytest.raises(ExtractError, match="results.parquet") as raised:
+        extract_features(ExtractConfig(manifest=manifest, out=out))
+    assert "--overwrite" not in str(raised.value)
+    with pytest.raises(ExtractError, match=r"did not write \(results.parquet\)"):
+        extract_features(ExtractConfig(manifest=manifest, out=out, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["results.parquet"]
+
+
+def test_changed_split_and_labels_update_the_store_without_reencoding(lite_store, capsys):
+    out, manifest = lite_store
+    before = {v.video_id: v for v in store.load_videos(out)}
+    part_b = (out / "part-b.parquet").stat().st_mtime_ns
+    rows = _manifest_rows(manifest)
+    rows[0] = {**rows[0], "split": "test", "labels": "sub:dominant|obj:peer"}
+    summary = extract_features(ExtractConfig(manifest=_write_rows(manifest, rows), out=out))
+    assert (summary.processed, summary.skipped) == (0, 3)
+    assert "v0000: split/labels changed" in capsys.readouterr().err
+    after = {v.video_id: v for v in store.load_videos(out)}
+    assert (after["v0000"].split, after["v0000"].labels) == ("test", ["sub:dominant", "obj:peer"])
+    assert (after["v0001"].split, after["v0001"].labels) == ("val", ["obj:peer"])
+    for m in MODALITIES:
+        np.testing.assert_array_equal(after["v0000"].features[m], before["v0000"].features[m])
+    assert (out / "part-b.parquet").stat().st_mtime_ns == part_b  # an unaffected part file is not rewritten
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_taken_over(lite_store):
+    out, manifest = lite_store
+    other = subprocess.Popen(["sleep", "60"])
+    lock = out / store.LOCK_FILE
+    lock.write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(), "token": "t", "since": "then"}))
+    try:
+        with pytest.raises(StoreLockedError, match=rf"\.lock: another writer .*pid {other.pid} on "):
+            extract_features(ExtractConfig(manifest=manifest, out=out))
+    finally:
+        other.kill()
+        other.wait()
+    assert extract_features(ExtractConfig(manifest=manifest, out=out)).skipped == 3  # stale: taken over
+    assert not lock.exists()  # released
+    lock.write_text(json.dumps({"pid": other.pid, "host": "elsewhere", "token": "t", "since": "then"}))
+    with pytest.raises(StoreLockedError, match="on elsewhere"):  # another host's pid cannot be judged from here
+        extract_features(ExtractConfig(manifest=manifest, out=out))
 
 
 def _manifest_rows(path: Path) -> list[dict]:
@@ -170,3 +280,50 @@ def test_rerun_skips_done_videos_and_does_only_new_ones(ray_cluster, tiny_videos
     assert info.dims == info_before["dims"] and info.detector == "opencv-haar+hog, tracks"
     new = next(v for v in store.load_videos(out) if v.video_id == rows[3]["video_id"])
     assert new.num_steps == 5  # no person found must still give rows, not an error
+
+
+def _absolute_rows(manifest: Path, count: int) -> list[dict]:
+    return [{**r, "path": str(manifest.parent / r["path"]), "boxes": str(manifest.parent / r["boxes"])}
+            for r in _manifest_rows(manifest)[:count]]
+
+
+@pytest.mark.ray
+def test_a_video_that_kills_its_worker_is_retried_then_recorded(ray_cluster, tiny_videos, tmp_path, monkeypatch):
+    rows = _absolute_rows(tiny_videos, 3)
+    crash = rows[1]["video_id"]
+    monkeypatch.setenv(extract_module.FAULT_CRASH_VIDEO, crash)  # its CPU-stage task calls os._exit(1)
+    out = tmp_path / "feats"
+    summary = extract_features(ExtractConfig(manifest=_write_rows(tmp_path / "m.csv", rows), out=out, batch_size=2,
+                                             max_retries=1))
+    assert (summary.succeeded, summary.failed) == (2, 1)
+    assert store.done_video_ids(out) == {rows[0]["video_id"], rows[2]["video_id"]}
+    errors = store.read_errors(out).to_pylist()
+    assert [(e["video_id"], e["stage"], e["error"]) for e in errors] == [(crash, "prepare", "WorkerCrashedError")]
+    assert "died on each of 2 attempt(s)" in errors[0]["message"] and errors[0]["path"] == rows[1]["path"]
+
+
+@pytest.mark.ray
+def test_a_killed_driver_then_a_rerun_store_every_video_exactly_once(ray_cluster, tiny_videos, tmp_path):
+    rows = _absolute_rows(tiny_videos, 6)
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("a text file\n")
+    rows.insert(1, {**rows[0], "video_id": "corrupt", "path": str(fake), "boxes": ""})
+    manifest, out = _write_rows(tmp_path / "m.csv", rows), tmp_path / "feats"
+    address = ray_cluster.get_runtime_context().gcs_address
+    script = (f"from asrn.extract import ExtractConfig, extract_features; extract_features(ExtractConfig("
+              f"manifest={str(manifest)!r}, out={str(out)!r}, address={address!r}, batch_size=1, videos_per_part=1))")
+    with (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1], stdout=log, stderr=log)
+    deadline = time.monotonic() + 300
+    while driver.poll() is None and len(list(out.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(driver.pid, signal.SIGKILL)
+    assert driver.wait() == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-2000:]
+    assert (out / store.LOCK_FILE).exists()  # the dead driver's lock: taken over below
+
+    summary = extract_features(ExtractConfig(manifest=manifest, out=out, batch_size=2, videos_per_part=2))
+    assert summary.skipped >= 2
+    stored = [i for f in store.part_files(out) for i in pq.read_table(f, columns=["video_id"])["video_id"].to_pylist()]
+    failed = store.read_errors(out).column("video_id").to_pylist()
+    assert sorted(stored) == sorted(r["video_id"] for r in rows if r["video_id"] != "corrupt")
+    assert failed == ["corrupt"]

@@ -67,3 +67,28 @@ def test_feature_statistics_over_present_steps_of_a_split(tmp_path):
     rgb = np.concatenate([stored[i].features["rgb"] for i in ("a", "b")])  # rgb is present at every step
     np.testing.assert_allclose(stats["rgb"][0], rgb.mean(0), rtol=1e-4, atol=1e-5)
     assert {m: s[0].shape for m, s in stats.items()} == {m: (d,) for m, d in DIMS.items()}
+
+
+def test_info_json_is_strict(tmp_path):
+    with pytest.raises(ValueError):
+        store.write_info(tmp_path, StoreInfo("lite", DIMS, 2.0, extra={"loss": float("nan")}))
+    assert not (tmp_path / store.INFO_FILE).exists()
+    (tmp_path / store.INFO_FILE).write_text('{"preset": "lite", "dims": {}, "fps": NaN}')
+    with pytest.raises(FeatureStoreError, match="features.json: malformed"):
+        store.read_info(tmp_path)
+
+
+def test_interrupted_swap_is_finished_and_unfinished_staging_dropped(tmp_path):
+    store.write_videos(tmp_path, [_video("old", 2)], name="part-old")
+    (tmp_path / "notes.txt").write_text("not the store's\n")
+    staging = store.staging_dir(tmp_path)
+    store.write_videos(staging, [_video("new", 2)], name="part-new")
+    store.write_info(staging, StoreInfo("lite", DIMS, 2.0))
+    assert "dropped" in store.recover_staging(tmp_path)  # never marked complete: the old store stays
+    assert store.done_video_ids(tmp_path) == {"old"} and not staging.exists()
+    store.write_videos(staging, [_video("new", 2)], name="part-new")
+    store.write_info(staging, StoreInfo("lite", DIMS, 2.0))
+    store.write_json(staging / store.STAGED_FILES, ["part-new.parquet", store.INFO_FILE])  # marked, then crashed
+    assert "finished" in store.recover_staging(tmp_path)
+    assert store.done_video_ids(tmp_path) == {"new"} and store.read_info(tmp_path).preset == "lite"
+    assert (tmp_path / "notes.txt").exists() and not staging.exists()
