@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -54,6 +55,7 @@ from asrn.plots import plot_sweep
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
 from asrn.store import StoreInfo, feature_statistics
 from asrn.train import (
+    FAULT_ENV,
     SELECT_METRIC,
     TrainConfig,
     build_trainer,
@@ -182,13 +184,17 @@ class TuneResult:
 
 # ---------------------------------------------------------------- the trial: a TorchTrainer inside Tune
 
-def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, input_stats: dict) -> None:
+def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, input_stats: dict,
+                fault: str | None = None) -> None:
     """One Tune trial: `asrn train`'s TorchTrainer with this trial's hyperparameters, reporting to Tune.
 
     The Train run is named after the trial, so a trial restarted by `--resume` continues from its last
-    Ray Train checkpoint instead of starting over.
+    Ray Train checkpoint instead of starting over. `fault`: the driver's FAULT_ENV (tests only), handed on to
+    the trial's Train workers.
     """
     ray.data.DataContext.get_current().enable_progress_bars = False  # one trial's bars would flood the sweep's log
+    if fault:
+        os.environ[FAULT_ENV] = fault
     config = TrainConfig(**{**trial_defaults, **trial_hyperparameters(hyperparameters, {})})
     trial_id = ray.tune.get_context().get_trial_id()
     build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()], info=info,
@@ -474,7 +480,7 @@ def _run_tuner(sweep: Sweep, max_concurrent: int):
     input_stats = feature_statistics(config.features, "train")  # once for all trials
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(train_trial, trial_defaults=sweep.trial_defaults, info=sweep.info,
-                                 input_stats=input_stats),
+                                 input_stats=input_stats, fault=os.environ.get(FAULT_ENV)),
         {"cpu": TRIAL_CPUS})
     if config.resume:
         return ray.tune.Tuner.restore(sweep.sweep_dir, trainable=trainable, resume_unfinished=True,

@@ -44,9 +44,14 @@ def features(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, features, tmp_path_factory):
+    """The shared sweep, during which one trial's Train worker exits hard once (after its epoch 2)."""
     tmp = tmp_path_factory.mktemp("sweep")
     started = time.perf_counter()
-    result = tune(_config(tmp, features))
+    os.environ["ASRN_FAULT_EXIT"] = f"0:2:{tmp / 'fault-fired'}"
+    try:
+        result = tune(_config(tmp, features))
+    finally:
+        del os.environ["ASRN_FAULT_EXIT"]
     print(f"sweep of {NUM_TRIALS} trials took {time.perf_counter() - started:.0f} s")
     return tmp, result
 
@@ -60,6 +65,7 @@ def _trials_csv(out):
 def test_sweep_completes_and_writes_outputs(sweep):
     tmp, result = sweep
     out = tmp / "out"
+    assert (tmp / "fault-fired").is_file()  # a trial's worker died, and the sweep still completed
     rows = _trials_csv(out)
     assert len(rows) == NUM_TRIALS
     assert {r["status"] for r in rows} <= {"completed", "stopped_early"}
@@ -140,6 +146,43 @@ def test_resume_of_a_finished_sweep_reruns_nothing(sweep, features):
     after = {p: p.stat().st_mtime for p in (tmp / "out" / "trials").rglob("checkpoint_manager_snapshot.json")}
     assert after == before  # no Train run was started again
     assert again.mlflow_run_id == first.mlflow_run_id
+
+
+@pytest.mark.ray
+def test_a_sweep_whose_driver_was_killed_resumes_with_every_trial_once(ray_cluster, features, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from asrn.search_space import DEFAULT_SPACE
+
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"
+    flags = ["--features", str(features), "--task", "sub", "--out", str(out), "--num-samples", "2",
+             "--max-concurrent", "1", "--epochs", "2", "--scheduler", "none", "--variant", "mean",
+             "--space", str(DEFAULT_SPACE.parent / "asha-demo.yaml"), "--tracking-uri", uri,
+             "--experiment-name", "killed", "--address", ray_cluster.get_runtime_context().gcs_address]
+    driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "tune", *flags], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (out / "trial_status.json").is_file() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)  # the first trial's end is recorded there
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    resumed = tune(TuneConfig(features=features, task="sub", out=out, num_samples=2, max_concurrent=1, epochs=2,
+                              scheduler="none", variant="mean", space=DEFAULT_SPACE.parent / "asha-demo.yaml",
+                              mlflow_uri=uri, experiment="killed", resume=True))
+    rows = _trials_csv(out)
+    assert len(rows) == 2 and len({r["trial_id"] for r in rows}) == 2
+    assert {r["status"] for r in rows} == {"completed"}
+    client = MlflowClient(uri)
+    children = client.search_runs([client.get_experiment_by_name("killed").experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{resumed.mlflow_run_id}'")
+    assert sorted(c.data.tags["asrn.trial_id"] for c in children) == sorted(r["trial_id"] for r in rows)
+    for child in children:
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_map")) == [1, 2]
 
 
 # ---------------------------------------------------------------- refused before Ray starts
