@@ -226,10 +226,10 @@ class SweepRecorder(ray.tune.Callback):
         self.status_file, self.epochs, self.patience = Path(status_file), epochs, patience
         self.untuned, self.context = dict(untuned), dict(context)
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
-        self._experiment_id, self._runs = None, {}
+        self._experiment_id, self._runs, self._logged = None, {}, {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_runs": {}}
+        return {**self.__dict__, "_runs": {}, "_logged": {}}
 
     def setup(self, **info) -> None:
         if self.parent_run_id:
@@ -257,9 +257,15 @@ class SweepRecorder(ray.tune.Callback):
                                {**self.context, **trial_hyperparameters(trial.config, self.untuned)})
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if self.parent_run_id and trial.trial_id in self._runs and "epoch" in result:
-            mlflow_runs.log_metrics(self.tracking_uri, self._runs[trial.trial_id],
-                                    {k: result.get(k) for k in EPOCH_METRICS}, step=int(result["epoch"]))
+        """Log the epoch once: a restarted trial repeats the epochs after its last checkpoint."""
+        if not self.parent_run_id or trial.trial_id not in self._runs or "epoch" not in result:
+            return
+        run_id, epoch = self._runs[trial.trial_id], int(result["epoch"])
+        if run_id not in self._logged:
+            self._logged[run_id] = mlflow_runs.logged_steps(self.tracking_uri, run_id, "val_map")
+        if epoch not in self._logged[run_id]:
+            self._logged[run_id].add(epoch)
+            mlflow_runs.log_metrics(self.tracking_uri, run_id, {k: result.get(k) for k in EPOCH_METRICS}, step=epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, trial_status(trial.last_result, self.epochs, self.patience))
