@@ -1,42 +1,42 @@
-"""Training throughput: Ray Train (1 and 2 CPU workers) against a plain PyTorch loop, and BDLSTM against nn.LSTM.
+"""Training cost: Ray Train against a plain PyTorch loop on the same recipe and threads, and BDLSTM against nn.LSTM.
 
-    python benchmarks/train.py [--num-videos 400] [--epochs 6] [--hidden 256] [--ray-runs 1x1,1x2,2x1]
-                               [--plain-threads 1,2] [--max-load 1.5 --wait-minutes 20] [--out ...]
+    python benchmarks/train.py [--num-videos 400] [--epochs 6] [--recipe default] [--rounds 2]
+                               [--runs plain_1t,ray_1w_1t,plain_2t,ray_2w_1t] [--lstm-threads 1,2] [--out ...]
 
-On a synthetic feature store (asrn synth features, seed 0; 70% of the videos are train) it measures:
+Method (GitHub issue 14, point 4):
+- One synthetic feature store (asrn synth features, seed 0; 70% of the videos are train) for every run.
+- Every run is a fresh Python process started by this script, in the order of `--runs`, repeated `--rounds` times
+  (A, B, C, D, A, B, C, D, ...), so load from other work on the machine falls on every kind of run alike; the
+  summary gives the median and the best of the rounds for each figure.
+- Both sides train the same LoopConfig (`asrn.train.loop_config_for`: recipe, model, per-step batch, seed, train
+  input statistics) with `asrn.loop.build_optimizer`, `train_epoch` and `evaluate`: no optimizer step is written
+  here. Early stopping is off (patience = epochs + 1) so every run trains every epoch.
+- Equal threads: plain_<t>t sets torch.set_num_threads(t); ray_<w>w_<t>t gives each of w workers CPU=t and a
+  wrapper around `train_loop_per_worker` calls torch.set_num_threads(t) first and records what it found and set.
+  ray_1w_1t is compared with plain_1t, ray_2w_1t and ray_1w_2t with plain_2t.
+- Two spans, both reported:
+  steady    videos / seconds of the train pass over epochs 2..N (the first epoch, with its warm-up, left out).
+            Ray: the loop's own `epoch_seconds` of rank 0 (Ray Data shard iteration, collate, forward, backward,
+            DDP all-reduce, optimizer and scheduler step, loss all-reduce); plain: the same span around
+            `train_epoch` + `scheduler.step()` over in-memory videos shuffled each epoch. Neither holds validation.
+  whole run start to trained model. run_s, timed inside the run's process after its imports: plain = load the
+            store + input statistics + all epochs with validation; Ray = ray.init + build_trainer (Parquet read,
+            filter, materialize, input statistics) + fit (controller, worker group, process group, all epochs
+            with validation, checkpoints and reports) + reading the last checkpoint's history + ray.shutdown.
+            process_wall_s, timed by this script, adds interpreter start and imports (torch; Ray for Ray runs).
+            fixed_s = run_s - the sum of all epochs' epoch_seconds: what a run costs besides training itself.
+- CPU time beside wall time. plain: the process's user+system time over run_s (getrusage, every torch thread)
+  and the main thread's (time.thread_time). Ray: the driver's own getrusage plus every descendant process
+  (raylet, GCS, Train controller, workers, Ray Data tasks) read from /proc/<pid>/stat once a second, the last
+  reading of each process kept (a process that lives under a second is missed); each worker also reports its
+  process CPU and its loop thread's CPU at the end of its loop. process_cpu_s_reaped is this script's
+  getrusage(RUSAGE_CHILDREN) over the run's process: everything it and the children it waited for used; Ray
+  workers are not reaped by the driver, so for Ray runs it is a lower bound.
+- The machine (cores, CPU model) and the 1-minute load average before and after every run are recorded.
 
-ray_<w>w_<t>t   `asrn.train.train_loop_per_worker` under a TorchTrainer built by `asrn.train.build_trainer`
-                (MLflow off, gloo, CPU), w workers with t torch threads each (ScalingConfig
-                resources_per_worker CPU=t; the loop is wrapped to call torch.set_num_threads(t) first, and the
-                wrapper records the thread count it found and set). Ray is started for each run with
-                `--ray-cpus` logical CPUs (default 2x the cores, as the tests' cluster does) and shut down after.
-                samples_per_s: the loop's own `train_samples_per_s` = videos trained in the epoch (all workers)
-                / rank 0's `epoch_seconds`, which spans the whole train pass of one epoch: Ray Data shard
-                iteration (object store fetch, local shuffle, pyarrow -> VideoFeatures, dims check), `collate`,
-                forward, backward, DDP gradient all-reduce, SGD step, and the loss all-reduce; not validation,
-                checkpointing or `ray.train.report`. Steady state = total videos / total epoch_seconds over
-                epochs 2..N (the first epoch is excluded). Per-epoch values are read from the history in the
-                last checkpoint (as `TrainResult.history` does): `Result.metrics_dataframe` holds only the kept
-                checkpoints in Ray Train V2, so num_to_keep is set to the epoch count here and it is
-                cross-checked.
-                wall: ray.init + build_trainer (Parquet read + filter + materialize) + fit (worker group and
-                process-group start, all epochs with validation, checkpoints and reports) + ray.shutdown.
-plain_<t>t      the same model (variant, hidden, dropout, seed, train-split input statistics),
-                SGD+momentum+ExponentialLR, batch size, task and `collate` in this process, no Ray,
-                torch.set_num_threads(t); the train videos are loaded into
-                memory once (`store.load_videos`) and shuffled fully each epoch. samples_per_s: videos / time of
-                the train pass (collate + forward + backward + step), the same span as the Ray loop's
-                epoch_seconds minus the Ray Data part; step_only_samples_per_s excludes `collate`.
-                wall: loading the store + all epochs, each with a validation pass as the Ray loop does.
-The ratio Ray / plain compares runs that use the same number of cores: 1 worker x 1 thread against 1 thread,
-and 1 worker x 2 threads and 2 workers x 1 thread against 2 threads.
-
-bdlstm          forward + backward of `BoundaryLSTM(H)` on x (B, T, H) with every step valid (loss: V_g summed)
-                against `nn.LSTM(H, H, batch_first=True)` on the same x (loss: all outputs summed), x requiring
-                grad as it does inside ASRN; median over `--lstm-repeats` after 3 warm-up steps, per thread count.
-
-The machine (cores, CPU model, torch threads, load average at start and around each part) and the date are
-recorded with the figures, since other work on the machine changes them.
+bdlstm: forward + backward of `BoundaryLSTM(H)` on x (B, T, H) with every step valid (loss: outputs summed) against
+`nn.LSTM(H, H, batch_first=True)` on the same x, x requiring grad as inside ASRN; the two alternate step by step
+(interleaved), 3 warm-up steps each, then the median and the minimum over `--lstm-repeats`, per thread count.
 """
 
 from __future__ import annotations
@@ -44,10 +44,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
+import re
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,294 +65,449 @@ sys.path.insert(0, str(ROOT))
 from machine import load, machine  # noqa: E402
 
 from asrn.labels import task_labels  # noqa: E402
+from asrn.loop import RECIPES, build_optimizer, evaluate, train_epoch  # noqa: E402
 from asrn.metrics import compute_metrics  # noqa: E402
-from asrn.model import ASRN, BoundaryLSTM, ModelConfig, asrn_loss  # noqa: E402
+from asrn.model import ASRN, BoundaryLSTM  # noqa: E402
 from asrn.sequence import collate  # noqa: E402
 from asrn.store import feature_statistics, load_videos, read_info  # noqa: E402
-from asrn.synth_features import synthesize_feature_store  # noqa: E402
-from asrn.train import MOMENTUM, NO_MLFLOW, STATE_FILE, TrainConfig, build_trainer, train_loop_per_worker  # noqa: E402
 
-LR_DECAY = TrainConfig.__dataclass_fields__["lr_decay"].default
+# asrn.train imports Ray: it is imported only where Ray is used, so that plain runs never import Ray.
 
-
-def wait_for_load(max_load: float | None, minutes: float) -> dict:
-    """Poll the 1-minute load average every 30 s until it is below `max_load` or `minutes` have passed."""
-    started, waited = time.monotonic(), {"max_load": max_load, "polls": []}
-    while max_load is not None:
-        now = load()
-        waited["polls"].append(now[0])
-        if now[0] < max_load or time.monotonic() - started > minutes * 60:
-            break
-        print(f"load average {now}: waiting for the 1-minute value to drop below {max_load}", flush=True)
-        time.sleep(30)
-    waited["seconds"] = round(time.monotonic() - started, 1)
-    waited["ran_below_max"] = max_load is None or waited["polls"][-1] < max_load
-    return waited
+RUN_NAME = re.compile(r"^(?:plain_(\d+)t|ray_(\d+)w_(\d+)t)$")
 
 
-def steady(history: list[dict]) -> dict:
-    """Steady-state throughput over epochs 2..N from per-epoch (videos, seconds)."""
-    rest = history[1:] or history
-    videos = sum(h["videos"] for h in rest)
-    seconds = sum(h["epoch_seconds"] for h in rest)
-    per_epoch = [h["videos"] / h["epoch_seconds"] for h in history]
-    return {"samples_per_s": round(videos / seconds, 2),
-            "median_epoch_samples_per_s": round(statistics.median(per_epoch[1:] or per_epoch), 2),
-            "first_epoch_samples_per_s": round(per_epoch[0], 2),
-            "epochs_counted": [h["epoch"] for h in rest]}
+def process_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class DescendantCpu:
+    """CPU seconds of this process's descendants, read from /proc once a second (Linux); the last reading per
+    process is kept, so processes that end before the run does still count up to their last second."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval, self.seen = interval, {}
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _read(self) -> None:
+        stats = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    text = Path(entry.path, "stat").read_text()
+                except OSError:
+                    continue
+                name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+                # fields after the name: state ppid ... utime(12) stime(13) ... starttime(20)
+                stats[int(entry.name)] = (int(rest[1]), name, int(rest[11]) + int(rest[12]), rest[19])
+        inside, frontier = set(), {os.getpid()}
+        while frontier:
+            frontier = {pid for pid, s in stats.items() if s[0] in frontier and pid not in inside}
+            inside |= frontier
+        for pid in inside:
+            _, name, ticks, start = stats[pid]
+            self.seen[(pid, start)] = (name, ticks / self.tick)
+
+    def _poll(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self._read()
+
+    def __enter__(self) -> DescendantCpu:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._read()
+        self.stop_event.set()
+        self.thread.join()
+
+    def by_name(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, seconds in self.seen.values():
+            out[name] = round(out.get(name, 0.0) + seconds, 2)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def total(self) -> float:
+        return sum(seconds for _, seconds in self.seen.values())
+
+
+@dataclass
+class Spec:
+    """What both sides train, built once by `loop_config_for` in the parent (Ray-free types only)."""
+
+    task: str
+    model: object  # asrn.model.ModelConfig
+    recipe: object  # asrn.loop.Recipe, with this benchmark's epochs and patience
+    batch_size: int  # global
+    seed: int
+    variant: str
+
+
+def steady(epochs: list[dict]) -> dict:
+    """Throughput over epochs 2..N from per-epoch (videos, epoch_seconds)."""
+    rest = epochs[1:] or epochs
+    return {"samples_per_s": round(sum(e["videos"] for e in rest) / sum(e["epoch_seconds"] for e in rest), 2),
+            "first_epoch_samples_per_s": round(epochs[0]["videos"] / epochs[0]["epoch_seconds"], 2),
+            "epochs_counted": [e["epoch"] for e in rest]}
+
+
+def rounded(rows: list[dict]) -> list[dict]:
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+# ---------------------------------------------------------------- plain PyTorch (one process, no Ray)
+
+def run_plain(store: Path, spec: Spec, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    t0, cpu0, thread0 = time.perf_counter(), process_cpu(), time.thread_time()
+    train, val = load_videos(store, splits=["train"]), load_videos(store, splits=["val"])
+    torch.manual_seed(spec.seed)
+    model = ASRN(spec.model)
+    model.set_input_stats(feature_statistics(store, "train"))  # as loop_config_for does for the Ray run
+    optimizer, scheduler = build_optimizer(model, spec.recipe)
+    device = torch.device("cpu")
+    val_batches = [collate(val[i:i + spec.batch_size], spec.task) for i in range(0, len(val), spec.batch_size)]
+    labels = list(task_labels(spec.task))
+    rng = np.random.default_rng(spec.seed)
+    collate_s = [0.0]
+
+    def batches(order: np.ndarray):
+        for i in range(0, len(order), spec.batch_size):
+            a = time.perf_counter()
+            batch = collate([train[j] for j in order[i:i + spec.batch_size]], spec.task)
+            collate_s[0] += time.perf_counter() - a
+            yield batch
+
+    epochs = []
+    for epoch in range(1, spec.recipe.epochs + 1):
+        collate_s[0] = 0.0
+        started, cpu_started = time.perf_counter(), process_cpu()
+        loss = train_epoch(model, batches(rng.permutation(len(train))), optimizer, device, epoch=epoch)
+        scheduler.step()
+        seconds, cpu_seconds = time.perf_counter() - started, process_cpu() - cpu_started
+        val_loss, scores, targets = evaluate(model, val_batches, device)
+        epochs.append({"epoch": epoch, "epoch_seconds": seconds, "videos": float(loss.samples),
+                       "collate_seconds": collate_s[0], "epoch_process_cpu_s": cpu_seconds,
+                       "train_loss": loss.mean, "val_loss": val_loss,
+                       "val_map": compute_metrics(targets, scores, labels)["map"]})
+    run_s = time.perf_counter() - t0
+    rest = epochs[1:] or epochs
+    return {
+        "threads": torch.get_num_threads(), **steady(epochs),
+        "collate_share_of_epoch": round(sum(e["collate_seconds"] for e in rest)
+                                        / sum(e["epoch_seconds"] for e in rest), 3),
+        "steady_process_cpu_s_per_video": round(sum(e["epoch_process_cpu_s"] for e in rest)
+                                                / sum(e["videos"] for e in rest), 5),
+        "run_s": round(run_s, 2), "epochs_s": round(sum(e["epoch_seconds"] for e in epochs), 2),
+        "fixed_s": round(run_s - sum(e["epoch_seconds"] for e in epochs), 2),
+        "cpu": {"process_s": round(process_cpu() - cpu0, 2), "main_thread_s": round(time.thread_time() - thread0, 2),
+                "total_s": round(process_cpu() - cpu0, 2)},
+        "epochs": rounded(epochs),
+    }
 
 
 # ---------------------------------------------------------------- Ray Train
 
-def _loop_with_threads(config: dict) -> None:
-    """`train_loop_per_worker` with the worker's torch threads set first (and recorded for the results)."""
-    found = torch.get_num_threads()
-    torch.set_num_threads(config["bench_threads"])
+@dataclass
+class ThreadedLoop:
+    """The LoopConfig of `build_trainer` plus the torch threads each worker sets before running it."""
+
+    loop: object  # asrn.train.LoopConfig
+    threads: int
+    record: str  # folder for one JSON per rank
+
+
+def loop_with_threads(config: ThreadedLoop) -> None:
+    """`train_loop_per_worker` with the worker's torch threads set first; records threads and CPU per rank."""
     import ray.train
 
+    from asrn.train import train_loop_per_worker
+
+    found = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    t0, cpu0, thread0 = time.perf_counter(), process_cpu(), time.thread_time()
+    train_loop_per_worker(config.loop)
     rank = ray.train.get_context().get_world_rank()
-    record = {"rank": rank, "threads_found": found, "threads_set": torch.get_num_threads(),
-              "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid()}
-    Path(config["bench_record"], f"rank{rank}.json").write_text(json.dumps(record))
-    train_loop_per_worker(config)
+    record = {"rank": rank, "pid": os.getpid(), "threads_found": found, "threads_set": torch.get_num_threads(),
+              "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+              "loop_s": round(time.perf_counter() - t0, 2), "loop_process_cpu_s": round(process_cpu() - cpu0, 2),
+              "loop_thread_cpu_s": round(time.thread_time() - thread0, 2),
+              "process_cpu_s_since_start": round(process_cpu(), 2)}
+    Path(config.record, f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def bench_ray(store: Path, work: Path, workers: int, threads: int, args) -> dict:
+def run_ray(store: Path, spec: Spec, workers: int, threads: int, work: Path, ray_cpus: int) -> dict:
     import ray
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    name = f"ray_{workers}w_{threads}t"
-    record = work / f"{name}-workers"
-    record.mkdir()
-    load_before = load()
-    t0 = time.perf_counter()
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        t1 = time.perf_counter()
-        config = TrainConfig(features=store, task=args.task, out=work / name, variant=args.variant,
-                             num_workers=workers, epochs=args.epochs, batch_size=args.batch_size, hidden=args.hidden,
-                             patience=args.epochs + 1, mlflow_uri=NO_MLFLOW, num_to_keep=args.epochs, seed=0)
-        config.out.mkdir(parents=True)
-        base = build_trainer(config, f"bench-{name}", info=read_info(store))  # reads and materializes the store
-        trainer = TorchTrainer(
-            _loop_with_threads,
-            train_loop_config={**base.train_loop_config, "bench_threads": threads, "bench_record": str(record)},
-            torch_config=base.backend_config,
-            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False,
-                                                   resources_per_worker={"CPU": threads}),
-            run_config=base.run_config, datasets=base.datasets, dataset_config=base.data_config)
-        t2 = time.perf_counter()
-        result = trainer.fit()
-        t3 = time.perf_counter()
-    finally:
-        ray.shutdown()
-    t4 = time.perf_counter()
-    with result.checkpoint.as_directory() as folder:
-        history = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)["history"]
+    from asrn.checkpoint import load_training_state
+    from asrn.mlflow_runs import NO_MLFLOW
+    from asrn.train import TrainConfig, build_trainer
+
+    record = work / "workers"
+    record.mkdir(parents=True)
+    t0, cpu0 = time.perf_counter(), process_cpu()
+    with DescendantCpu() as descendants:
+        ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}})
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            t1 = time.perf_counter()
+            config = TrainConfig(features=store, task=spec.task, out=work / "out", variant=spec.variant,
+                                 recipe=spec.recipe.name, num_workers=workers, epochs=spec.recipe.epochs,
+                                 patience=spec.recipe.patience, seed=spec.seed, mlflow_uri=NO_MLFLOW)
+            config.out.mkdir(parents=True)
+            base = build_trainer(config, "bench", info=read_info(store))  # reads, materializes, input statistics
+            loop = base.train_loop_config
+            same = loop.model == spec.model and loop.recipe == spec.recipe
+            trainer = TorchTrainer(
+                loop_with_threads, train_loop_config=ThreadedLoop(loop, threads, str(record)),
+                torch_config=base.backend_config,
+                scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False,
+                                                       resources_per_worker={"CPU": threads}),
+                run_config=base.run_config, datasets=base.datasets, dataset_config=base.data_config)
+            t2 = time.perf_counter()
+            result = trainer.fit()
+            t3 = time.perf_counter()
+            with result.checkpoint.as_directory() as folder:  # the last epoch always checkpoints
+                history = load_training_state(folder)["history"]
+        finally:
+            t4 = time.perf_counter()
+            ray.shutdown()
+    t5 = time.perf_counter()
+    driver_cpu = process_cpu() - cpu0
     epochs = [{"epoch": int(h["epoch"]), "epoch_seconds": float(h["epoch_seconds"]),
                "videos": float(h["train_samples_per_s"]) * float(h["epoch_seconds"]),
-               "train_samples_per_s": round(float(h["train_samples_per_s"]), 2)} for h in history]
-    frame = result.metrics_dataframe
-    frame_rates = ([round(float(x), 2) for x in frame.sort_values("epoch")["train_samples_per_s"]]
-                   if frame is not None else None)
-    epoch_total = sum(h["epoch_seconds"] for h in epochs)
-    out = {
-        "workers": workers, "threads_per_worker": threads, "batch_per_worker": base.train_loop_config["batch_size"],
-        **steady(epochs),
-        "epochs": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in e.items()} for e in epochs],
-        "metrics_dataframe_train_samples_per_s": frame_rates,
-        "worker_threads": [json.loads(p.read_text()) for p in sorted(record.glob("rank*.json"))],
-        "wall": {"ray_init_s": round(t1 - t0, 2), "build_trainer_s": round(t2 - t1, 2), "fit_s": round(t3 - t2, 2),
-                 "shutdown_s": round(t4 - t3, 2), "total_s": round(t4 - t0, 2),
-                 "train_epochs_s": round(epoch_total, 2),
-                 "total_minus_train_epochs_s": round(t4 - t0 - epoch_total, 2)},
-        "load_average_before": load_before, "load_average_after": load(),
+               "train_loss": float(h["train_loss"]), "val_loss": float(h["val_loss"]), "val_map": float(h["val_map"])}
+              for h in history]
+    ranks = [json.loads(p.read_text()) for p in sorted(record.glob("rank*.json"))]
+    epoch_total = sum(e["epoch_seconds"] for e in epochs)
+    return {
+        "workers": workers, "threads_per_worker": threads, "batch_per_worker": loop.batch_size,
+        "same_model_and_recipe_as_plain": same, **steady(epochs),
+        "run_s": round(t5 - t0, 2), "epochs_s": round(epoch_total, 2), "fixed_s": round(t5 - t0 - epoch_total, 2),
+        "parts_s": {"ray_init": round(t1 - t0, 2), "build_trainer": round(t2 - t1, 2), "fit": round(t3 - t2, 2),
+                    "read_history": round(t4 - t3, 2), "shutdown": round(t5 - t4, 2)},
+        "cpu": {"driver_process_s": round(driver_cpu, 2), "descendants_s": round(descendants.total(), 2),
+                "total_s": round(driver_cpu + descendants.total(), 2),
+                "descendants_by_name_s": descendants.by_name(),
+                "worker_loops": ranks},
+        "epochs": rounded(epochs),
     }
-    print(f"{name}: {out['samples_per_s']} videos/s steady, wall {out['wall']['total_s']} s", flush=True)
-    return out
 
 
-# ---------------------------------------------------------------- plain PyTorch
-
-def bench_plain(store: Path, threads: int, args) -> dict:
-    torch.set_num_threads(threads)
-    load_before = load()
-    t0 = time.perf_counter()
-    train, val = load_videos(store, splits=["train"]), load_videos(store, splits=["val"])
-    labels = list(task_labels(args.task))
-    torch.manual_seed(0)
-    model = ASRN(ModelConfig(dims=dict(read_info(store).dims), num_classes=len(labels), variant=args.variant,
-                             hidden=args.hidden, dropout=TrainConfig.__dataclass_fields__["dropout"].default))
-    model.set_input_stats(feature_statistics(store, "train"))  # as train_loop_per_worker does
-    optimizer = torch.optim.SGD(model.parameters(), lr=TrainConfig.__dataclass_fields__["lr"].default,
-                                momentum=MOMENTUM)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=LR_DECAY)
-    val_batches = [collate(val[i:i + args.batch_size], args.task) for i in range(0, len(val), args.batch_size)]
-    rng = np.random.default_rng(0)
-    epochs = []
-    for epoch in range(1, args.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        order = rng.permutation(len(train))
-        collate_s = step_s = 0.0
-        for i in range(0, len(train), args.batch_size):
-            a = time.perf_counter()
-            batch = collate([train[j] for j in order[i:i + args.batch_size]], args.task)
-            b = time.perf_counter()
-            loss = asrn_loss(model(batch.features, batch.present, batch.mask).logits.float(), batch.targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            float(loss.detach())
-            collate_s, step_s = collate_s + b - a, step_s + time.perf_counter() - b
-        scheduler.step()
-        seconds = time.perf_counter() - started
-        model.eval()
-        with torch.no_grad():  # validation, as the Ray loop runs it (not part of epoch_seconds there either)
-            scores = [torch.sigmoid(model(v.features, v.present, v.mask).logits).numpy() for v in val_batches]
-        compute_metrics(np.concatenate([v.targets.numpy() for v in val_batches]), np.concatenate(scores), labels)
-        epochs.append({"epoch": epoch, "epoch_seconds": seconds, "videos": float(len(train)),
-                       "collate_seconds": collate_s, "step_seconds": step_s})
-    wall = time.perf_counter() - t0
-    rest = epochs[1:] or epochs
-    out = {
-        "threads": torch.get_num_threads(), **steady(epochs),
-        "step_only_samples_per_s": round(sum(e["videos"] for e in rest) / sum(e["step_seconds"] for e in rest), 2),
-        "collate_share_of_epoch": round(sum(e["collate_seconds"] for e in rest)
-                                        / sum(e["epoch_seconds"] for e in rest), 3),
-        "epochs": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in e.items()} for e in epochs],
-        "wall": {"total_s": round(wall, 2), "train_epochs_s": round(sum(e["epoch_seconds"] for e in epochs), 2)},
-        "load_average_before": load_before, "load_average_after": load(),
-    }
-    print(f"plain_{threads}t: {out['samples_per_s']} videos/s steady "
-          f"({out['step_only_samples_per_s']} step only), wall {out['wall']['total_s']} s", flush=True)
-    return out
+def run_one(args) -> None:
+    """Child process: one run, its figures written to `--record`."""
+    spec = pickle.loads(args.spec.read_bytes())
+    m = RUN_NAME.match(args.one)
+    if m.group(1):
+        out = run_plain(args.store, spec, int(m.group(1)))
+    else:
+        out = run_ray(args.store, spec, int(m.group(2)), int(m.group(3)), args.record.parent / args.one,
+                      args.ray_cpus)
+    args.record.write_text(json.dumps(out))
 
 
 # ---------------------------------------------------------------- BDLSTM vs nn.LSTM
 
-def _time_steps(module: torch.nn.Module, forward, x: torch.Tensor, repeats: int) -> dict:
-    fwd, total = [], []
-    for i in range(3 + repeats):
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        a = time.perf_counter()
-        loss = forward()
-        b = time.perf_counter()
-        loss.backward()
-        c = time.perf_counter()
-        if i >= 3:
-            fwd.append(b - a)
-            total.append(c - a)
-    return {"fwd_bwd_ms_median": round(1000 * statistics.median(total), 3),
-            "fwd_bwd_ms_min": round(1000 * min(total), 3),
-            "forward_ms_median": round(1000 * statistics.median(fwd), 3)}
-
-
-def bench_lstm(threads: int, args) -> dict:
+def bench_lstm(threads: int, B: int, T: int, H: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    B, T, H = args.lstm_batch, args.lstm_steps, args.hidden_lstm
     x = torch.randn(B, T, H, requires_grad=True)
     mask = torch.ones(B, T, dtype=torch.bool)
     bdlstm, lstm = BoundaryLSTM(H), torch.nn.LSTM(H, H, batch_first=True)
+    forwards = {"bdlstm": lambda: bdlstm(x, mask)[0].sum(), "nn_lstm": lambda: lstm(x)[0].sum()}
+    times = {name: {"fwd_bwd": [], "forward": [], "cpu": []} for name in forwards}
     load_before = load()
-    bd = _time_steps(bdlstm, lambda: bdlstm(x, mask)[0].sum(), x, args.lstm_repeats)
-    ref = _time_steps(lstm, lambda: lstm(x)[0].sum(), x, args.lstm_repeats)
-    out = {"threads": torch.get_num_threads(), "bdlstm": bd, "nn_lstm": ref,
-           "ratio_fwd_bwd_bdlstm_to_lstm": round(bd["fwd_bwd_ms_median"] / ref["fwd_bwd_ms_median"], 2),
-           "load_average_before": load_before, "load_average_after": load()}
-    print(f"lstm {threads} thread(s): BDLSTM {bd['fwd_bwd_ms_median']} ms, nn.LSTM {ref['fwd_bwd_ms_median']} ms "
-          f"(x{out['ratio_fwd_bwd_bdlstm_to_lstm']})", flush=True)
+    for i in range(3 + repeats):
+        for name, forward in forwards.items():  # interleaved: bdlstm, nn_lstm, bdlstm, nn_lstm, ...
+            bdlstm.zero_grad(set_to_none=True)
+            lstm.zero_grad(set_to_none=True)
+            x.grad = None
+            a, cpu = time.perf_counter(), time.process_time()
+            loss = forward()
+            b = time.perf_counter()
+            loss.backward()
+            c = time.perf_counter()
+            if i >= 3:
+                times[name]["fwd_bwd"].append(c - a)
+                times[name]["forward"].append(b - a)
+                times[name]["cpu"].append(time.process_time() - cpu)
+    out = {"threads": torch.get_num_threads()}
+    for name, t in times.items():
+        out[name] = {"fwd_bwd_ms_median": round(1000 * statistics.median(t["fwd_bwd"]), 3),
+                     "fwd_bwd_ms_min": round(1000 * min(t["fwd_bwd"]), 3),
+                     "forward_ms_median": round(1000 * statistics.median(t["forward"]), 3),
+                     "process_cpu_ms_median": round(1000 * statistics.median(t["cpu"]), 3)}
+    out["ratio_fwd_bwd_median_bdlstm_to_lstm"] = round(out["bdlstm"]["fwd_bwd_ms_median"]
+                                                       / out["nn_lstm"]["fwd_bwd_ms_median"], 2)
+    out["ratio_fwd_bwd_min_bdlstm_to_lstm"] = round(out["bdlstm"]["fwd_bwd_ms_min"]
+                                                    / out["nn_lstm"]["fwd_bwd_ms_min"], 2)
+    out["load_average_before"], out["load_average_after"] = load_before, load()
+    print(f"lstm {threads} thread(s): BDLSTM {out['bdlstm']['fwd_bwd_ms_median']} ms, nn.LSTM "
+          f"{out['nn_lstm']['fwd_bwd_ms_median']} ms (x{out['ratio_fwd_bwd_median_bdlstm_to_lstm']})", flush=True)
     return out
+
+
+# ---------------------------------------------------------------- the interleaved rounds
+
+def spread(values: list[float], best) -> dict:
+    return {"median": round(statistics.median(values), 2), "best": round(best(values), 2),
+            "all": [round(v, 2) for v in values]}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median and best over rounds per run name: best = max for videos/s, min for seconds."""
+    summary = {}
+    for name in dict.fromkeys(r["name"] for r in runs):
+        rs = [r for r in runs if r["name"] == name]
+        summary[name] = {
+            "steady_videos_per_s": spread([r["samples_per_s"] for r in rs], max),
+            "run_s": spread([r["run_s"] for r in rs], min),
+            "process_wall_s": spread([r["process_wall_s"] for r in rs], min),
+            "epochs_s": spread([r["epochs_s"] for r in rs], min),
+            "fixed_s": spread([r["fixed_s"] for r in rs], min),
+            "cpu_total_s": spread([r["cpu"]["total_s"] for r in rs], min),
+            "process_cpu_s_reaped": spread([r["process_cpu_s_reaped"] for r in rs], min),
+        }
+    return summary
+
+
+def ratios(summary: dict) -> dict:
+    """Ray / plain at equal threads (workers x threads per worker = plain threads)."""
+    out = {}
+    for name, s in summary.items():
+        m = RUN_NAME.match(name)
+        plain = f"plain_{int(m.group(2)) * int(m.group(3))}t" if m.group(2) else None
+        if plain in summary:
+            p = summary[plain]
+            out[f"{name}/{plain}"] = {
+                "steady_videos_per_s_median": round(s["steady_videos_per_s"]["median"]
+                                                    / p["steady_videos_per_s"]["median"], 3),
+                "steady_videos_per_s_best": round(s["steady_videos_per_s"]["best"] / p["steady_videos_per_s"]["best"],
+                                                  3),
+                "run_s_median": round(s["run_s"]["median"] / p["run_s"]["median"], 2),
+                "cpu_total_s_median": round(s["cpu_total_s"]["median"] / p["cpu_total_s"]["median"], 2),
+                "ray_fixed_s_median": s["fixed_s"]["median"],
+                "plain_fixed_s_median": p["fixed_s"]["median"],
+            }
+    return out
+
+
+def child_command(name: str, store: Path, spec: Path, record: Path, args) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--one", name, "--store", str(store), "--spec", str(spec),
+            "--record", str(record), "--ray-cpus", str(args.ray_cpus)]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-videos", type=int, default=400)
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     p.add_argument("--task", default="sub")
     p.add_argument("--variant", default="asrn")
-    p.add_argument("--hidden", type=int, default=TrainConfig.__dataclass_fields__["hidden"].default)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.__dataclass_fields__["batch_size"].default)
-    p.add_argument("--ray-runs", default="1x1,1x2,2x1", help="WORKERSxTHREADS per worker, comma-separated; '' skips")
-    p.add_argument("--plain-threads", default="1,2", help="torch threads of the plain loop runs; '' skips")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--runs", default="plain_1t,ray_1w_1t,plain_2t,ray_2w_1t",
+                   help="one round, in order: plain_<T>t and ray_<W>w_<T>t, comma-separated")
     p.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs of the local Ray (default 2x cores)")
     p.add_argument("--lstm-threads", default="1,2", help="torch threads of the BDLSTM/nn.LSTM runs; '' skips")
     p.add_argument("--lstm-repeats", type=int, default=30)
     p.add_argument("--lstm-batch", type=int, default=32)
     p.add_argument("--lstm-steps", type=int, default=48)
-    p.add_argument("--hidden-lstm", type=int, default=256, help="H of the BDLSTM/nn.LSTM comparison")
-    p.add_argument("--max-load", type=float, default=None,
-                   help="wait until the 1-minute load average is below this before measuring")
-    p.add_argument("--wait-minutes", type=float, default=20.0, help="give up waiting after this; run anyway")
+    p.add_argument("--lstm-hidden", type=int, default=256)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one run
+    p.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     args.ray_cpus = args.ray_cpus or 2 * (os.cpu_count() or 1)
-    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
-    ray_runs = [tuple(int(v) for v in r.split("x")) for r in args.ray_runs.split(",") if r]
+    if args.one:
+        run_one(args)
+        return 0
+    names = [n for n in args.runs.split(",") if n]
+    bad = [n for n in names if not RUN_NAME.match(n)]
+    if bad:
+        p.error(f"--runs: {', '.join(bad)} not of the form plain_<T>t or ray_<W>w_<T>t")
 
-    waited = wait_for_load(args.max_load, args.wait_minutes)
+    from asrn.synth_features import synthesize_feature_store
+    from asrn.train import TrainConfig, loop_config_for
+
     info = machine()
     started = time.perf_counter()
+    runs = []
     with tempfile.TemporaryDirectory(prefix="asrn-bench-train-") as tmp:
         work = Path(tmp)
         store = synthesize_feature_store(work / "store", num_videos=args.num_videos, seed=0)
         num_train = len(load_videos(store, splits=["train"]))
-        plain = {f"plain_{t}t": bench_plain(store, t, args) for t in ints(args.plain_threads)}
-        lstm = {f"{t}_threads": bench_lstm(t, args) for t in ints(args.lstm_threads)}
-        torch.set_num_threads(info["torch_threads"])
-        ray_results = {f"ray_{w}w_{t}t": bench_ray(store, work, w, t, args) for w, t in ray_runs}
-
-    ratios = {}
-    for name, r in ray_results.items():
-        cores = r["workers"] * r["threads_per_worker"]
-        if f"plain_{cores}t" in plain:
-            ratios[f"{name}_to_plain_{cores}t"] = round(r["samples_per_s"] / plain[f"plain_{cores}t"]["samples_per_s"],
-                                                        3)
+        config = TrainConfig(features=store, task=args.task, out=work, variant=args.variant, recipe=args.recipe,
+                             epochs=args.epochs, patience=args.epochs + 1)
+        loop = loop_config_for(config, read_info(store))
+        spec = Spec(task=loop.task, model=loop.model, recipe=loop.recipe, batch_size=loop.batch_size, seed=loop.seed,
+                    variant=args.variant)
+        (work / "spec.pkl").write_bytes(pickle.dumps(spec))
+        for round_ in range(1, args.rounds + 1):
+            for name in names:
+                record = work / f"round{round_}" / f"{name}.json"
+                record.parent.mkdir(exist_ok=True)
+                load_before, reaped0, t0 = load(), children_cpu(), time.perf_counter()
+                with open(work / f"round{round_}-{name}.log", "w") as log:
+                    code = subprocess.call(child_command(name, store, work / "spec.pkl", record, args),
+                                           stdout=log, stderr=subprocess.STDOUT)
+                wall, reaped = time.perf_counter() - t0, children_cpu() - reaped0
+                if code:
+                    print(Path(log.name).read_text()[-5000:], file=sys.stderr)
+                    raise SystemExit(f"round {round_} {name}: exit status {code}")
+                run = {"name": name, "round": round_, **json.loads(record.read_text()),
+                       "process_wall_s": round(wall, 2), "process_cpu_s_reaped": round(reaped, 2),
+                       "load_average_before": load_before, "load_average_after": load()}
+                runs.append(run)
+                print(f"round {round_} {name}: {run['samples_per_s']} videos/s steady, run {run['run_s']} s "
+                      f"(process {run['process_wall_s']} s), fixed {run['fixed_s']} s, cpu {run['cpu']['total_s']} s, "
+                      f"load {run['load_average_before'][0]}->{run['load_average_after'][0]}", flush=True)
+    lstm = {f"{t}_threads": bench_lstm(t, args.lstm_batch, args.lstm_steps, args.lstm_hidden, args.lstm_repeats)
+            for t in (int(v) for v in args.lstm_threads.split(",") if v)}
+    summary = summarize(runs)
+    one_minute = [r[k][0] for r in runs for k in ("load_average_before", "load_average_after")]
     result = {
-        "benchmark": "ASRN training throughput on a synthetic feature store: Ray Train (TorchTrainer, gloo, CPU) "
-                     "vs a plain single-process PyTorch loop; BoundaryLSTM vs nn.LSTM step time",
-        "unit": "videos (samples) per second of the train pass, steady state (epochs 2..N); ms for the LSTMs",
+        "benchmark": "ASRN training on a synthetic feature store: Ray Train (TorchTrainer, gloo, CPU) vs a plain "
+                     "PyTorch loop on the same recipe, LoopConfig and threads; BoundaryLSTM vs nn.LSTM step time",
+        "method": "fresh process per run; runs interleaved in rounds (order below, repeated); median and best of "
+                  "the rounds; steady = epochs 2..N of the train pass; whole run = start to trained model; CPU time "
+                  "beside wall time (see the docstring of benchmarks/train.py for what each span covers)",
         "command": " ".join(["python", "benchmarks/train.py", *(argv if argv is not None else sys.argv[1:])]),
         "settings": {"num_videos": args.num_videos, "train_videos": num_train, "epochs": args.epochs,
-                     "task": args.task, "variant": args.variant, "hidden": args.hidden,
-                     "batch_size_global": args.batch_size, "window": 3, "ray_logical_cpus": args.ray_cpus,
-                     "mlflow": "off", "backend": "gloo",
-                     "lstm_input": {"B": args.lstm_batch, "T": args.lstm_steps, "H": args.hidden_lstm,
+                     "task": args.task, "variant": args.variant, "recipe": asdict(spec.recipe),
+                     "hidden": spec.model.hidden, "batch_size_global": spec.batch_size, "rounds": args.rounds,
+                     "round_order": names, "ray_logical_cpus": args.ray_cpus, "mlflow": "off", "backend": "gloo",
+                     "lstm_input": {"B": args.lstm_batch, "T": args.lstm_steps, "H": args.lstm_hidden,
                                     "repeats": args.lstm_repeats}},
-        "what_each_number_covers": {
-            "samples_per_s (ray)": "train_samples_per_s reported by train_loop_per_worker: videos of the epoch over "
-                                   "all workers / rank 0's epoch_seconds (Ray Data shard iteration, collate, "
-                                   "forward, backward, DDP all-reduce, SGD step; no validation/checkpoint/report); "
-                                   "steady = sum of videos / sum of epoch_seconds over epochs 2..N",
-            "samples_per_s (plain)": "videos / seconds of the train pass (collate + forward + backward + step), "
-                                     "epochs 2..N; step_only_samples_per_s leaves collate out",
-            "wall.total_s (ray)": "ray.init + build_trainer (read, filter, materialize) + fit (workers, process "
-                                  "group, all epochs with validation and checkpoints) + ray.shutdown",
-            "wall.total_s (plain)": "loading the store into memory + all epochs with validation",
-            "ratio": "Ray samples_per_s / plain samples_per_s at the same number of cores (workers x threads)",
-            "bdlstm": "median ms of forward + backward (3 warm-up steps excluded), x requires grad, all steps valid",
-        },
         "machine": info,
-        "waited_for_load": waited,
-        "plain": plain,
-        "ray": ray_results,
-        "ratio_ray_to_plain": ratios,
+        "load_average_1min_over_runs": {"min": min(one_minute), "median": statistics.median(one_minute),
+                                        "max": max(one_minute)},
+        "summary": summary,
+        "ratio_ray_to_plain": ratios(summary),
         "lstm": lstm,
+        "runs": runs,
         "load_average_end": load(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    summary = {k: v for k, v in result.items() if k not in ("plain", "ray", "lstm", "what_each_number_covers")}
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: result[k] for k in ("load_average_1min_over_runs", "summary", "ratio_ray_to_plain")},
+                     indent=1))
     print(f"written to {args.out}")
     return 0
 
