@@ -165,6 +165,9 @@ cmd_up() {
     export RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-120000}"
     export RAY_raylet_start_wait_time_s="${RAY_raylet_start_wait_time_s:-120}"
     export RAY_enable_worker_prestart="${RAY_enable_worker_prestart:-0}"
+    # Ray's Prometheus endpoint (--metrics-export-port) answers anyone without the token, on every
+    # interface: off unless asked for (ASRN_RAY_METRICS=1); nothing in asrn reads Ray's metrics.
+    export RAY_enable_metrics_collection="${ASRN_RAY_METRICS:-0}"
 
     log "starting MLflow on 127.0.0.1:$MLFLOW_PORT (store: $STATE/mlflow.db)"
     start_detached "$STATE/logs/mlflow.log" "$STATE/mlflow.pid" \

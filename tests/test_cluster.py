@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -245,6 +246,31 @@ def test_local_cluster_prints_the_client_environment(local_cluster):
     assert exports["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{PORTS['ASRN_MLFLOW_PORT']}"
     assert exports["RAY_AUTH_MODE"] == "token"
     assert Path(exports["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses on which some TCP socket of this machine listens at `port` (from /proc/net/tcp, tcp6)."""
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+            found.add(socket.inet_ntop(family, raw))
+    return found
+
+
+@pytest.mark.ray
+def test_local_cluster_listens_on_loopback_and_keeps_its_state_private(local_cluster):
+    for name in ("ASRN_DASHBOARD_PORT", "ASRN_MLFLOW_PORT"):
+        assert _listening(int(PORTS[name])) == {"127.0.0.1"}, name
+    metrics = int(PORTS["ASRN_AGENT_PORT_BASE"]) + 4  # Ray's token-less Prometheus endpoint, head and worker
+    assert not _listening(metrics) and not _listening(metrics + 10)
+    state = local_cluster["state"]
+    for path, mode in ((state, 0o700), (state / "logs", 0o700), (state / "auth_token", 0o600)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
 
 
 @pytest.mark.ray
