@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -67,6 +70,114 @@ def test_kuberay_manifests_parse_with_the_right_kinds():
         assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
         assert job["spec"]["entrypoint"].startswith(f"python -m jobs.{name} ")
         assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+
+
+def _fast_env(state: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `local.sh` call that starts nothing: its own state dir and ports."""
+    env = {**os.environ, **PORTS, "ASRN_CLUSTER_DIR": str(state), **extra}
+    env.pop("ASRN_LOCAL_CLUSTER", None)
+    return env
+
+
+@pytest.mark.parametrize("name", [";echo INJECTED", "$(echo INJECTED)", "`echo INJECTED`", "a b'\"\n;echo INJECTED #"])
+def test_env_exports_are_quoted_for_eval(tmp_path, name):
+    state = tmp_path / f"cluster{name}"
+    script = f'eval "$(bash {shlex.quote(str(LOCAL_SH))} env)" && printf %s "$RAY_AUTH_TOKEN_PATH"'
+    run = subprocess.run(["bash", "-c", script], env=_fast_env(state), capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "INJECTED" not in run.stderr and run.stdout == f"{state}/auth_token"
+
+
+def test_a_port_that_is_not_a_number_is_refused(tmp_path):
+    env = _fast_env(tmp_path, ASRN_RAY_PORT="6390; touch pwned")
+    run = subprocess.run(["bash", str(LOCAL_SH), "env"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 1 and "ASRN_RAY_PORT=6390; touch pwned is not a whole number" in run.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def _start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def _down(state: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(LOCAL_SH), "down"], env=_fast_env(state), capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.fixture
+def foreign():
+    """A process of someone else's, leading its own process group (as a cluster node would)."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("content", ["{pid}\n", "{pid} {start}0\n", "{pid} {start}\n", " {pid} x\n"],
+                         ids=["no start time", "reused pid", "not marked as ours", "garbage"])
+def test_down_leaves_a_foreign_process_group_alone(tmp_path, foreign, content):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "head.pid").write_text(content.format(pid=foreign.pid, start=_start_time(foreign.pid)))
+    down = _down(state)
+    assert down.returncode == 0, down.stderr
+    assert "not signalling head" in down.stderr and "stopping head" not in down.stderr
+    time.sleep(0.2)
+    assert foreign.poll() is None, "local.sh down killed a process that is not the cluster's"
+    assert not (state / "head.pid").exists()
+
+
+def _children(pid: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if found:
+            return [int(c) for c in found]
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} started no child")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_down_stops_the_whole_process_group_it_started(tmp_path):
+    """The leader carries the marker, its child does not: only the group signal can stop the child."""
+    state = (tmp_path / "state").resolve()
+    state.mkdir()
+    leader = subprocess.Popen(["bash", "-c", "env -u ASRN_LOCAL_CLUSTER sleep 60 & wait"], start_new_session=True,
+                              env={**os.environ, "ASRN_LOCAL_CLUSTER": str(state)})
+    try:
+        (child,) = _children(leader.pid)
+        (state / "head.pid").write_text(f"{leader.pid} {_start_time(leader.pid)}\n")
+        down = _down(state)
+        assert down.returncode == 0 and f"stopping head (process group {leader.pid})" in down.stderr, down.stderr
+        leader.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child)
+    finally:
+        leader.kill()
+        leader.wait()
+
+
+def test_up_makes_the_state_dir_and_logs_private(tmp_path):
+    """Checked before anything starts: here `up` stops at its ray[default] check (a venv whose python fails)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(shutil.which("false"))
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    up = subprocess.run(["bash", str(LOCAL_SH), "up"], env=_fast_env(state, ASRN_VENV=str(venv)),
+                        capture_output=True, text=True, timeout=60)
+    assert up.returncode == 1 and "needs ray[default]" in up.stderr and not up.stdout
+    for folder in (state, state / "logs"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
 def _our_processes(state: Path) -> list[str]:
@@ -135,6 +246,31 @@ def test_local_cluster_prints_the_client_environment(local_cluster):
     assert exports["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{PORTS['ASRN_MLFLOW_PORT']}"
     assert exports["RAY_AUTH_MODE"] == "token"
     assert Path(exports["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses on which some TCP socket of this machine listens at `port` (from /proc/net/tcp, tcp6)."""
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+            found.add(socket.inet_ntop(family, raw))
+    return found
+
+
+@pytest.mark.ray
+def test_local_cluster_listens_on_loopback_and_keeps_its_state_private(local_cluster):
+    for name in ("ASRN_DASHBOARD_PORT", "ASRN_MLFLOW_PORT"):
+        assert _listening(int(PORTS[name])) == {"127.0.0.1"}, name
+    metrics = int(PORTS["ASRN_AGENT_PORT_BASE"]) + 4  # Ray's token-less Prometheus endpoint, head and worker
+    assert not _listening(metrics) and not _listening(metrics + 10)
+    state = local_cluster["state"]
+    for path, mode in ((state, 0o700), (state / "logs", 0o700), (state / "auth_token", 0o600)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
 
 
 @pytest.mark.ray
