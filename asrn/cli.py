@@ -12,6 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asrn.errors import AsrnError
+from asrn.labels import TASKS
+from asrn.loop import RECIPES
+from asrn.model import VARIANTS
+
 
 def _config_from_args(config_cls, args: argparse.Namespace):
     """Build a config dataclass from the parsed flags that share its field names."""
@@ -50,31 +55,51 @@ def _add_extract_arguments(sub) -> None:
     _add_address(p)
 
 
+def _add_mlflow_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", "--mlflow-uri", dest="mlflow_uri", default=None,
+                   help="MLflow tracking URI, or none (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--experiment-name", "--experiment", dest="experiment", default=None,
+                   help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else asrn)")
+
+
+def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    recipes = "; ".join(f"{r.name}: {r.optimizer} lr {r.lr:g}, weight decay {r.weight_decay:g}, batch {r.batch_size}, "
+                        f"dropout {r.dropout:g}, hidden {r.hidden}, {r.epochs} epochs, patience {r.patience}"
+                        for r in RECIPES.values())
+    p.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help=f"optimisation settings, each overridable by its own flag ({recipes}); default: default")
+    p.add_argument("--variant", choices=list(VARIANTS), default=None, help="model or ablation (default: asrn)")
+
+
 def _add_train_arguments(sub) -> None:
     p = sub.add_parser("train", help="train ASRN with Ray Train, recorded in MLflow")
     p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--task", choices=["sub", "obj", "all"], required=True)
+    p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--variant", choices=["asrn", "no-gla", "no-mfa", "lstm", "mean"], default=None)
-    p.add_argument("--num-workers", type=int, default=None)
+    _add_recipe_arguments(p)
+    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default: 1)")
     p.add_argument("--use-gpu", action="store_true", default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--dropout", type=float, default=None)
-    p.add_argument("--patience", type=int, default=None, help="epochs without val F1 macro gain before stopping")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's)")
+    p.add_argument("--dropout", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--hidden", type=int, default=None, help="model width (default: the recipe's)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="epochs without val mAP gain before stopping (default: the recipe's)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="epochs between checkpoints besides improvements (default: 5)")
+    p.add_argument("--seed", type=int, default=None, help="default: 0")
     p.add_argument("--storage", default=None, help="checkpoint storage (local folder or s3://, gs://)")
     p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run in --out")
-    p.add_argument("--mlflow-uri", default=None, help="default: sqlite store in the working folder")
-    p.add_argument("--experiment", default=None)
+    _add_mlflow_arguments(p)
     _add_address(p)
 
 
 def _add_tune_arguments(sub) -> None:
     p = sub.add_parser("tune", help="sweep dropout, lr, batch size with Ray Tune + Optuna")
     p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--task", choices=["sub", "obj", "all"], required=True)
+    p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--num-samples", type=int, required=True)
     p.add_argument("--max-concurrent", type=int, default=None)
@@ -82,13 +107,12 @@ def _add_tune_arguments(sub) -> None:
     p.add_argument("--scheduler", choices=["asha", "none"], default=None)
     p.add_argument("--workers-per-trial", type=int, default=None)
     p.add_argument("--use-gpu", action="store_true", default=None)
-    p.add_argument("--variant", choices=["asrn", "no-gla", "no-mfa", "lstm", "mean"], default=None)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per trial at most")
+    _add_recipe_arguments(p)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial at most (default: 30)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--storage", default=None)
     p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted sweep in --out")
-    p.add_argument("--mlflow-uri", default=None)
-    p.add_argument("--experiment", default=None)
+    _add_mlflow_arguments(p)
     _add_address(p)
 
 
@@ -173,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, OSError, KeyError) as e:  # our error types subclass these; the message names what
+    except (AsrnError, OSError) as e:  # bad input (the message names it) or a file that cannot be read; the rest
+        # is a bug, whose traceback is worth more than one line
         message = str(e).strip() or type(e).__name__
         print(f"asrn {args.command}: error: {message}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ invented from person boxes: a step with a person and no face has has_face False.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from asrn.errors import AsrnError
+from asrn.tracking import TrackingSettings, track_boxes
 from asrn.tracks import Tracks
 from asrn.weights import resolve_weights
 
@@ -34,7 +36,7 @@ WORK_SHORT_SIDE = 240  # px; cascades cost ~ pixels, and 360p took 2-3x as long 
 STRONG_FACE_FRACTION = 0.5  # of the best hit's neighbour count
 
 
-class DetectorError(RuntimeError):
+class DetectorError(AsrnError):
     """A detector that cannot be built (e.g. a missing OpenCV cascade file); the message names the file."""
 
 
@@ -44,8 +46,15 @@ class FrameBoxes:
 
     person: np.ndarray  # (T, 4) float32 x1 y1 x2 y2
     face: np.ndarray  # (T, 4) float32
-    has_person: np.ndarray  # (T,) bool
+    has_person: np.ndarray  # (T,) bool: detected at this step
     has_face: np.ndarray  # (T,) bool
+    person_tracked: np.ndarray | None = None  # (T,) bool: not detected, the box carried by tracking
+    face_tracked: np.ndarray | None = None  # (T,) bool
+
+    def __post_init__(self) -> None:
+        none = np.zeros(len(self.has_person), bool)
+        self.person_tracked = none.copy() if self.person_tracked is None else np.asarray(self.person_tracked, bool)
+        self.face_tracked = none.copy() if self.face_tracked is None else np.asarray(self.face_tracked, bool)
 
     @classmethod
     def from_lists(cls, persons: list[np.ndarray | None], faces: list[np.ndarray | None]) -> FrameBoxes:
@@ -62,6 +71,10 @@ class FrameBoxes:
 
 class Detector(Protocol):
     name: str  # recorded in features.json
+
+    def describe(self) -> dict:
+        """Name and settings, recorded in features.json."""
+        ...
 
     def detect(self, frames: np.ndarray, frame_indices: np.ndarray, scale: float) -> FrameBoxes:
         """frames (T, H, W, 3) uint8 RGB step frames, frame_indices (T,) source indices, scale step px / source px."""
@@ -90,6 +103,9 @@ class TracksDetector:
     def __init__(self, tracks: Tracks):
         self.tracks = tracks
 
+    def describe(self) -> dict:
+        return {"name": self.name}
+
     def detect(self, frames: np.ndarray, frame_indices: np.ndarray, scale: float) -> FrameBoxes:
         height, width = frames.shape[1], frames.shape[2]
         persons, faces = [], []
@@ -113,25 +129,78 @@ def _cascade(file_name: str) -> cv2.CascadeClassifier:
     return cascade
 
 
-class HaarFaceDetector:
-    """OpenCV's frontal face cascade, then the profile cascade on the image and its mirror (both profiles).
+@dataclass(frozen=True)
+class CascadeSettings:
+    """OpenCV detector settings, measured on 176x144 low-bitrate H.264 with blur, head turns and drifting light
+    (tests/test_tracking.py; benchmarks/detect.py): small frames are enlarged to a 240-px short side, where a
+    scale step of 1.1 and 3 neighbours find turned and blurred faces that 1.15 / 5 miss, while false positives
+    stay rare (and a lone one is dropped by tracking); faces under 28 working px (17 px in a 144-px frame) are
+    too small for the face encoder anyway and cost most of the cascade's time."""
 
-    Frames are first brought to a working short side (WORK_SHORT_SIDE, 240 px): small frames are enlarged
-    so that faces reach the cascades' 24-px window, large ones shrunk for speed, since only the largest
-    face matters. The smallest face found is then 10% of the frame's short side.
+    short_side: int = WORK_SHORT_SIDE
+    scale_factor: float = 1.1
+    min_neighbors: int = 3
+    min_size: int = 28  # px at the working size
+    roll_degrees: float = 20.0  # near a face seen on a recent step, also look for it rolled by +-this
+    search_margin: float = 1.0  # that local search covers the recent face box grown by this many box sides
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HaarFaceDetector:
+    """OpenCV's frontal face cascade; where it finds nothing, the profile cascade on the image and its mirror
+    (both profiles) and, near a face seen on a recent step, the frontal cascade on that region rolled both ways.
+
+    Works on a grey image at the working size (see `equalized_gray`), where faces reach the cascades' 24-px
+    window; only the largest face matters, so large frames are shrunk for speed.
     """
 
-    def __init__(self, scale_factor: float = 1.15, min_neighbors: int = 5):
-        self.scale_factor = scale_factor
+    def __init__(self, settings: CascadeSettings = CascadeSettings()):
+        self.settings = settings
         self.frontal = _cascade("haarcascade_frontalface_default.xml")
         self.profile = _cascade("haarcascade_profileface.xml")
-        self.min_neighbors = min_neighbors
 
     def _run(self, cascade: cv2.CascadeClassifier, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rects, neighbors = cascade.detectMultiScale2(gray, self.scale_factor, self.min_neighbors, minSize=(24, 24))
+        s = self.settings
+        rects, neighbors = cascade.detectMultiScale2(gray, s.scale_factor, s.min_neighbors,
+                                                     minSize=(s.min_size, s.min_size))
         return _xywh_to_xyxy(rects), np.asarray(neighbors, np.float32).reshape(-1)
 
-    def faces(self, gray: np.ndarray) -> np.ndarray:
+    def _profiles(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The profile cascade knows one side only: run it on the mirror image too."""
+        boxes, neighbors = self._run(self.profile, gray)
+        mirrored, mirrored_neighbors = self._run(self.profile, np.ascontiguousarray(gray[:, ::-1]))
+        mirrored = np.stack([gray.shape[1] - mirrored[:, 2], mirrored[:, 1],
+                             gray.shape[1] - mirrored[:, 0], mirrored[:, 3]], 1)
+        return np.concatenate([boxes, mirrored]), np.concatenate([neighbors, mirrored_neighbors])
+
+    def _rolled(self, gray: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frontal faces rolled by +-roll_degrees inside the region around `near` (a recent face, working px)."""
+        s = self.settings
+        side = float(max(near[2] - near[0], near[3] - near[1]))
+        cx, cy = (near[0] + near[2]) / 2, (near[1] + near[3]) / 2
+        half = side * (0.5 + s.search_margin)
+        x1, y1 = int(max(cx - half, 0)), int(max(cy - half, 0))
+        x2, y2 = int(min(cx + half, gray.shape[1])), int(min(cy + half, gray.shape[0]))
+        region = gray[y1:y2, x1:x2]
+        found = [np.zeros((0, 4), np.float32)], [np.zeros(0, np.float32)]
+        if min(region.shape) < s.min_size:
+            return found[0][0], found[1][0]
+        centre = ((x2 - x1) / 2, (y2 - y1) / 2)
+        for angle in (s.roll_degrees, -s.roll_degrees):
+            turn = cv2.getRotationMatrix2D(centre, angle, 1.0)
+            boxes, neighbors = self._run(self.frontal, cv2.warpAffine(region, turn, region.shape[::-1],
+                                                                      borderMode=cv2.BORDER_REPLICATE))
+            if len(boxes):  # back to the image: the box's centre turned back, its size kept
+                back = cv2.invertAffineTransform(turn)
+                centres = np.c_[(boxes[:, :2] + boxes[:, 2:]) / 2, np.ones(len(boxes))] @ back.T  # (K, 2)
+                halves = (boxes[:, 2:] - boxes[:, :2]) / 2
+                found[0].append(np.c_[centres - halves, centres + halves] + [x1, y1, x1, y1])
+                found[1].append(neighbors)
+        return np.concatenate(found[0]).astype(np.float32), np.concatenate(found[1])
+
+    def faces(self, gray: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
         """(H, W) uint8 working-size image -> (K, 4) x1 y1 x2 y2 face boxes, weak ones dropped.
 
         A cascade's spurious hits gather few neighbouring windows next to a real face's many (4-7 against
@@ -139,12 +208,11 @@ class HaarFaceDetector:
         spurious box that happens to be larger from becoming "the largest face".
         """
         boxes, neighbors = self._run(self.frontal, gray)
-        if not len(boxes):  # the profile cascade knows one side only: run it on the mirror image too
-            boxes, neighbors = self._run(self.profile, gray)
-            mirrored, mirrored_neighbors = self._run(self.profile, np.ascontiguousarray(gray[:, ::-1]))
-            mirrored = np.stack([gray.shape[1] - mirrored[:, 2], mirrored[:, 1],
-                                 gray.shape[1] - mirrored[:, 0], mirrored[:, 3]], 1)
-            boxes, neighbors = np.concatenate([boxes, mirrored]), np.concatenate([neighbors, mirrored_neighbors])
+        if not len(boxes):
+            boxes, neighbors = self._profiles(gray)
+            if near is not None and self.settings.roll_degrees > 0:
+                rolled, rolled_neighbors = self._rolled(gray, near)
+                boxes, neighbors = np.concatenate([boxes, rolled]), np.concatenate([neighbors, rolled_neighbors])
         if not len(boxes):
             return boxes
         return boxes[neighbors >= neighbors.max() * STRONG_FACE_FRACTION]
@@ -155,7 +223,11 @@ def working_scale(height: int, width: int, short_side: int = WORK_SHORT_SIDE) ->
     return short_side / min(height, width)
 
 
-def _to_gray(frame: np.ndarray, factor: float) -> np.ndarray:
+def equalized_gray(frame: np.ndarray, factor: float) -> np.ndarray:
+    """RGB frame -> grey at the working size (`factor` x), histogram-equalised: the cascades' and HOG's input.
+
+    Equalising undoes dim or drifting light, which otherwise leaves a face too flat for the Haar features.
+    """
     gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
     if factor != 1.0:
         size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
@@ -163,25 +235,67 @@ def _to_gray(frame: np.ndarray, factor: float) -> np.ndarray:
     return cv2.equalizeHist(gray)
 
 
+def faces_over_time(face_detector: HaarFaceDetector, grays: list[np.ndarray], factor: float,
+                    max_gap: int) -> list[np.ndarray]:
+    """Face candidates per step (frame px), each step's search helped by the largest face of a recent step."""
+    out: list[np.ndarray] = []
+    recent, recent_step = None, -max_gap - 2
+    for step, gray in enumerate(grays):
+        near = recent * factor if recent is not None and step - recent_step <= max_gap + 1 else None
+        boxes = face_detector.faces(gray, near) / factor
+        if len(boxes):
+            sides = boxes[:, 2:] - boxes[:, :2]
+            recent, recent_step = boxes[int(np.argmax(sides[:, 0] * sides[:, 1]))], step
+        out.append(boxes)
+    return out
+
+
+def tracked_frame_boxes(persons: list[np.ndarray], faces: list[np.ndarray], width: int, height: int,
+                        tracking: TrackingSettings, person_from_face: bool) -> FrameBoxes:
+    """Per-step candidates -> FrameBoxes of the largest tracked person and face, bridged steps flagged.
+
+    Where no person is found or carried but a face is, the body is the region below the face (detected or
+    carried like the face). Faces are never invented from person boxes.
+    """
+    face = track_boxes(faces, width, height, tracking)
+    person = track_boxes(persons, width, height, tracking)
+    if person_from_face:
+        for t in np.flatnonzero(~(person.detected | person.bridged) & (face.detected | face.bridged)):
+            box = largest_box(body_from_face(face.boxes[t])[None], width, height)
+            if box is not None:
+                person.boxes[t], person.detected[t], person.bridged[t] = box, face.detected[t], face.bridged[t]
+    return FrameBoxes(person.boxes, face.boxes, person.detected, face.detected,
+                      person_tracked=person.bridged, face_tracked=face.bridged)
+
+
 class OpenCVDetector:
     """Faces: Haar cascades. Persons: HOG people detector (full bodies), optionally the upper-body cascade.
+    Both are then tracked over the steps (asrn.tracking), which drops one-step false positives and carries
+    boxes across short misses.
 
     The upper-body cascade is off by default: it costs about as much as the face cascade and rarely
     fires where the face-derived box below would not do as well.
-    A face with no person box around it still means a person: then the body box is the region below and
-    around the face (3 face widths wide, 4 face heights tall from the brow), clipped to the frame.
-    Faces are never invented from person boxes.
     """
 
     name = "opencv-haar+hog"
 
-    def __init__(self, person_from_face: bool = True, upper_body: bool = False, short_side: int = WORK_SHORT_SIDE):
-        self.short_side = short_side
-        self.face_detector = HaarFaceDetector()
+    def __init__(self, person_from_face: bool = True, upper_body: bool = False,
+                 settings: CascadeSettings = CascadeSettings(), tracking: TrackingSettings | None = None):
+        self.settings, self.tracking = settings, tracking or TrackingSettings()
+        self.face_detector = HaarFaceDetector(settings)
         self.upper_body = _cascade("haarcascade_upperbody.xml") if upper_body else None
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         self.person_from_face = person_from_face
+
+    @property
+    def short_side(self) -> int:
+        return self.settings.short_side
+
+    def describe(self) -> dict:
+        """What features.json records about this detector."""
+        return {"name": self.name, "cascades": self.settings.to_dict(), "tracking": self.tracking.to_dict(),
+                "upper_body": self.upper_body is not None, "person_from_face": self.person_from_face}
 
     def persons(self, gray: np.ndarray) -> np.ndarray:
         """(H, W) uint8 working-size image -> (K, 4) person boxes."""
@@ -199,16 +313,10 @@ class OpenCVDetector:
     def detect(self, frames: np.ndarray, frame_indices: np.ndarray, scale: float) -> FrameBoxes:
         height, width = frames.shape[1], frames.shape[2]
         factor = working_scale(height, width, self.short_side)
-        persons, faces = [], []
-        for frame in frames:
-            gray = _to_gray(frame, factor)
-            face = largest_box(self.face_detector.faces(gray) / factor, width, height)
-            person = largest_box(self.persons(gray) / factor, width, height)
-            if person is None and face is not None and self.person_from_face:
-                person = largest_box(body_from_face(face)[None], width, height)
-            persons.append(person)
-            faces.append(face)
-        return FrameBoxes.from_lists(persons, faces)
+        grays = [equalized_gray(frame, factor) for frame in frames]
+        faces = faces_over_time(self.face_detector, grays, factor, self.tracking.max_gap)
+        persons = [self.persons(gray) / factor for gray in grays]
+        return tracked_frame_boxes(persons, faces, width, height, self.tracking, self.person_from_face)
 
 
 def body_from_face(face: np.ndarray) -> np.ndarray:
@@ -220,26 +328,32 @@ def body_from_face(face: np.ndarray) -> np.ndarray:
 
 
 class FasterRCNNDetector:
-    """torchvision Faster R-CNN (COCO) for persons with trained weights; Haar cascades for faces."""
+    """torchvision Faster R-CNN (COCO) for persons with trained weights; Haar cascades for faces; both tracked."""
 
-    def __init__(self, model: torch.nn.Module, model_name: str, provenance: str):
+    def __init__(self, model: torch.nn.Module, model_name: str, provenance: str,
+                 tracking: TrackingSettings | None = None):
         self.model = model.eval()
         self.name = f"{model_name}+haar"
         self.weights = provenance
+        self.tracking = tracking or TrackingSettings()
         self.face_detector = HaarFaceDetector()
+
+    def describe(self) -> dict:
+        """What features.json records about this detector."""
+        return {"name": self.name, "weights": self.weights, "person_score": PERSON_SCORE,
+                "cascades": self.face_detector.settings.to_dict(), "tracking": self.tracking.to_dict()}
 
     @torch.inference_mode()
     def detect(self, frames: np.ndarray, frame_indices: np.ndarray, scale: float) -> FrameBoxes:
         height, width = frames.shape[1], frames.shape[2]
         images = list(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0))
         outputs = self.model(images)
-        factor = working_scale(height, width)
-        persons, faces = [], []
-        for frame, out in zip(frames, outputs, strict=True):
-            keep = (out["labels"] == COCO_PERSON) & (out["scores"] >= PERSON_SCORE)
-            persons.append(largest_box(out["boxes"][keep].numpy(), width, height))
-            faces.append(largest_box(self.face_detector.faces(_to_gray(frame, factor)) / factor, width, height))
-        return FrameBoxes.from_lists(persons, faces)
+        persons = [out["boxes"][(out["labels"] == COCO_PERSON) & (out["scores"] >= PERSON_SCORE)].numpy()
+                   for out in outputs]
+        factor = working_scale(height, width, self.face_detector.settings.short_side)
+        grays = [equalized_gray(frame, factor) for frame in frames]
+        faces = faces_over_time(self.face_detector, grays, factor, self.tracking.max_gap)
+        return tracked_frame_boxes(persons, faces, width, height, self.tracking, person_from_face=False)
 
 
 def load_faster_rcnn(weights_dir: Path | None) -> FasterRCNNDetector | None:

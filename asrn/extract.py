@@ -24,13 +24,12 @@ an old and a new record of one video may both remain until the next completed ru
 part files, the errors table and features.json first. A store made with another preset, fps or dims, or with
 other weights, is refused unless --overwrite.
 
-`prepare_video`, `encode_prepared` and `extract_video` are plain per-video functions without Ray: `asrn predict`
-extracts a single video in-process with them.
+The per-video work (decode, detect, crop, flow, encode) lives in `asrn.features`, without Ray; this module only
+wires it into Ray Data and writes the store.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pickle
@@ -45,12 +44,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 import torch
-import torch.nn.functional as F
 
-from asrn.detect import Detector, TracksDetector, build_detector
-from asrn.encoders import PRESETS, Encoder, EncoderError, build_encoders, crop_boxes, resize_image
-from asrn.flow import FLOW_PAIRS, flow_stacks
+from asrn.encoders import PRESETS, build_encoders
+from asrn.errors import AsrnError
+from asrn.features import (
+    PreparedVideo,
+    VideoSettings,
+    VideoStageError,
+    encode_batch,
+    encode_prepared,
+    prepare_video,
+    to_video_features,
+)
 from asrn.manifest import ManifestEntry, read_manifest
 from asrn.store import (
     ERRORS_DIR,
@@ -69,38 +76,17 @@ from asrn.store import (
     write_info,
     write_videos,
 )
-from asrn.tracks import load_tracks
-from asrn.video import decode_clip
+from asrn.train import ray_session
 
-MAX_SIDE = 360  # px, long side of decoded step frames (detection and crops work on these)
-MAX_IMAGES_PER_FORWARD = 64  # images per encoder forward pass: bounds an actor's memory, whatever T is
 STORE_DTYPE = "float16"
 ENCODER_MEMORY = {"lite": 1 << 30, "paper": 3 << 30}  # bytes of RAM reserved per encoder actor (nets + batches)
-STAGES = ("decode", "detect", "flow", "encode")
 ERROR_COLUMNS = ("path", "stage", "error", "message")  # with video_id: the errors table (store.ERRORS_SCHEMA)
-META_COLUMNS = ("warnings", "detector", "encoders", "weights")  # actor output besides the store row
 
 
-class ExtractError(ValueError):
+class ExtractError(AsrnError):
     """An extraction that cannot start or go on (an inconsistent --out, an empty pipeline); names the folder."""
 
 
-class VideoStageError(ValueError):
-    """One video failed at one stage (decode, detect, flow, encode); keeps the original error's type name."""
-
-    def __init__(self, stage: str, cause: BaseException):
-        self.stage, self.error = stage, type(cause).__name__
-        super().__init__(str(cause).strip() or self.error)
-
-
-@dataclass(frozen=True)
-class VideoSettings:
-    """What extracting one video needs: preset (encoder input sizes), sampling rate, weights folder, frame size."""
-
-    preset: str = "lite"
-    fps: float = 2.0
-    weights_dir: Path | None = None
-    max_side: int | None = MAX_SIDE
 
 
 @dataclass
@@ -152,39 +138,6 @@ class ExtractConfig:
 
 
 @dataclass
-class PreparedVideo:
-    """One video after the CPU stage: encoder-ready inputs for the T sampled steps (numpy only)."""
-
-    path: str
-    timestamps: np.ndarray  # (T,) float32 seconds
-    frame_indices: np.ndarray  # (T,) int64 source frame of each step
-    rgb: np.ndarray  # (T, h, w, 3) uint8, at the rgb encoder's input size
-    flow: np.ndarray  # (T, 2P, h, w) float32 in [-1, 1], at the motion encoder's input size
-    body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where has_body is False
-    face: np.ndarray  # (T, h, w, 3) uint8 largest-face crops; zeros where has_face is False
-    has_body: np.ndarray  # (T,) bool
-    has_face: np.ndarray  # (T,) bool
-    person_boxes: np.ndarray  # (T, 4) float32 x1 y1 x2 y2 in step-frame pixels; NaN where none
-    face_boxes: np.ndarray  # (T, 4) float32
-    frame_size: tuple[int, int]  # (H, W) of the step frames the boxes refer to
-    detector: str  # which detector found the boxes
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.timestamps.shape[0])
-
-    def inputs(self) -> dict[str, np.ndarray]:
-        """modality -> (T, ...) encoder input."""
-        return {"rgb": self.rgb, "motion": self.flow, "body": self.body, "face": self.face}
-
-    def present(self) -> dict[str, np.ndarray]:
-        """modality -> (T,) bool: where that modality exists (rgb and motion always)."""
-        ones = np.ones(self.num_steps, bool)
-        return {"rgb": ones, "motion": ones, "body": self.has_body, "face": self.has_face}
-
-
-@dataclass
 class ExtractSummary:
     """What one `asrn extract` run did."""
 
@@ -201,119 +154,6 @@ class ExtractSummary:
     @property
     def processed(self) -> int:
         return self.succeeded + self.failed
-
-
-# ---------------------------------------------------------------- per-video functions (no Ray)
-
-
-@functools.lru_cache(maxsize=4)
-def default_detector(weights_dir: Path | None) -> Detector:
-    """build_detector's offline chain, built once per process (Ray reuses task workers between videos)."""
-    return build_detector(weights_dir)
-
-
-def resize_flow(stacks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(T, 2P, H, W) float32 -> (T, 2P, h, w), exactly as FlowEncoder.preprocess would resize it."""
-    if stacks.shape[-2:] == tuple(size):
-        return np.ascontiguousarray(stacks, np.float32)
-    x = F.interpolate(torch.from_numpy(np.ascontiguousarray(stacks, np.float32)), size=tuple(size),
-                      mode="bilinear", align_corners=False, antialias=True)
-    return x.numpy()
-
-
-def prepare_video(path: str, boxes: str | None = None, config: VideoSettings | ExtractConfig = VideoSettings(),
-                  detector: Detector | None = None) -> PreparedVideo:
-    """Decode, detect, crop and compute flow for one video: everything before the encoders, numpy only.
-
-    Boxes come from `boxes` (a tracks JSON) when given, else from `detector`, else from build_detector's offline
-    chain. Raises VideoStageError naming the stage (decode, detect, flow) with the original error's message.
-    """
-    if config.preset not in PRESETS:
-        raise EncoderError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
-    specs = PRESETS[config.preset]
-    motion_size = specs["motion"].input_size
-    max_side = getattr(config, "max_side", MAX_SIDE)
-    try:
-        clip = decode_clip(path, fps=config.fps, flow_pairs=FLOW_PAIRS, flow_side=min(motion_size),
-                           max_side=max_side)
-        rgb = np.stack([resize_image(frame, specs["rgb"].input_size) for frame in clip.frames])  # (T, h, w, 3)
-    except Exception as e:
-        raise VideoStageError("decode", e) from e
-    try:
-        if boxes:
-            detector = TracksDetector(load_tracks(boxes))
-        elif detector is None:
-            detector = default_detector(config.weights_dir)
-        scale = clip.frames.shape[2] / clip.width  # step px per source px
-        found = detector.detect(clip.frames, clip.frame_indices, scale)
-        body = crop_boxes(clip.frames, found.person, found.has_person, specs["body"].input_size)  # (T, h, w, 3)
-        face = crop_boxes(clip.frames, found.face, found.has_face, specs["face"].input_size)
-    except Exception as e:
-        raise VideoStageError("detect", e) from e
-    try:
-        flow = resize_flow(flow_stacks(clip.flow_windows), motion_size)  # (T, 2P, h, w)
-    except Exception as e:
-        raise VideoStageError("flow", e) from e
-    return PreparedVideo(
-        path=path, timestamps=clip.timestamps, frame_indices=clip.frame_indices, rgb=rgb, flow=flow,
-        body=body, face=face, has_body=found.has_person.copy(), has_face=found.has_face.copy(),
-        person_boxes=found.person, face_boxes=found.face, frame_size=(clip.frames.shape[1], clip.frames.shape[2]),
-        detector=detector.name, warnings=list(clip.warnings),
-    )
-
-
-def encode_batch(videos: Sequence[PreparedVideo], encoders: dict[str, Encoder]) -> list[dict[str, np.ndarray]]:
-    """Encode several prepared videos together (their steps stacked, MAX_IMAGES_PER_FORWARD per pass).
-
-    Returns per video {modality: (T, D) float32}; steps where body/face is missing are not encoded and stay zero.
-    """
-    missing = [m for m in MODALITIES if m not in encoders]
-    if missing:
-        raise EncoderError(f"encoders lack modality {', '.join(missing)}")
-    counts = [v.num_steps for v in videos]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-    out: dict[str, np.ndarray] = {}
-    for m in MODALITIES:
-        encoder = encoders[m]
-        inputs = np.concatenate([v.inputs()[m] for v in videos])  # (N, ...) N = sum of T
-        present = np.flatnonzero(np.concatenate([v.present()[m] for v in videos]))
-        features = np.zeros((offsets[-1], encoder.dim), np.float32)  # (N, D)
-        for start in range(0, len(present), MAX_IMAGES_PER_FORWARD):
-            rows = present[start:start + MAX_IMAGES_PER_FORWARD]
-            features[rows] = encoder.features(inputs[rows])
-        out[m] = features
-    return [{m: out[m][offsets[i]:offsets[i + 1]] for m in MODALITIES} for i in range(len(videos))]
-
-
-def encode_prepared(prepared: PreparedVideo, encoders: dict[str, Encoder]) -> dict[str, np.ndarray]:
-    """One prepared video -> {modality: (T, D) float32}, zeros where body/face is missing."""
-    return encode_batch([prepared], encoders)[0]
-
-
-def to_video_features(prepared: PreparedVideo, features: dict[str, np.ndarray], video_id: str, split: str,
-                      labels: Sequence[str]) -> VideoFeatures:
-    return VideoFeatures(video_id=video_id, split=split, labels=list(labels),
-                         timestamp=prepared.timestamps.astype(np.float32), features=features,
-                         has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool))
-
-
-def extract_video(path: str, boxes: str | None = None, config: VideoSettings | ExtractConfig = VideoSettings(),
-                  detector: Detector | None = None, encoders: dict[str, Encoder] | None = None,
-                  video_id: str | None = None, split: str = "test",
-                  labels: Sequence[str] = ()) -> tuple[VideoFeatures, PreparedVideo]:
-    """prepare_video + encode_prepared in this process (what `asrn predict` runs for one video).
-
-    Pass `encoders` (build_encoders(preset, ...)) to reuse them across videos; they are built here otherwise.
-    """
-    prepared = prepare_video(path, boxes, config, detector)
-    if encoders is None:
-        encoders = build_encoders(config.preset, config.weights_dir)
-    try:
-        features = encode_prepared(prepared, encoders)
-    except Exception as e:
-        raise VideoStageError("encode", e) from e
-    video_id = video_id if video_id is not None else Path(path).stem
-    return to_video_features(prepared, features, video_id, split, labels), prepared
 
 
 # ---------------------------------------------------------------- the Ray Data stages
@@ -364,7 +204,7 @@ class EncodeVideos:
                     features[i] = encode_prepared(video, self.encoders)
                 except Exception as e:  # noqa: BLE001
                     errors[i] = _error_fields(e, "encode")
-        videos, detectors = [], []
+        videos, detectors, detection = [], [], []
         for i in range(num):
             video = prepared.get(i)
             labels = [x for x in str(batch["labels"][i]).split("|") if x]
@@ -372,18 +212,21 @@ class EncodeVideos:
                 videos.append(to_video_features(video, features[i], str(batch["video_id"][i]),
                                                 str(batch["split"][i]), labels))
                 detectors.append(video.detector)
+                detection.append(json.dumps(video.detection, sort_keys=True))
             else:  # zero steps, dims kept so that the batch is one table
                 empty = {m: np.zeros((0, e.dim), np.float32) for m, e in self.encoders.items()}
                 videos.append(VideoFeatures(str(batch["video_id"][i]), str(batch["split"][i]), labels,
                                             np.zeros(0, np.float32), empty, np.zeros(0, bool), np.zeros(0, bool)))
                 detectors.append("")
+                detection.append("")
         table = videos_to_table(videos, STORE_DTYPE)
         extra = {"path": [str(p) for p in batch["path"]],
                  "stage": [e["stage"] if e["error"] else "" for e in errors],
                  "error": [e["error"] for e in errors],
                  "message": [e["message"] if e["error"] else "" for e in errors],
                  "warnings": [str(w) for w in batch["warnings"]],
-                 "detector": detectors, "encoders": [self.names] * num, "weights": [self.weights] * num}
+                 "detector": detectors, "detection": detection,
+                 "encoders": [self.names] * num, "weights": [self.weights] * num}
         for name, values in extra.items():
             table = table.append_column(name, pa.array(values, pa.string()))
         return table
@@ -391,8 +234,6 @@ class EncodeVideos:
 
 def build_dataset(entries: Sequence[ManifestEntry], config: ExtractConfig):
     """The lazy Ray Dataset of the pipeline: manifest rows -> CPU map -> encoder actor pool."""
-    import ray
-
     items = [{"video_id": e.video_id, "path": e.path, "split": e.split, "labels": "|".join(e.labels),
               "boxes": e.boxes or ""} for e in entries]
     use_gpu = config.gpus_per_worker > 0
@@ -479,6 +320,7 @@ class _StoreWriter:
         self.parts: list[Path] = []
         self.succeeded = self.failed = 0
         self.detectors: set[str] = set(filter(None, (existing.detector if existing else "").split(", ")))
+        self.detection: dict[str, dict] = dict(existing.extra.get("detection", {})) if existing else {}
         self.encoders: dict[str, set[str]] = {}
         self.weights: dict[str, set[str]] = {}
         self.info_written = False
@@ -503,6 +345,9 @@ class _StoreWriter:
                     for m, value in json.loads(text).items():
                         seen.setdefault(m, set()).add(value)
             self.detectors.update(good.column("detector").to_pylist())
+            for text in set(good.column("detection").to_pylist()):
+                described = json.loads(text)
+                self.detection[described.get("name", "")] = described
             if not self.info_written:
                 self.write_info()  # before the first part file: a reader never finds data without it
             self.videos.extend(table_to_videos(good.select(row_schema(STORE_DTYPE).names)))
@@ -529,7 +374,7 @@ class _StoreWriter:
             encoders=_merge_provenance(self.encoders) or (self.existing.encoders if self.existing else {}),
             weights=weights or (self.existing.weights if self.existing else {}),
             detector=", ".join(sorted(self.detectors)), dtype=STORE_DTYPE,
-            extra={"extract_config": config.to_dict()})
+            extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items()))})
 
     def write_info(self) -> None:
         write_info(self.config.out, self.info())
@@ -570,10 +415,24 @@ def _retire_old_errors(out: Path, old_files: list[Path], retried: set[str], run_
         f.unlink(missing_ok=True)
 
 
+def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _StoreWriter, existing: StoreInfo | None,
+                  old_error_files: list[Path], run_id: str) -> None:
+    """Stream the Ray Data pipeline into the store; whatever finished is written even if the job dies half-way."""
+    try:
+        for table in build_dataset(todo, config).iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(table)
+        writer.flush()
+        writer.flush_errors()
+        if writer.info_written or existing is not None:
+            writer.write_info()  # final: every detector seen
+        _retire_old_errors(config.out, old_error_files, {e.video_id for e in todo}, run_id)
+    finally:
+        writer.flush()
+        writer.flush_errors()
+
+
 def extract_features(config: ExtractConfig) -> ExtractSummary:
     """Run the extraction job: manifest -> Ray Data pipeline -> feature store in config.out. See module docstring."""
-    import ray
-
     start = time.monotonic()
     entries = read_manifest(config.manifest)  # a malformed manifest is refused before anything is written
     out = config.out
@@ -600,26 +459,10 @@ def extract_features(config: ExtractConfig) -> ExtractSummary:
           f"fps {config.fps}, {config.num_workers} encoder actor(s), "
           f"{config.gpus_per_worker or 'no'} GPU each)", file=sys.stderr, flush=True)
 
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=config.address)
-        started_ray = True
-    _warn_on_resources(config, ray.cluster_resources())
-    writer = _StoreWriter(config, existing, run_id, len(todo))
-    try:
-        ds = build_dataset(todo, config)
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(table)
-        writer.flush()
-        writer.flush_errors()
-        if writer.info_written or existing is not None:
-            writer.write_info()  # final: every detector seen
-        _retire_old_errors(out, old_error_files, {e.video_id for e in todo}, run_id)
-    finally:
-        writer.flush()  # keep finished work when the job dies half-way
-        writer.flush_errors()
-        if started_ray:
-            ray.shutdown()
+    with ray_session(config.address):
+        _warn_on_resources(config, ray.cluster_resources())
+        writer = _StoreWriter(config, existing, run_id, len(todo))
+        _run_pipeline(todo, config, writer, existing, old_error_files, run_id)
     seen = writer.succeeded + writer.failed
     if seen != len(todo):
         raise ExtractError(f"{out}: the pipeline returned {seen} of {len(todo)} videos")

@@ -26,7 +26,6 @@ from torch import nn
 from asrn.errors import AsrnError
 from asrn.model import asrn_loss
 from asrn.sequence import Batch
-from asrn.store import VideoFeatures
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "exponential")
@@ -143,30 +142,6 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device,
     scores_np = torch.cat(scores).cpu().numpy()  # (N, C)
     targets_np = torch.cat(targets).cpu().numpy()  # (N, C)
     return float(loss_sum) / len(scores_np), scores_np, targets_np
-
-
-def input_statistics(videos: Iterable[VideoFeatures]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-dimension (mean, std) of each modality over the steps where it is present, for `ASRN.set_input_stats`.
-
-    Streams: `videos` may be a generator over a large store. A constant dimension gets std 1.
-    """
-    sums: dict[str, np.ndarray] = {}
-    squares: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for video in videos:
-        present = video.present()
-        for m, features in video.features.items():
-            x = np.asarray(features, np.float64)[present[m]]  # (n, D)
-            sums[m] = sums.get(m, 0.0) + x.sum(0)
-            squares[m] = squares.get(m, 0.0) + (x * x).sum(0)
-            counts[m] = counts.get(m, 0) + x.shape[0]
-    stats = {}
-    for m, total in sums.items():
-        n = max(counts[m], 1)
-        mean = total / n
-        std = np.sqrt(np.maximum(squares[m] / n - mean * mean, 0.0))
-        stats[m] = (mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
-    return stats
 
 
 def check_finite_scores(scores: np.ndarray, where: str) -> np.ndarray:

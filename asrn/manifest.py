@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,75 @@ def is_uri(path: str) -> bool:
 
 
 def resolve_path(path: str, base_dir: Path) -> str:
-    """Paths are relative to the manifest's folder, absolute, or URIs pyarrow can open."""
+    """Paths are relative to the manifest's folder, absolute, or URIs pyarrow can open.
+
+    A relative path may not climb out of the manifest's folder (`../../etc/passwd`): ManifestError's caller
+    reports it; write it as an absolute path if that is really meant.
+    """
     if is_uri(path) or os.path.isabs(path):
         return path
-    return str((base_dir / path).resolve())
+    resolved = (base_dir / path).resolve()
+    if not resolved.is_relative_to(base_dir):
+        raise ValueError(f"relative path {path!r} leaves the manifest's folder; give an absolute path or a URI")
+    return str(resolved)
+
+
+def video_id_problem(video_id: str) -> str | None:
+    """Why `video_id` cannot name an output folder or file (None when it can): ids become file names."""
+    if not video_id:
+        return "empty video_id"
+    if video_id in (".", "..") or any(c in video_id for c in "/\\") or not video_id.isprintable():
+        return f"video_id {video_id!r} holds a path separator, '..' or a control character"
+    return None
+
+
+def _read_text(manifest_path: Path) -> str:
+    """The file as text: UTF-8 with or without a BOM (Excel's "CSV UTF-8"); other encodings are named by line."""
+    data = manifest_path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ManifestError(f"{manifest_path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); "
+                            "save the manifest as UTF-8") from None
+
+
+def _check_header(manifest_path: Path, header: list[str]) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ManifestError(f"{manifest_path}:1: missing column(s) {', '.join(missing)} "
+                            f"(header must hold {','.join(REQUIRED_COLUMNS)}[,boxes])")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise ManifestError(f"{manifest_path}:1: column(s) {', '.join(repeated)} appear more than once")
+
+
+def _parse_row(row: dict, where: str, base_dir: Path, problems: list[str]) -> ManifestEntry:
+    """One row as an entry; each problem found is appended to `problems`, naming `where`."""
+    video_id, video_path, split, labels_text, boxes = (
+        (row.get(k) or "").strip() for k in ("video_id", "path", "split", "labels", "boxes"))
+    if (problem := video_id_problem(video_id)) is not None:
+        problems.append(f"{where}: {problem}")
+    if split not in SPLITS:
+        problems.append(f"{where}: bad split {split!r} for video {video_id!r} (expected {', '.join(SPLITS)})")
+    labels: tuple[str, ...] = ()
+    try:
+        labels = parse_labels(labels_text)
+    except UnknownLabelError as e:
+        problems.append(f"{where}: {e}")
+    else:
+        if not labels:
+            problems.append(f"{where}: no labels for video {video_id!r}")
+    resolved = {}
+    for column, value in (("path", video_path), ("boxes", boxes)):
+        try:
+            resolved[column] = resolve_path(value, base_dir) if value else None
+        except ValueError as e:
+            problems.append(f"{where}: {column} of video {video_id!r}: {e}")
+    if not video_path:
+        problems.append(f"{where}: empty path for video {video_id!r}")
+    return ManifestEntry(video_id=video_id, path=resolved.get("path") or "", split=split, labels=labels,
+                         boxes=resolved.get("boxes"), line=int(where.rsplit(":", 1)[1]))
 
 
 def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
@@ -45,58 +111,26 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
     if not manifest_path.is_file():
         raise ManifestError(f"{manifest_path}: manifest not found")
     base_dir = manifest_path.resolve().parent
+    reader = csv.DictReader(io.StringIO(_read_text(manifest_path), newline=""))
+    header = reader.fieldnames or []
+    _check_header(manifest_path, header)
     problems: list[str] = []
     entries: list[ManifestEntry] = []
-    with manifest_path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise ManifestError(f"{manifest_path}:1: missing column(s) {', '.join(missing)} "
-                                f"(header must hold {','.join(REQUIRED_COLUMNS)}[,boxes])")
-        first_line: dict[str, int] = {}
-        for row in reader:
-            line = reader.line_num
-            where = f"{manifest_path}:{line}"
-            video_id = (row.get("video_id") or "").strip()
-            video_path = (row.get("path") or "").strip()
-            split = (row.get("split") or "").strip()
-            labels_text = (row.get("labels") or "").strip()
-            boxes = (row.get("boxes") or "").strip() or None
-            if None in row:  # more fields than the header has
-                problems.append(f"{where}: {len(header) + len(row[None])} fields, header has {len(header)}")
-                continue
-            if not video_id:
-                problems.append(f"{where}: empty video_id")
-            elif video_id in first_line:
-                problems.append(f"{where}: duplicate video_id {video_id!r} (first on line {first_line[video_id]})")
-            else:
-                first_line[video_id] = line
-            if not video_path:
-                problems.append(f"{where}: empty path for video {video_id!r}")
-            if split not in SPLITS:
-                problems.append(f"{where}: bad split {split!r} for video {video_id!r} "
-                                f"(expected {', '.join(SPLITS)})")
-            labels: tuple[str, ...] = ()
-            try:
-                labels = parse_labels(labels_text)
-            except UnknownLabelError as e:
-                problems.append(f"{where}: {e}")
-            else:
-                if not labels:
-                    problems.append(f"{where}: no labels for video {video_id!r}")
-            entries.append(ManifestEntry(
-                video_id=video_id,
-                path=resolve_path(video_path, base_dir) if video_path else "",
-                split=split,
-                labels=labels,
-                boxes=resolve_path(boxes, base_dir) if boxes else None,
-                line=line,
-            ))
+    first_line: dict[str, int] = {}
+    for row in reader:
+        where = f"{manifest_path}:{reader.line_num}"
+        if None in row:  # more fields than the header has
+            problems.append(f"{where}: {len(header) + len(row[None])} fields, header has {len(header)}")
+            continue
+        entry = _parse_row(row, where, base_dir, problems)
+        if entry.video_id in first_line:
+            problems.append(f"{where}: duplicate video_id {entry.video_id!r} (first on line "
+                            f"{first_line[entry.video_id]})")
+        first_line.setdefault(entry.video_id, entry.line)
+        entries.append(entry)
     if problems:
-        shown = problems[:50]
         more = f"\n... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        raise ManifestError(f"{len(problems)} problem(s) in {manifest_path}:\n" + "\n".join(shown) + more)
+        raise ManifestError(f"{len(problems)} problem(s) in {manifest_path}:\n" + "\n".join(problems[:50]) + more)
     if not entries:
         raise ManifestError(f"{manifest_path}: no videos listed")
     return entries

@@ -2,7 +2,8 @@
 
 Per video: prepare_video + encode_prepared with the preset, fps and encoders the checkpoint's feature store was
 made with (checkpoint["store_info"]), the sequence former and ASRN in eval mode, then three files:
-  scores.json     per class of the checkpoint's task {"score": p, "predicted": p >= threshold}, top relations,
+  scores.json     per class of the checkpoint's task {"score": p, "threshold": t, "predicted": p >= t} (t: chosen
+                  on val at training time, stored in best.pt; --threshold sets one for all), top relations,
                   video, checkpoint, preset, fps, detector, step counts, warnings
   attention.json  the kept steps: timestamps, temporal attention a_t (sums to 1), modality attention c_t per step
                   (image, motion, body, face; sums to 1 over the modalities present), BDLSTM boundaries s_t, shot
@@ -25,10 +26,8 @@ ignored; the checkpoint is read by asrn.checkpoint, which is Ray-free too.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +38,12 @@ from asrn.checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - Che
 from asrn.detect import Detector, build_detector
 from asrn.encoders import PRESETS, Encoder, build_encoders
 from asrn.errors import AsrnError
-from asrn.extract import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
+from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
+from asrn.files import write_json
+from asrn.loop import check_finite_scores
 from asrn.manifest import read_manifest
 from asrn.model import ASRN
+from asrn.plots import plot_attention
 from asrn.sequence import collate
 from asrn.store import MODALITIES
 from asrn.video import VideoDecodeError, decode_clip
@@ -78,8 +80,7 @@ class PredictConfig:
     manifest: Path | None = None
     boxes: Path | None = None  # tracks JSON of the single video
     weights_dir: Path | None = None
-    threshold: float = 0.5
-    address: str | None = None
+    threshold: float | None = None  # one threshold for every class; default: the per-class ones in the checkpoint
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
@@ -94,7 +95,7 @@ class PredictConfig:
         if self.boxes is not None and (len(self.videos) != 1 or self.manifest is not None):
             raise PredictError("--boxes is the tracks JSON of a single video; with several videos use a manifest "
                                "with a boxes column")
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise PredictError(f"--threshold must lie in [0, 1], got {self.threshold}")
         if not self.checkpoint.is_file():
             raise PredictError(f"--checkpoint {self.checkpoint}: no such file")
@@ -112,7 +113,7 @@ class VideoPrediction:
     variant: str
     labels: tuple[str, ...]  # class names, model output order
     scores: np.ndarray  # (C,) σ(logits)
-    threshold: float
+    thresholds: np.ndarray  # (C,) per-class decision thresholds (chosen on val at training time)
     preset: str
     fps: float
     detector: str
@@ -136,7 +137,7 @@ class VideoPrediction:
 
     @property
     def predicted(self) -> list[str]:
-        return [name for name, p in zip(self.labels, self.scores, strict=True) if p >= self.threshold]
+        return [name for name, p, t in zip(self.labels, self.scores, self.thresholds, strict=True) if p >= t]
 
     def top(self, k: int = TOP_K) -> list[tuple[str, float]]:
         order = np.argsort(-self.scores, kind="stable")[:k]
@@ -145,9 +146,9 @@ class VideoPrediction:
     def scores_json(self) -> dict:
         return {
             "video": self.path, "checkpoint": self.checkpoint, "task": self.task, "variant": self.variant,
-            "preset": self.preset, "fps": self.fps, "detector": self.detector, "threshold": self.threshold,
-            "scores": {name: {"score": float(p), "predicted": bool(p >= self.threshold)}
-                       for name, p in zip(self.labels, self.scores, strict=True)},
+            "preset": self.preset, "fps": self.fps, "detector": self.detector,
+            "scores": {name: {"score": float(p), "threshold": float(t), "predicted": bool(p >= t)}
+                       for name, p, t in zip(self.labels, self.scores, self.thresholds, strict=True)},
             "predicted": self.predicted,
             "top": [{"label": name, "score": p} for name, p in self.top(len(self.labels))],
             "num_steps": self.num_steps, "num_kept_steps": int(self.steps.size),
@@ -268,28 +269,35 @@ def _display_frames(path: str, fps: float, frame_indices: np.ndarray, fallback: 
     return [by_index.get(int(i), by_index[int(j)]) for i, j in zip(frame_indices, nearest, strict=True)]
 
 
-def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dict[str, Encoder],
-                  detector: Detector | None = None, boxes: str | Path | None = None,
-                  threshold: float = 0.5) -> VideoPrediction:
-    """Extract one video's features in this process as the checkpoint's store was made, and run the model.
-
-    `model`, `checkpoint` from load_checkpoint; `encoders` from build_encoders(preset of the checkpoint) so that
-    several videos share them; boxes (tracks JSON) over detector over extract's default detector chain.
-    Raises VideoDecodeError (naming the path) for an unreadable video, PredictError for another failed stage.
-    """
-    start = time.monotonic()
-    path = str(path)
-    settings = feature_settings(checkpoint)
-    _check_encoders(checkpoint, encoders)
+def _extract(path: str, boxes: str | Path | None, settings: VideoSettings, detector: Detector | None,
+             encoders: dict[str, Encoder]):
+    """prepare_video + encode_prepared of one video; an unreadable video stays a VideoDecodeError."""
     try:
         prepared = prepare_video(path, str(boxes) if boxes else None, settings, detector)
-        features = encode_prepared(prepared, encoders)
+        return prepared, encode_prepared(prepared, encoders)
     except VideoStageError as e:
         if isinstance(e.__cause__, VideoDecodeError):
             raise e.__cause__ from None
         raise PredictError(f"{path}: {e.stage} failed: {e.error}: {e}") from e
     except Exception as e:
         raise PredictError(f"{path}: encode failed: {type(e).__name__}: {e}") from e
+
+
+def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dict[str, Encoder],
+                  detector: Detector | None = None, boxes: str | Path | None = None,
+                  threshold: float | None = None) -> VideoPrediction:
+    """Extract one video's features in this process as the checkpoint's store was made, and run the model.
+
+    `model`, `checkpoint` from load_checkpoint; `encoders` from build_encoders(preset of the checkpoint) so that
+    several videos share them; boxes (tracks JSON) over detector over extract's default detector chain.
+    `threshold` replaces the checkpoint's per-class thresholds when given.
+    Raises VideoDecodeError (naming the path) for an unreadable video, PredictError for another failed stage.
+    """
+    start = time.monotonic()
+    path = str(path)
+    settings = feature_settings(checkpoint)
+    _check_encoders(checkpoint, encoders)
+    prepared, features = _extract(path, boxes, settings, detector, encoders)
     warnings = list(prepared.warnings)
     if not prepared.has_body.any() and not prepared.has_face.any():
         warnings.append(NO_PERSON)
@@ -311,10 +319,13 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
     keyframes = keyframe_positions(shots, temporal)
     frame_indices = prepared.frame_indices[steps]
     images = _display_frames(path, settings.fps, frame_indices[keyframes], prepared.rgb[steps][keyframes], warnings)
+    thresholds = np.full(len(checkpoint["labels"]), threshold) if threshold is not None \
+        else np.asarray(checkpoint["thresholds"], np.float64)
+    scores = check_finite_scores(torch.sigmoid(out.logits[0].float()).numpy(), f"{path}: {checkpoint.get('path')}")
     return VideoPrediction(
         path=path, checkpoint=str(checkpoint.get("path", "")), task=task, variant=model.config.variant,
-        labels=tuple(checkpoint["labels"]), scores=torch.sigmoid(out.logits[0].float()).numpy(),
-        threshold=threshold, preset=settings.preset, fps=settings.fps, detector=prepared.detector,
+        labels=tuple(checkpoint["labels"]), scores=scores, thresholds=thresholds, preset=settings.preset,
+        fps=settings.fps, detector=prepared.detector,
         num_steps=prepared.num_steps, steps=steps, timestamps=prepared.timestamps[steps].astype(np.float64),
         frame_indices=frame_indices, temporal_attention=temporal,
         modality_attention=out.modality_attention[0, :k].float().numpy(),  # (K, M)
@@ -328,13 +339,14 @@ def write_prediction(prediction: VideoPrediction, out: Path) -> dict[str, Path]:
     """scores.json, attention.json and attention.png of one video in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in OUTPUT_FILES}
-    files["scores.json"].write_text(json.dumps(prediction.scores_json(), indent=1))
-    files["attention.json"].write_text(json.dumps(prediction.attention_json(), indent=1))
+    write_json(files["scores.json"], prediction.scores_json())
+    write_json(files["attention.json"], prediction.attention_json())
     p = prediction
     plot_attention(
         files["attention.png"], p.keyframe_images, p.timestamps[p.keyframes], p.timestamps, p.temporal_attention,
         p.modality_attention, [MODALITY_NAMES[m] for m in MODALITIES], p.timestamps[1:][np.diff(p.shot_index) > 0],
-        dict(zip(p.labels, p.scores.tolist(), strict=True)), p.threshold,
+        dict(zip(p.labels, p.scores.tolist(), strict=True)),
+        dict(zip(p.labels, p.thresholds.tolist(), strict=True)),
         title=f"{Path(p.path).name}: {p.task} relations, {p.variant} ({p.preset} features, detector {p.detector})",
         notes=p.warnings, step=1.0 / p.fps, keyframe_shots=p.shot_index[p.keyframes].tolist())
     return files
@@ -358,7 +370,7 @@ def _video_list(config: PredictConfig) -> list[tuple[str, str | None, list[str] 
 
 def _report(prediction: VideoPrediction, out: Path) -> None:
     top = ", ".join(f"{name} {p:.2f}" for name, p in prediction.top())
-    predicted = ", ".join(prediction.predicted) or f"none at threshold {prediction.threshold:g}"
+    predicted = ", ".join(prediction.predicted) or "none above its threshold"
     print(f"predict: {prediction.path}: top relations: {top} (predicted: {predicted}; "
           f"{prediction.steps.size} steps, {prediction.seconds:.1f} s)", flush=True)
     for line in prediction.warnings:
@@ -395,109 +407,11 @@ def predict(config: PredictConfig) -> list[VideoPrediction]:
         summary.append({"video": path, "out": str(out), "top": prediction.top(), "predicted": prediction.predicted,
                         "warnings": prediction.warnings})
     if not single:
-        (config.out / "summary.json").write_text(json.dumps({"checkpoint": str(config.checkpoint),
-                                                             "videos": summary}, indent=1))
+        write_json(config.out / "summary.json", {"checkpoint": str(config.checkpoint), "videos": summary})
         print(f"predict: {len(predictions)} of {len(videos)} videos predicted; summary in "
               f"{config.out / 'summary.json'}", flush=True)
     if errors:
-        (config.out / "errors.json").write_text(json.dumps(errors, indent=1))
+        write_json(config.out / "errors.json", errors)
         raise PredictFailures(f"{len(errors)} of {len(videos)} videos failed (listed in "
                               f"{config.out / 'errors.json'}; first: {errors[0]['message']})", predictions, errors)
     return predictions
-
-
-# moves to plots.py
-
-
-def plot_attention(path: str | Path, keyframes: Sequence[np.ndarray], keyframe_times: Sequence[float],
-                   timestamps: np.ndarray, temporal_attention: np.ndarray, modality_attention: np.ndarray,
-                   modality_names: Sequence[str], boundary_times: Sequence[float], scores: dict[str, float],
-                   threshold: float = 0.5, title: str = "", notes: Sequence[str] = (), step: float | None = None,
-                   top: int = 8, keyframe_shots: Sequence[int] | None = None) -> Path:
-    """Paper Fig. 7 and more: keyframes in a row, the temporal attention as a colour bar under them (light = high)
-    with an arrow from each keyframe to its time, the modality attention over time (stacked), the top relations.
-
-    timestamps (K,), temporal_attention (K,), modality_attention (K, M); boundary_times: where shots open;
-    keyframe_shots: the shot of each keyframe (from 0), named in its title when there are several shots.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.patches import ConnectionPatch
-
-    timestamps = np.asarray(timestamps, float)
-    attention = np.asarray(temporal_attention, float)
-    if step is None:
-        step = float(np.median(np.diff(timestamps))) if timestamps.size > 1 else 1.0
-    # step k covers the span halfway to its neighbours (the first and last half a step outwards)
-    mids = (timestamps[1:] + timestamps[:-1]) / 2
-    edges = np.concatenate([[timestamps[0] - step / 2], mids, [timestamps[-1] + step / 2]])
-    edges[0] = max(edges[0], 0.0)
-
-    fig = Figure(figsize=(15, 7.2), dpi=100)
-    outer = fig.add_gridspec(1, 2, width_ratios=[3.3, 1.0], wspace=0.32, left=0.05, right=0.97, top=0.86,
-                             bottom=0.1)
-    left = outer[0].subgridspec(3, 1, height_ratios=[2.4, 0.38, 1.6], hspace=0.45)
-    n = max(1, len(keyframes))
-    frames = left[0].subgridspec(1, n, wspace=0.06)
-    strip = fig.add_subplot(left[1])
-    modal = fig.add_subplot(left[2], sharex=strip)
-
-    strip.pcolormesh(edges, [0, 1], attention[None, :], cmap="magma", vmin=0.0,
-                     vmax=max(float(attention.max()), 1e-9), shading="flat")
-    strip.set_yticks([])
-    strip.set_xlim(edges[0], edges[-1])
-    strip.set_title("temporal attention (dark = low, light = high)", fontsize=10, loc="left")
-    strip.tick_params(labelbottom=False)
-    cbar_ax = strip.inset_axes([1.01, 0.0, 0.012, 1.0])
-    fig.colorbar(strip.collections[0], cax=cbar_ax)
-    cbar_ax.tick_params(labelsize=7)
-
-    for i, (image, t) in enumerate(zip(keyframes, keyframe_times, strict=True)):
-        ax = fig.add_subplot(frames[0, i])
-        ax.imshow(image)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        k = int(np.argmin(np.abs(timestamps - t)))
-        shot = f"shot {keyframe_shots[i] + 1}   " if keyframe_shots is not None and len(boundary_times) else ""
-        ax.set_title(f"{shot}{t:.1f} s   a = {attention[k]:.2f}", fontsize=9)
-        fig.add_artist(ConnectionPatch(xyA=(0.5, 0.0), coordsA=ax.transAxes, xyB=(t, 1.0), coordsB=strip.transData,
-                                       arrowstyle="-|>", color="black", lw=1.0, mutation_scale=10))
-
-    modality_attention = np.asarray(modality_attention, float)
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
-    bottom = np.zeros(timestamps.size)
-    for j, name in enumerate(modality_names):  # stacked per step over the same spans as the colour bar's cells
-        modal.bar(edges[:-1], modality_attention[:, j], width=np.diff(edges), bottom=bottom, align="edge",
-                  color=colours[j % len(colours)], label=name, alpha=0.9, linewidth=0)
-        bottom += modality_attention[:, j]
-    for t in boundary_times:  # a shot opens at step k: the line sits where step k's span starts
-        x = edges[int(np.argmin(np.abs(timestamps - t)))]
-        strip.axvline(x, color="white", ls="--", lw=1.2)
-        modal.axvline(x, color="black", ls="--", lw=1.0)
-    modal.set_ylim(0, 1)
-    modal.set_ylabel("modality attention")
-    modal.set_xlabel("time (s)")
-    modal.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=len(modality_names), frameon=False,
-                 fontsize=9)
-    modal.grid(alpha=0.25)
-
-    bars = fig.add_subplot(outer[1])
-    ranked = sorted(scores.items(), key=lambda kv: -kv[1])[:top]
-    names = [name for name, _ in ranked][::-1]
-    values = [p for _, p in ranked][::-1]
-    bars.barh(names, values, color=["tab:orange" if p >= threshold else "lightsteelblue" for p in values])
-    bars.axvline(threshold, color="black", ls="--", lw=1.0, label=f"threshold {threshold:g}")
-    for y, p in enumerate(values):
-        bars.text(min(p, 1.0) + 0.01, y, f"{p:.2f}", va="center", fontsize=9,
-                  bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
-    bars.set_xlim(0, 1.12)
-    bars.set_xlabel("score")
-    bars.set_title(f"top {len(ranked)} relations", fontsize=11)
-    bars.legend(loc="lower right", fontsize=8)
-    bars.tick_params(axis="y", labelsize=9)
-
-    fig.suptitle(title, fontsize=12, x=0.05, ha="left")
-    if notes:
-        fig.text(0.05, 0.925, "; ".join(notes), fontsize=9, color="firebrick", ha="left")
-    path = Path(path)
-    fig.savefig(path)
-    return path

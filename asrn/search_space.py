@@ -19,7 +19,8 @@ from asrn.errors import AsrnError
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tuning" / "spaces" / "default.yaml"
 
 # hyperparameter -> (type, valid open/closed range check) of the matching TrainConfig field
-HYPERPARAMETERS: dict[str, type] = {"dropout": float, "lr": float, "batch_size": int, "hidden": int}
+HYPERPARAMETERS: dict[str, type] = {"dropout": float, "lr": float, "weight_decay": float, "batch_size": int,
+                                    "hidden": int}
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "loguniform", "choice", "randint")
 
 
@@ -49,8 +50,8 @@ class Dimension:
 
 
 def _valid_value(name: str, value: Any) -> bool:
-    if name == "dropout":
-        return isinstance(value, int | float) and 0.0 <= value < 1.0
+    if name in ("dropout", "weight_decay"):
+        return isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value < 1.0
     if name in ("lr",):
         return isinstance(value, int | float) and value > 0 and math.isfinite(value)
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1  # batch_size, hidden

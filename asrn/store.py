@@ -2,8 +2,10 @@
 
 Layout of a store folder DIR (DESIGN.md "Feature store"):
   DIR/part-*.parquet   one row per video: video_id, split, labels, timestamp (T,),
-                       rgb/motion/body/face (T, D), has_body/has_face (T,)
+                       rgb/motion/body/face (T, D), has_body/has_face (T,) detected,
+                       body_tracked/face_tracked (T,) carried across a miss by tracking
   DIR/features.json    StoreInfo: preset, encoders, dims, fps, weights provenance, detector
+                       (extra["detection"]: each detector's settings and tracking gap limit)
   DIR/errors/*.parquet video_id, path, stage, error, message
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written file
 that a reader would take for data (readers ignore names starting with `.` or `_`).
@@ -22,14 +24,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from asrn.errors import AsrnError
+
 MODALITIES: tuple[str, ...] = ("rgb", "motion", "body", "face")
-OPTIONAL_MODALITIES: tuple[str, ...] = ("body", "face")  # may be missing at a step: has_body / has_face
 INFO_FILE = "features.json"
 ERRORS_DIR = "errors"
 STORE_VERSION = 1
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(AsrnError):
     """A feature store that is missing, malformed or inconsistent; the message names file and key."""
 
 
@@ -65,17 +68,26 @@ class VideoFeatures:
     labels: list[str]
     timestamp: np.ndarray  # (T,) float32 seconds
     features: dict[str, np.ndarray]  # modality -> (T, D) float32
-    has_body: np.ndarray  # (T,) bool
+    has_body: np.ndarray  # (T,) bool: detected at that step
     has_face: np.ndarray  # (T,) bool
+    body_tracked: np.ndarray | None = None  # (T,) bool: not detected, box carried by tracking; None: all False
+    face_tracked: np.ndarray | None = None  # (T,) bool
+
+    def __post_init__(self) -> None:
+        none = np.zeros(len(self.has_body), bool)
+        self.body_tracked = none.copy() if self.body_tracked is None else np.asarray(self.body_tracked, bool)
+        self.face_tracked = none.copy() if self.face_tracked is None else np.asarray(self.face_tracked, bool)
 
     @property
     def num_steps(self) -> int:
         return int(self.timestamp.shape[0])
 
     def present(self) -> dict[str, np.ndarray]:
-        """Per-modality (T,) masks; rgb and motion are always present."""
+        """Per-modality (T,) masks: rgb and motion always; body/face where detected or carried by tracking
+        (a carried step's features were encoded from the carried box, so the model may use them)."""
         ones = np.ones(self.num_steps, dtype=bool)
-        return {"rgb": ones, "motion": ones, "body": self.has_body, "face": self.has_face}
+        return {"rgb": ones, "motion": ones, "body": self.has_body | self.body_tracked,
+                "face": self.has_face | self.face_tracked}
 
 
 def row_schema(dtype: str = "float16") -> pa.Schema:
@@ -89,7 +101,12 @@ def row_schema(dtype: str = "float16") -> pa.Schema:
         *[(m, matrix) for m in MODALITIES],
         ("has_body", pa.list_(pa.bool_())),
         ("has_face", pa.list_(pa.bool_())),
+        ("body_tracked", pa.list_(pa.bool_())),
+        ("face_tracked", pa.list_(pa.bool_())),
     ])
+
+
+TRACKED_COLUMNS = ("body_tracked", "face_tracked")  # added later: stores written before them read as all False
 
 
 ERRORS_SCHEMA = pa.schema([
@@ -127,6 +144,8 @@ def videos_to_table(videos: Sequence[VideoFeatures], dtype: str = "float16") -> 
         columns[m] = _matrix_array([np.asarray(v.features[m]) for v in videos], dtype)
     columns["has_body"] = pa.array([np.asarray(v.has_body, bool) for v in videos], pa.list_(pa.bool_()))
     columns["has_face"] = pa.array([np.asarray(v.has_face, bool) for v in videos], pa.list_(pa.bool_()))
+    for name in TRACKED_COLUMNS:
+        columns[name] = pa.array([np.asarray(getattr(v, name), bool) for v in videos], pa.list_(pa.bool_()))
     return pa.table(columns, schema=row_schema(dtype))
 
 
@@ -146,7 +165,7 @@ def _column_matrices(column: pa.ChunkedArray | pa.Array, name: str) -> list[np.n
 
 
 def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
-    missing = [c for c in row_schema().names if c not in table.column_names]
+    missing = [c for c in row_schema().names if c not in table.column_names and c not in TRACKED_COLUMNS]
     if missing:
         raise FeatureStoreError(f"feature table lacks column(s) {', '.join(missing)}")
     matrices = {m: _column_matrices(table.column(m), m) for m in MODALITIES}
@@ -156,6 +175,8 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
     stamps = table.column("timestamp").to_pylist()
     has_body = table.column("has_body").to_pylist()
     has_face = table.column("has_face").to_pylist()
+    tracked = {name: table.column(name).to_pylist() if name in table.column_names else [None] * len(ids)
+               for name in TRACKED_COLUMNS}
     videos = []
     for i, video_id in enumerate(ids):
         t = len(stamps[i])
@@ -163,14 +184,16 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
             if matrices[m][i].shape[0] != t:
                 raise FeatureStoreError(f"video {video_id!r}: {m} has {matrices[m][i].shape[0]} steps, "
                                         f"timestamp has {t}")
-        for name, mask in (("has_body", has_body[i]), ("has_face", has_face[i])):
-            if len(mask) != t:
+        masks = (("has_body", has_body[i]), ("has_face", has_face[i]), *((n, tracked[n][i]) for n in TRACKED_COLUMNS))
+        for name, mask in masks:
+            if mask is not None and len(mask) != t:
                 raise FeatureStoreError(f"video {video_id!r}: {name} has {len(mask)} steps, timestamp has {t}")
         videos.append(VideoFeatures(
             video_id=video_id, split=splits[i], labels=list(labels[i]),
             timestamp=np.asarray(stamps[i], np.float32),
             features={m: matrices[m][i] for m in MODALITIES},
             has_body=np.asarray(has_body[i], bool), has_face=np.asarray(has_face[i], bool),
+            **{n: None if tracked[n][i] is None else np.asarray(tracked[n][i], bool) for n in TRACKED_COLUMNS},
         ))
     return videos
 
@@ -281,28 +304,31 @@ def done_video_ids(store_dir: str | os.PathLike) -> set[str]:
     return ids
 
 
-def feature_statistics(store_dir: str | os.PathLike, split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-dimension (mean, std) of each modality over the steps of `split` where it is present.
+def input_statistics(videos: Iterable[VideoFeatures]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-dimension (mean, std) of each modality over the steps where it is present, for `ASRN.set_input_stats`.
 
-    Streams the part files one at a time, so a large store is never held whole in memory.
+    Streams: `videos` may be a generator over a large store. A constant dimension gets std 1.
     """
-    info = read_info(store_dir)
-    sums = {m: np.zeros(d, np.float64) for m, d in info.dims.items()}
-    squares = {m: np.zeros(d, np.float64) for m, d in info.dims.items()}
-    counts = dict.fromkeys(info.dims, 0)
-    for f in part_files(store_dir):
-        table = pq.read_table(f, filters=[("split", "=", split)])
-        for video in table_to_videos(table):
-            present = video.present()
-            for m in info.dims:
-                x = video.features[m][present[m]].astype(np.float64)  # (n, D)
-                sums[m] += x.sum(0)
-                squares[m] += (x * x).sum(0)
-                counts[m] += x.shape[0]
+    sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for video in videos:
+        present = video.present()
+        for m, features in video.features.items():
+            x = np.asarray(features, np.float64)[present[m]]  # (n, D)
+            sums[m] = sums.get(m, 0.0) + x.sum(0)
+            squares[m] = squares.get(m, 0.0) + (x * x).sum(0)
+            counts[m] = counts.get(m, 0) + x.shape[0]
     stats = {}
-    for m in info.dims:
+    for m, total in sums.items():
         n = max(counts[m], 1)
-        mean = sums[m] / n
+        mean = total / n
         std = np.sqrt(np.maximum(squares[m] / n - mean * mean, 0.0))
         stats[m] = (mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
     return stats
+
+
+def feature_statistics(store_dir: str | os.PathLike, split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`input_statistics` of one split of a store, streaming the part files one at a time."""
+    return input_statistics(video for f in part_files(store_dir)
+                            for video in table_to_videos(pq.read_table(f, filters=[("split", "=", split)])))

@@ -1,38 +1,40 @@
 """Train ASRN with Ray Train (TorchTrainer, DDP) on a feature store; record the run in MLflow.
 
-Flow: `train(config)` checks the store on the driver (dims, columns, labels, splits) before Ray starts;
-Ray Data reads the Parquet parts and `get_dataset_shard("train")` shards them over the workers
-(val is read whole by every worker, so all take the same early-stopping decision); each worker runs
-`train_loop_per_worker` and reports the metrics of `REPORTED_METRICS` and a checkpoint every epoch;
-afterwards the driver turns the best checkpoint into `best.pt` and scores val and test with it.
+Flow, as in Ray's own Train examples: `train(config)` checks the store on the driver before Ray starts; Ray Data
+reads the Parquet parts and `get_dataset_shard("train")` shards them over the workers (val is read whole by every
+worker, so all take the same early-stopping decision); each worker runs `train_loop_per_worker`, which calls
+`asrn.loop.train_epoch` and `asrn.loop.evaluate` and reports every epoch; afterwards the driver turns the best
+checkpoint into `best.pt` with per-class thresholds chosen on val, and scores val and test with it.
 
-Training settings (paper §4.2): SGD with momentum 0.9, lr 0.01, batch size 32, dropout 0.7, 200 epochs.
-"decreased to its 0.01 every one epoch" is read as an exponential decay stepped once per epoch that
-reaches 0.01 × lr after 200 epochs (`lr_decay` = 0.01 ** (1/200) ≈ 0.977); multiplying lr by 0.01 every
-epoch would stop learning after two epochs. `batch_size` is the global batch: each of the N workers
-takes batch_size // N videos per step. Early stopping ends training after `patience` epochs without a
-gain in validation F1 macro.
+The recipe (`--recipe default|paper`, asrn.loop.RECIPES) sets optimizer, lr, weight decay, batch size, dropout,
+width, epochs and patience; single flags override it. `batch_size` is the global batch: each of the N workers
+takes batch_size // N videos per step. Early stopping and checkpoint selection use val mAP: F1 at 0.5 scores a
+well-ranking, weakly calibrated model as 0.
 
-Outputs in `out/`: config.json, best.pt, metrics.json (val and test of best.pt), predictions.parquet
-(video_id, split, labels, one probability column per class, e.g. `sub:warm`), loss_curves.png,
-per_class.png, mlflow_run.json, ray_run.json (Ray run name and storage, for `--resume`), and by default
-the Ray checkpoints under `out/ray_results/`.
+Outputs in `out/`: config.json, best.pt, metrics.json (val and test of best.pt, test at 0.5 and at the val
+thresholds), predictions.parquet (video_id, split, labels, one probability column per class, e.g. `sub:warm`),
+loss_curves.png, per_class.png, mlflow_run.json, ray_run.json (Ray run name and storage, for `--resume`), and by
+default the Ray checkpoints under `out/ray_results/`. Rank 0 checkpoints when val mAP improves, every
+`checkpoint_every` epochs, and at the last epoch.
 
-`best.pt` is written and read by asrn.checkpoint (keys in its docstring); `load_checkpoint` is re-exported.
-MLflow: the driver creates the run and logs parameters; per-epoch metrics are logged by a Ray Train
-`UserCallback`, which runs in the Train controller (one process, on the driver's node); the driver
-logs test metrics and artifacts after `fit()`. No worker ever writes to MLflow.
+MLflow: the driver creates the run and logs parameters; per-epoch metrics are logged by a Ray Train `UserCallback`
+in the Train controller (one process), once per epoch even when a restarted worker group repeats epochs since its
+last checkpoint; the driver logs test metrics and artifacts after `fit()`.
+
+Fault injection, for tests only: ASRN_FAULT_EXIT="<rank>:<epoch>:<marker file>" makes that worker exit hard
+(os._exit) after training that epoch, before reporting it, once (the marker file records that it happened).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +47,22 @@ import torch
 from ray.data.expressions import col
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from asrn.checkpoint import CheckpointError, load_checkpoint, write_checkpoint  # noqa: F401 - re-exported
+from asrn import mlflow_runs
+from asrn.checkpoint import load_training_state, save_training_state, write_checkpoint
 from asrn.errors import AsrnError
+from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
-from asrn.metrics import compute_metrics
-from asrn.model import ASRN, VARIANTS, ModelConfig, asrn_loss
+from asrn.loop import (
+    RECIPES,
+    NonFiniteLossError,
+    Recipe,
+    build_optimizer,
+    check_finite_scores,
+    evaluate,
+    train_epoch,
+)
+from asrn.metrics import choose_thresholds, compute_metrics
+from asrn.model import ASRN, VARIANTS, ModelConfig
 from asrn.plots import plot_loss_curves, plot_per_class
 from asrn.sequence import collate
 from asrn.store import (
@@ -65,10 +78,11 @@ from asrn.store import (
 )
 
 SPLITS = ("train", "val", "test")
-REPORTED_METRICS = ("epoch", "train_loss", "val_loss", "val_f1_macro", "val_f1_micro", "val_acc", "val_subacc")
-MOMENTUM = 0.9
-STATE_FILE = "state.pt"  # inside each Ray checkpoint folder: model, optimizer, scheduler, epoch, history
-NO_MLFLOW = "none"
+SELECT_METRIC = "val_map"  # early stopping and checkpoint selection
+REPORTED_METRICS = ("epoch", "train_loss", "val_loss", "val_map", "val_f1_macro", "val_f1_micro", "val_acc",
+                    "val_subacc")
+RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "dropout", "hidden", "epochs", "patience")
+FAULT_ENV = "ASRN_FAULT_EXIT"
 
 
 class TrainConfigError(AsrnError):
@@ -81,29 +95,34 @@ class EmptySplitError(FeatureStoreError):
 
 @dataclass
 class TrainConfig:
-    """Flags of `asrn train` (field name = flag name with dashes as underscores); defaults are the paper's."""
+    """Flags of `asrn train` (field name = flag name with dashes as underscores).
+
+    The fields of RECIPE_FIELDS left at None take the recipe's value, so `config.json` holds what really ran.
+    """
 
     features: Path
     task: str
     out: Path
     variant: str = "asrn"
+    recipe: str = "default"
     num_workers: int = 1
     use_gpu: bool = False
-    epochs: int = 200
-    lr: float = 0.01
-    batch_size: int = 32  # global: split over the workers
-    dropout: float = 0.7
-    hidden: int = 256
-    patience: int = 20  # epochs without val F1 macro gain before stopping
+    lr: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None  # global: split over the workers
+    dropout: float | None = None
+    hidden: int | None = None
+    epochs: int | None = None
+    patience: int | None = None  # epochs without a val mAP gain before stopping
     seed: int = 0
     storage: str | None = None  # Ray checkpoint storage (folder, s3://, gs://); default out/ray_results
     resume: bool = False
-    mlflow_uri: str | None = None  # default sqlite:///<cwd>/mlflow.db; "none" turns MLflow off
-    experiment: str = "asrn"
+    mlflow_uri: str | None = None  # default MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; "none": off
+    experiment: str | None = None  # default MLFLOW_EXPERIMENT_NAME, else "asrn"
     address: str | None = None
-    lr_decay: float = 0.01 ** (1 / 200)  # ExponentialLR gamma per epoch: lr × 0.01 after 200 epochs
     max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
-    num_to_keep: int = 2  # Ray checkpoints kept: the best by val F1 macro (the latest is always kept too)
+    num_to_keep: int = 2  # Ray checkpoints kept: the best by val mAP (the latest is always kept too)
+    checkpoint_every: int = 5  # besides improvements and the last epoch
 
     def __post_init__(self) -> None:
         self.features, self.out = Path(self.features), Path(self.out)
@@ -111,25 +130,59 @@ class TrainConfig:
             raise UnknownTaskError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.variant not in VARIANTS:
             raise TrainConfigError(f"unknown variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
+        if self.recipe not in RECIPES:
+            raise TrainConfigError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
+        for name in RECIPE_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(RECIPES[self.recipe], name))
         checks = {
-            "lr": self.lr > 0 and math.isfinite(self.lr),
-            "batch_size": self.batch_size >= 1,
-            "dropout": 0 <= self.dropout < 1,
-            "epochs": self.epochs >= 1,
-            "num_workers": self.num_workers >= 1,
-            "hidden": self.hidden >= 1,
-            "patience": self.patience >= 1,
-            "lr_decay": 0 < self.lr_decay <= 1,
-            "max_failures": self.max_failures >= -1,
-            "num_to_keep": self.num_to_keep >= 1,
+            "lr": self.lr > 0 and np.isfinite(self.lr), "weight_decay": 0 <= self.weight_decay < 1,
+            "batch_size": self.batch_size >= 1, "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1,
+            "num_workers": self.num_workers >= 1, "hidden": self.hidden >= 1, "patience": self.patience >= 1,
+            "max_failures": self.max_failures >= -1, "num_to_keep": self.num_to_keep >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
         }
-        rules = {"lr": "> 0", "dropout": "in [0, 1)", "lr_decay": "in (0, 1]", "max_failures": ">= -1 (-1: no limit)"}
+        rules = {"lr": "> 0", "dropout": "in [0, 1)", "weight_decay": "in [0, 1)",
+                 "max_failures": ">= -1 (-1: no limit)"}
         for name, ok in checks.items():
             if not ok:
                 raise TrainConfigError(f"{name} = {getattr(self, name)!r}: must be {rules.get(name, '>= 1')}")
 
     def to_dict(self) -> dict:
         return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
+
+    def effective_recipe(self) -> Recipe:
+        """The named recipe with this run's overrides (and a cosine schedule over this run's epochs)."""
+        return replace(RECIPES[self.recipe], **{name: getattr(self, name) for name in RECIPE_FIELDS})
+
+    def model_config(self, dims: dict[str, int]) -> ModelConfig:
+        return ModelConfig(dims=dict(dims), num_classes=len(task_labels(self.task)), variant=self.variant,
+                           hidden=self.hidden, dropout=self.dropout)
+
+
+@dataclass
+class LoopConfig:
+    """What every Ray Train worker needs; built on the driver by `loop_config_for`."""
+
+    task: str
+    model: ModelConfig
+    recipe: Recipe
+    batch_size: int  # per worker
+    seed: int
+    use_gpu: bool
+    input_stats: dict[str, tuple[np.ndarray, np.ndarray]]  # the train split's per-dimension (mean, std)
+    checkpoint_every: int
+    fault: str | None = None  # FAULT_ENV's value on the driver (tests only)
+
+
+def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
+    """Exit this worker hard, once, at the rank and epoch that FAULT_ENV names (see the module docstring)."""
+    if not fault:
+        return
+    fault_rank, fault_epoch, marker = fault.split(":", 2)
+    if (rank, epoch) == (int(fault_rank), int(fault_epoch)) and not os.path.exists(marker):
+        Path(marker).write_text(f"rank {rank} exited at epoch {epoch}\n")
+        os._exit(1)
 
 
 @dataclass
@@ -139,7 +192,7 @@ class TrainResult:
     out: Path
     checkpoint: Path  # best.pt
     best_epoch: int
-    metrics: dict  # {"val": compute_metrics(...), "test": ...}
+    metrics: dict  # {"val": ..., "test": ..., "test_at_val_thresholds": ...} (compute_metrics dicts)
     history: list[dict]  # per-epoch reported metrics, all epochs of the run (resumed ones included)
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
@@ -157,6 +210,28 @@ def check_videos(videos, dims: dict[str, int], where: str) -> None:
                 raise FeatureStoreError(f"{where}: video {v.video_id!r} has {m} dim {d}, features.json says {dims[m]}")
 
 
+def _count_part(path: Path, counts: dict[str, int], info: StoreInfo) -> None:
+    """Check one part file's columns, splits, labels and first row's dims; add its videos to `counts`."""
+    names = pq.read_schema(path).names
+    missing = [c for c in row_schema().names if c not in names]
+    if missing:
+        raise FeatureStoreError(f"{path}: lacks column(s) {', '.join(missing)}")
+    table = pq.read_table(path, columns=["video_id", "split", "labels"])
+    for video_id, split, labels in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+        if split not in counts:
+            raise FeatureStoreError(f"{path}: video {video_id!r} has split {split!r}, expected one of "
+                                    f"{', '.join(SPLITS)}")
+        counts[split] += 1
+        for name in labels or []:
+            try:
+                check_label(name)
+            except ValueError as e:
+                raise type(e)(f"{path}: video {video_id!r}: {e}") from e
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=1), None)
+    if first is not None and first.num_rows:
+        check_videos(table_to_videos(pa.Table.from_batches([first])), info.dims, str(path))
+
+
 def check_store(features: Path, task: str) -> tuple[StoreInfo, dict[str, int]]:
     """Refuse a store training cannot use; return its info and the number of videos per split.
 
@@ -166,65 +241,24 @@ def check_store(features: Path, task: str) -> tuple[StoreInfo, dict[str, int]]:
     files = part_files(features)
     if not files:
         raise FeatureStoreError(f"{features}: holds no Parquet data files")
-    expected = row_schema().names
     counts = dict.fromkeys(SPLITS, 0)
-    for f in files:
-        names = pq.read_schema(f).names
-        missing = [c for c in expected if c not in names]
-        if missing:
-            raise FeatureStoreError(f"{f}: lacks column(s) {', '.join(missing)}")
-        table = pq.read_table(f, columns=["video_id", "split", "labels"])
-        for video_id, split, labels in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
-            if split not in counts:
-                raise FeatureStoreError(f"{f}: video {video_id!r} has split {split!r}, expected one of "
-                                        f"{', '.join(SPLITS)}")
-            counts[split] += 1
-            for name in labels or []:
-                try:
-                    check_label(name)
-                except ValueError as e:
-                    raise type(e)(f"{f}: video {video_id!r}: {e}") from e
-        first = next(pq.ParquetFile(f).iter_batches(batch_size=1), None)
-        if first is not None and first.num_rows:
-            check_videos(table_to_videos(pa.Table.from_batches([first])), info.dims, str(f))
+    for path in files:
+        _count_part(path, counts, info)
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
         raise EmptySplitError(f"{features}: no videos in split {', '.join(empty)} "
                               f"(counts: {', '.join(f'{s} {n}' for s, n in counts.items())}); "
                               "training needs train, val and test videos")
-    _ = task_labels(task)
+    task_labels(task)
     return info, counts
 
 
 # ---------------------------------------------------------------- the per-worker loop
 
-def _model_config(loop_config: dict) -> ModelConfig:
-    return ModelConfig(dims=dict(loop_config["dims"]), num_classes=len(loop_config["labels"]),
-                       variant=loop_config["variant"], hidden=loop_config["hidden"], dropout=loop_config["dropout"])
-
-
-def _batches(iterator, batch_size: int, task: str, dims: dict[str, int], **kwargs):
-    """Ray Data pyarrow batches -> collated `Batch`es, dims checked."""
+def _batches(iterator, batch_size: int, task: str, **kwargs):
+    """Ray Data pyarrow batches -> collated `Batch`es."""
     for table in iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow", **kwargs):
-        videos = table_to_videos(table)
-        check_videos(videos, dims, "feature store")
-        yield collate(videos, task)
-
-
-def _evaluate(model: torch.nn.Module, batches, device: torch.device, autocast: bool) -> tuple[float, np.ndarray,
-                                                                                             np.ndarray]:
-    """Mean loss, (N, C) probabilities and (N, C) targets of `model` over `batches`."""
-    model.eval()
-    scores, targets, loss_sum = [], [], 0.0
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        for batch in batches:
-            batch = batch.to(device)
-            logits = model(batch.features, batch.present, batch.mask).logits.float()  # (B, C)
-            loss_sum += float(asrn_loss(logits, batch.targets)) * len(batch.video_ids)
-            scores.append(torch.sigmoid(logits).cpu().numpy())
-            targets.append(batch.targets.cpu().numpy())
-    scores_np, targets_np = np.concatenate(scores), np.concatenate(targets)
-    return loss_sum / len(scores_np), scores_np, targets_np
+        yield collate(table_to_videos(table), task)
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
@@ -238,119 +272,131 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+@dataclass
+class Progress:
+    """The early-stopping state that travels in every checkpoint."""
+
+    epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record epoch's val score; True when it is the best so far."""
+        self.epoch = epoch
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+        else:
+            self.stale += 1
+        return improved
+
+
+def _restore(net, optimizer, scheduler) -> Progress:
+    """Continue after the last reported epoch (a restarted worker group or `--resume`), else start fresh."""
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return Progress()
+    with checkpoint.as_directory() as folder:
+        state = load_training_state(folder)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return Progress(state["epoch"], state["best_score"], state["best_epoch"], state["stale"], state["history"])
+
+
+def _report(metrics: dict, progress: Progress, state: dict | None) -> None:
+    """Report the epoch to Ray Train, with a checkpoint folder holding `state` when given (rank 0 only)."""
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        save_training_state(folder, {**state, **asdict(progress)})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop_per_worker(config: LoopConfig) -> None:
     """One Ray Train worker: restore the last checkpoint if any, then train, validate and report each epoch.
 
-    `loop_config` (see `loop_config_for`): task, labels, dims, variant, hidden, dropout, lr, lr_decay,
-    momentum, batch_size (per worker), epochs, patience, seed, use_gpu. Reports `REPORTED_METRICS`
-    plus lr, best_epoch, best_val_f1_macro, epoch_seconds and train_samples_per_s; rank 0 attaches a
-    checkpoint folder holding STATE_FILE.
+    Reports REPORTED_METRICS plus lr, best_epoch, best_val_map, epoch_seconds and train_samples_per_s.
     """
-    c = loop_config
-    torch.manual_seed(c["seed"])
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    torch.manual_seed(config.seed)
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    autocast = bool(c["use_gpu"]) and device.type == "cuda"  # bf16 autocast on GPU only
-
-    model = ASRN(_model_config(c))
-    model.set_input_stats(c["input_stats"])  # the train split's per-dimension mean / std (store.feature_statistics)
-    model = ray.train.torch.prepare_model(model)  # DDP over gloo (CPU) or NCCL (GPU)
-    net = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=c["lr"], momentum=c["momentum"])
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=c["lr_decay"])
-    start, best_f1, best_epoch, stale, history = 1, -1.0, 0, 0, []
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # a restarted worker group or `--resume`: continue after the last reported epoch
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
-        stale, history = state["stale"], state["history"]
-
+    autocast = config.use_gpu and device.type == "cuda"  # bf16 autocast on GPU only
+    net = ASRN(config.model)
+    net.set_input_stats(config.input_stats)
+    model = ray.train.torch.prepare_model(net)  # DDP over gloo (CPU) or NCCL (GPU); `net` stays the plain module
+    optimizer, scheduler = build_optimizer(model, config.recipe)
+    progress = _restore(net, optimizer, scheduler)
     train_shard = ray.train.get_dataset_shard("train")
     # the val set is small and read whole by every worker: read it once, score it every epoch
-    val_batches = list(_batches(ray.train.get_dataset_shard("val"), c["batch_size"], c["task"], c["dims"]))
-    for epoch in range(start, c["epochs"] + 1):
-        if stale >= c["patience"]:
+    val_batches = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task))
+    labels = list(task_labels(config.task))
+    for epoch in range(progress.epoch + 1, config.recipe.epochs + 1):
+        if progress.stale >= config.recipe.patience:
             break  # a resumed run that had already stopped early
         started = time.perf_counter()
-        model.train()
-        loss_sum, seen = 0.0, 0
-        batches = _batches(train_shard, c["batch_size"], c["task"], c["dims"],
-                           local_shuffle_buffer_size=4 * c["batch_size"], local_shuffle_seed=c["seed"] + epoch)
-        for batch in batches:
-            batch = batch.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(batch.features, batch.present, batch.mask).logits  # (B, C)
-            loss = asrn_loss(logits.float(), batch.targets)  # eq. 10
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(batch.video_ids)
-            seen += len(batch.video_ids)
+        batches = _batches(train_shard, config.batch_size, config.task,
+                           local_shuffle_buffer_size=4 * config.batch_size, local_shuffle_seed=config.seed + epoch)
+        loss_sum, seen = _all_reduce_sum(list(train_epoch(model, batches, optimizer, device, autocast, epoch)))
+        _inject_fault(config.fault, rank, epoch)
+        lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        loss_sum, seen = _all_reduce_sum([loss_sum, float(seen)])
         seconds = time.perf_counter() - started
-
-        val_loss, scores, targets = _evaluate(net, val_batches, device, autocast)
-        val = compute_metrics(targets, scores, c["labels"])
-        if val["f1_macro"] > best_f1:
-            best_f1, best_epoch, stale = val["f1_macro"], epoch, 0
-        else:
-            stale += 1
-        metrics = {
-            "epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
-            **{f"val_{k}": val[k] for k in ("f1_macro", "f1_micro", "acc", "subacc")},
-            "lr": optimizer.param_groups[0]["lr"], "best_epoch": best_epoch, "best_val_f1_macro": best_f1,
-            "epoch_seconds": seconds, "train_samples_per_s": seen / seconds,
-        }
-        history.append(metrics)
-        with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
-            if rank == 0:
-                torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch, "best_f1": best_f1,
-                            "best_epoch": best_epoch, "stale": stale, "history": history},
-                           Path(folder) / STATE_FILE)
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=ckpt)
+        val_loss, scores, targets = evaluate(net, val_batches, device, autocast)
+        val = compute_metrics(targets, scores, labels)
+        improved = progress.update(epoch, val["map"])
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
+                   **{f"val_{k}": val[k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")},
+                   "lr": lr, "best_epoch": progress.best_epoch, "best_val_map": progress.best_score,
+                   "epoch_seconds": seconds, "train_samples_per_s": seen / seconds}
+        progress.history.append(metrics)
+        last = epoch == config.recipe.epochs or progress.stale >= config.recipe.patience
+        checkpoint = rank == 0 and (improved or last or epoch % config.checkpoint_every == 0)
+        _report(metrics, progress, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict()} if checkpoint else None)
 
 
 # ---------------------------------------------------------------- driver side: trainer, MLflow, outputs
 
 class EpochLogger(ray.train.UserCallback):
-    """Runs in the Train controller (one process): prints each epoch and logs it to MLflow (step = epoch)."""
+    """Runs in the Train controller (one process): prints each epoch and logs it to MLflow (step = epoch).
 
-    def __init__(self, tracking_uri: str | None = None, run_id: str | None = None):
-        self.tracking_uri, self.run_id = tracking_uri, run_id
+    An epoch is logged once: a worker group restarted from its last checkpoint repeats the epochs after it, and a
+    resumed run those its killed driver had logged (`logged`, read from MLflow); the first report stands.
+    """
+
+    def __init__(self, epochs: int, tracking_uri: str | None = None, run_id: str | None = None,
+                 logged: set[int] | None = None):
+        self.epochs, self.tracking_uri, self.run_id = epochs, tracking_uri, run_id
+        self.logged = set(logged or ())
+        self.started = time.monotonic()
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         m = metrics[0]  # rank 0's; every worker reports the same validation figures
-        print(f"epoch {m['epoch']:>3}: train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
-              f"val F1 macro {m['val_f1_macro']:.4f}  F1 micro {m['val_f1_micro']:.4f}  "
-              f"({m['epoch_seconds']:.1f} s)", flush=True)
+        if int(m["epoch"]) in self.logged:
+            print(f"epoch {m['epoch']}/{self.epochs}: repeated after a restart (logged before)", flush=True)
+            return
+        self.logged.add(int(m["epoch"]))
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / m["epoch"] * (self.epochs - m["epoch"]) if m["epoch"] else 0.0
+        print(f"epoch {m['epoch']}/{self.epochs}: train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
+              f"val mAP {m['val_map']:.4f}  F1 macro {m['val_f1_macro']:.4f}  ({m['epoch_seconds']:.1f} s; "
+              f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s)", flush=True)
         if self.run_id:
-            from mlflow import MlflowClient
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            values = [Metric(k, float(v), now, int(m["epoch"])) for k, v in m.items() if k != "epoch"]
-            MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=values)
+            mlflow_runs.log_metrics(self.tracking_uri, self.run_id, {k: v for k, v in m.items() if k != "epoch"},
+                                    step=int(m["epoch"]))
 
 
-def loop_config_for(config: TrainConfig, info: StoreInfo) -> dict:
-    """The `train_loop_per_worker` config of a TrainConfig (tune overrides lr, dropout, batch_size here)."""
-    return {
-        "task": config.task, "labels": list(task_labels(config.task)), "dims": dict(info.dims),
-        "variant": config.variant, "hidden": config.hidden, "dropout": config.dropout, "lr": config.lr,
-        "lr_decay": config.lr_decay, "momentum": MOMENTUM, "epochs": config.epochs, "patience": config.patience,
-        "batch_size": max(1, config.batch_size // config.num_workers), "seed": config.seed,
-        "use_gpu": config.use_gpu, "input_stats": feature_statistics(config.features, "train"),
-    }
+def loop_config_for(config: TrainConfig, info: StoreInfo, input_stats: dict | None = None) -> LoopConfig:
+    """The worker config of a TrainConfig; `input_stats` is computed from the store when not given."""
+    return LoopConfig(task=config.task, model=config.model_config(info.dims), recipe=config.effective_recipe(),
+                      batch_size=max(1, config.batch_size // config.num_workers), seed=config.seed,
+                      use_gpu=config.use_gpu, checkpoint_every=config.checkpoint_every,
+                      input_stats=input_stats or feature_statistics(config.features, "train"),
+                      fault=os.environ.get(FAULT_ENV))
 
 
 def storage_path(config: TrainConfig) -> str:
@@ -358,7 +404,7 @@ def storage_path(config: TrainConfig) -> str:
 
 
 def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.train.UserCallback] = (),
-                  info: StoreInfo | None = None) -> TorchTrainer:
+                  info: StoreInfo | None = None, input_stats: dict | None = None) -> TorchTrainer:
     """A TorchTrainer for `config`: Ray Data over the store's parts, checkpoints under `storage_path(config)`.
 
     A second trainer with the same `run_name` and storage continues from that run's last checkpoint
@@ -367,18 +413,17 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
     info = info or read_info(config.features)
     files = [str(f.resolve()) for f in part_files(config.features)]
     # materialized once, so that epochs re-split blocks in the object store rather than re-read the files
-    datasets = {s: ray.data.read_parquet(files).filter(expr=col("split") == s).materialize()
-                for s in ("train", "val")}
+    datasets = {s: ray.data.read_parquet(files).filter(expr=col("split") == s).materialize() for s in ("train", "val")}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config_for(config, info),
+        train_loop_config=loop_config_for(config, info, input_stats),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage_path(config),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.num_to_keep,
-                                                         checkpoint_score_attribute="val_f1_macro",
+                                                         checkpoint_score_attribute=SELECT_METRIC,
                                                          checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             callbacks=list(callbacks),
@@ -388,56 +433,27 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
     )
 
 
-def save_checkpoint(path: Path, state: dict, config: TrainConfig, info: StoreInfo) -> Path:
-    """Write `best.pt` (keys in asrn.checkpoint) from a Ray checkpoint's STATE_FILE dict."""
-    model_config = ModelConfig(dims=dict(info.dims), num_classes=len(task_labels(config.task)),
-                               variant=config.variant, hidden=config.hidden, dropout=config.dropout)
-    return write_checkpoint(path, state["model"], model_config, config.to_dict(), config.task, info,
-                            state["epoch"], state["history"][-1])
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Connect to `address` (or start a local Ray) unless Ray is already up; shut down only what we started."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
-def _predict(model: ASRN, videos, task: str, batch_size: int) -> np.ndarray:
-    """(N, C) probabilities of `videos`, in order."""
+def predict_scores(model: ASRN, videos, task: str, batch_size: int) -> np.ndarray:
+    """(N, C) probabilities of `videos`, in order; non-finite scores are refused."""
     scores = []
     with torch.no_grad():
         for i in range(0, len(videos), batch_size):
             batch = collate(videos[i:i + batch_size], task)
             scores.append(torch.sigmoid(model(batch.features, batch.present, batch.mask).logits.float()).numpy())
-    return np.concatenate(scores)
-
-
-def _default_tracking_uri() -> str:
-    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
-
-
-def _start_mlflow_run(config: TrainConfig, tracking_uri: str, counts: dict[str, int]) -> str:
-    """Create the run (or reopen it on --resume) and log the parameters; return the run id."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
-    client = MlflowClient(tracking_uri)
-    record = config.out / "mlflow_run.json"
-    run_id = None
-    if config.resume and record.is_file():
-        previous = json.loads(record.read_text())
-        if previous.get("tracking_uri") == tracking_uri:
-            run_id = previous["run_id"]
-            client.update_run(run_id, status="RUNNING")
-    if run_id is None:
-        experiment = client.get_experiment_by_name(config.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-        run_id = client.create_run(experiment_id, run_name=config.out.name,
-                                   tags={"asrn.command": "train", "asrn.task": config.task}).info.run_id
-    params = {**config.to_dict(), **{f"num_{s}_videos": n for s, n in counts.items()}}
-    logged = client.get_run(run_id).data.params
-    new = [Param(k, str(v)) for k, v in params.items() if k not in logged]  # params are immutable in MLflow
-    client.log_batch(run_id, params=new)
-    for k, v in params.items():
-        if k in logged and logged[k] != str(v):
-            client.set_tag(run_id, f"resume.{k}", str(v))
-    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri,
-                                  "ui": f"mlflow ui --backend-store-uri {tracking_uri}"}, indent=2) + "\n")
-    return run_id
+    return check_finite_scores(np.concatenate(scores), f"model on {len(videos)} video(s)")
 
 
 def _run_name(config: TrainConfig) -> str:
@@ -451,14 +467,98 @@ def _run_name(config: TrainConfig) -> str:
             raise TrainConfigError(f"--resume: the run in {config.out} kept its checkpoints in "
                                    f"{previous['storage_path']}, not {storage_path(config)}; pass --storage")
         return previous["name"]
+    if record.is_file():
+        raise TrainConfigError(f"{config.out} already holds a run ({record.name}): continue it with --resume "
+                               "or choose a new --out")
     name = f"asrn-train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    record.write_text(json.dumps({"name": name, "storage_path": storage_path(config)}, indent=2) + "\n")
+    write_json(record, {"name": name, "storage_path": storage_path(config)})
     return name
 
 
-def _load_state(checkpoint: ray.train.Checkpoint) -> dict:
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+@dataclass
+class BestModelReport:
+    """best.pt and its scores: val and test at 0.5, test at the per-class thresholds chosen on val."""
+
+    checkpoint: Path
+    metrics: dict
+    predictions: Path
+    per_class_plot: Path
+
+
+def _write_predictions(columns: dict[str, list], labels: list[str], path: Path) -> Path:
+    schema = pa.schema([("video_id", pa.string()), ("split", pa.string()), ("labels", pa.list_(pa.string())),
+                        *[(name, pa.float32()) for name in labels]])
+    with atomic_output(path) as temporary:
+        pq.write_table(pa.table(columns, schema=schema), temporary)
+    return path
+
+
+def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: Path) -> BestModelReport:
+    """Write best.pt from a training state (thresholds chosen on val), score val and test, write the outputs.
+
+    Shared by `asrn train` and `asrn tune` (for its best trial), so both report the same figures.
+    """
+    labels = list(task_labels(config.task))
+    model = ASRN(config.model_config(info.dims))
+    model.load_state_dict(state["model"])
+    model.eval()
+    columns: dict[str, list] = {"video_id": [], "split": [], "labels": [], **{name: [] for name in labels}}
+    scored = {}
+    for split in ("val", "test"):
+        videos = load_videos(config.features, splits=[split])
+        scored[split] = (np.stack([encode(v.labels, config.task) for v in videos]),
+                         predict_scores(model, videos, config.task, config.batch_size))
+        columns["video_id"] += [v.video_id for v in videos]
+        columns["split"] += [split] * len(videos)
+        columns["labels"] += [[name for name in v.labels if name in labels] for v in videos]
+        for j, name in enumerate(labels):
+            columns[name] += scored[split][1][:, j].tolist()
+    thresholds = choose_thresholds(*scored["val"])
+    metrics = {"best_epoch": state["epoch"], "task": config.task,  # val thresholds: test_at_val_thresholds.per_class
+               "val": compute_metrics(*scored["val"], labels), "test": compute_metrics(*scored["test"], labels),
+               "test_at_val_thresholds": compute_metrics(*scored["test"], labels, thresholds=thresholds)}
+    checkpoint = write_checkpoint(out / "best.pt", state["model"], config.model_config(info.dims), config.to_dict(),
+                                  config.task, info, state["epoch"], state["history"][-1], thresholds.tolist())
+    write_json(out / "metrics.json", metrics)
+    per_class = plot_per_class(metrics["test"]["per_class"], out / "per_class.png",
+                               title=f"test F1 and accuracy per class (epoch {state['epoch']})")
+    return BestModelReport(checkpoint, metrics, _write_predictions(columns, labels, out / "predictions.parquet"),
+                           per_class)
+
+
+def summary_line(metrics: dict) -> str:
+    test, tuned = metrics["test"], metrics["test_at_val_thresholds"]
+    return (f"test mAP {test['map']:.4f}  F1 micro {test['f1_micro']:.4f}  F1 macro {test['f1_macro']:.4f}  "
+            f"Acc {test['acc']:.4f}  Subacc {test['subacc']:.4f}  |  at val thresholds: F1 macro "
+            f"{tuned['f1_macro']:.4f}  F1 micro {tuned['f1_micro']:.4f}")
+
+
+def _fit(config: TrainConfig, run_name: str, info: StoreInfo, tracking_uri: str | None, run_id: str | None):
+    """Run the TorchTrainer; mark the MLflow run FAILED if it raises."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+    logged = mlflow_runs.logged_steps(tracking_uri, run_id, "train_loss") if run_id and config.resume else set()
+    try:
+        with ray_session(config.address):
+            logger = EpochLogger(config.epochs, tracking_uri, run_id, logged)
+            return build_trainer(config, run_name, [logger], info).fit()
+    except BaseException as e:
+        if run_id:
+            mlflow_runs.finish_run(tracking_uri, run_id, "FAILED")
+        if (diverged := _non_finite_loss(e)) is not None:
+            raise NonFiniteLossError(f"{diverged}; the last good checkpoint stays in {storage_path(config)}/"
+                                     f"{run_name}") from e
+        raise
+
+
+def _non_finite_loss(error: BaseException) -> str | None:
+    """The message of a NonFiniteLossError raised on a worker, wherever Ray wrapped it; None for other errors."""
+    pending = [error, *getattr(error, "worker_failures", {}).values()]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, NonFiniteLossError):
+            return str(e)
+        pending += [c for c in (getattr(e, "cause", None), e.__cause__) if isinstance(c, BaseException)]
+    return None
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -466,79 +566,42 @@ def train(config: TrainConfig) -> TrainResult:
     info, counts = check_store(config.features, config.task)  # bad input stops here, before Ray starts
     config.out.mkdir(parents=True, exist_ok=True)
     run_name = _run_name(config)
-    (config.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    tracking_uri = None if (config.mlflow_uri or "").lower() == NO_MLFLOW else (config.mlflow_uri
-                                                                                  or _default_tracking_uri())
-    run_id = _start_mlflow_run(config, tracking_uri, counts) if tracking_uri else None
-    print(f"training {config.variant} on {config.features} ({counts['train']} train / {counts['val']} val / "
-          f"{counts['test']} test videos), task {config.task}, {config.num_workers} worker(s)", flush=True)
+    write_json(config.out / "config.json", config.to_dict())
+    tracking_uri, run_id = mlflow_runs.tracking_uri_for(config.mlflow_uri), None
+    if tracking_uri:
+        run_id, tracking_uri = mlflow_runs.open_run(
+            tracking_uri, mlflow_runs.experiment_for(config.experiment), config.out.name,
+            {"asrn.command": "train", "asrn.task": config.task}, config.out / "mlflow_run.json", config.resume)
+        mlflow_runs.log_params(tracking_uri, run_id, {**config.to_dict(), **mlflow_runs.store_params(info),
+                                                      **{f"num_{s}_videos": n for s, n in counts.items()}})
+    print(f"training {config.variant} ({config.recipe} recipe) on {config.features} ({counts['train']} train / "
+          f"{counts['val']} val / {counts['test']} test videos), task {config.task}, {config.num_workers} worker(s)",
+          flush=True)
+    result = _fit(config, run_name, info, tracking_uri, run_id)
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=config.address)
-    try:
-        trainer = build_trainer(config, run_name, [EpochLogger(tracking_uri, run_id)], info)
-        result = trainer.fit()
-    except BaseException:
-        if run_id:
-            from mlflow import MlflowClient
-            MlflowClient(tracking_uri).set_terminated(run_id, status="FAILED")
-        raise
-    finally:
-        if started_ray:
-            ray.shutdown()
-
-    latest = _load_state(result.checkpoint)
-    best_ckpt, _ = max(result.best_checkpoints, key=lambda cm: (cm[1]["val_f1_macro"], -cm[1]["epoch"]))
-    best_state = _load_state(best_ckpt)
-    files = {"config": config.out / "config.json",
-             "checkpoint": save_checkpoint(config.out / "best.pt", best_state, config, info)}
-    model, _ = load_checkpoint(files["checkpoint"])
-
-    labels = list(task_labels(config.task))
-    metrics = {"best_epoch": best_state["epoch"], "task": config.task}
-    columns: dict[str, list] = {"video_id": [], "split": [], "labels": [], **{name: [] for name in labels}}
-    for split in ("val", "test"):
-        videos = load_videos(config.features, splits=[split])
-        scores = _predict(model, videos, config.task, config.batch_size)
-        targets = np.stack([encode(v.labels, config.task) for v in videos])
-        metrics[split] = compute_metrics(targets, scores, labels)
-        columns["video_id"] += [v.video_id for v in videos]
-        columns["split"] += [split] * len(videos)
-        columns["labels"] += [[name for name in v.labels if name in labels] for v in videos]
-        for j, name in enumerate(labels):
-            columns[name] += scores[:, j].tolist()
-    files["metrics"] = config.out / "metrics.json"
-    files["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
-    files["predictions"] = config.out / "predictions.parquet"
-    schema = pa.schema([("video_id", pa.string()), ("split", pa.string()), ("labels", pa.list_(pa.string())),
-                        *[(name, pa.float32()) for name in labels]])
-    pq.write_table(pa.table(columns, schema=schema), files["predictions"])
-    files["loss_curves"] = plot_loss_curves(latest["history"], config.out / "loss_curves.png",
-                                            title=f"ASRN ({config.variant}, {config.task}) loss")
-    files["per_class"] = plot_per_class(metrics["test"]["per_class"], config.out / "per_class.png",
-                                        title=f"test F1 and accuracy per class (epoch {best_state['epoch']})")
-
+    with result.checkpoint.as_directory() as folder:
+        history = load_training_state(folder)["history"]
+    best_ckpt, _ = max(result.best_checkpoints, key=lambda cm: (cm[1][SELECT_METRIC], -cm[1]["epoch"]))
+    with best_ckpt.as_directory() as folder:
+        best_state = load_training_state(folder)
+    best = report_best_model(best_state, config, info, config.out)
+    loss_curves = plot_loss_curves(history, config.out / "loss_curves.png",
+                                   title=f"ASRN ({config.variant}, {config.task}) loss")
+    files = {"config": config.out / "config.json", "checkpoint": best.checkpoint,
+             "metrics": config.out / "metrics.json", "predictions": best.predictions, "loss_curves": loss_curves,
+             "per_class": best.per_class_plot}
     if run_id:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric, RunTag
-
-        client = MlflowClient(tracking_uri)
-        now = int(time.time() * 1000)
-        test_metrics = [Metric(f"test_{k}", metrics["test"][k], now, best_state["epoch"])
-                        for k in ("f1_macro", "f1_micro", "acc", "subacc")]  # val_* are logged per epoch
-        client.log_batch(run_id, metrics=test_metrics, tags=[RunTag("best_epoch", str(best_state["epoch"]))])
-        for name in ("config", "metrics", "loss_curves", "per_class"):
-            client.log_artifact(run_id, str(files[name]))
-        client.set_terminated(run_id, status="FINISHED")
-
-    test = metrics["test"]
-    print(f"best epoch {best_state['epoch']}; test F1 micro {test['f1_micro']:.4f}  F1 macro {test['f1_macro']:.4f}"
-          f"  Acc {test['acc']:.4f}  Subacc {test['subacc']:.4f}")
+        test = {f"test_{k}": best.metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
+        test["test_f1_macro_at_val_thresholds"] = best.metrics["test_at_val_thresholds"]["f1_macro"]
+        test.update(mlflow_runs.per_class_metrics("test", best.metrics["test"]))
+        mlflow_runs.log_metrics(tracking_uri, run_id, test, step=best_state["epoch"],
+                                tags={"best_epoch": best_state["epoch"]})
+        mlflow_runs.finish_run(tracking_uri, run_id, "FINISHED",
+                               [files[k] for k in ("config", "metrics", "loss_curves", "per_class")])
+    print(f"best epoch {best_state['epoch']}; {summary_line(best.metrics)}")
     print(f"outputs in {config.out}: best.pt, metrics.json, predictions.parquet, loss_curves.png, per_class.png")
     if run_id:
         print(f"MLflow run {run_id} in {tracking_uri}; open it with: mlflow ui --backend-store-uri {tracking_uri}")
-    return TrainResult(out=config.out, checkpoint=files["checkpoint"], best_epoch=best_state["epoch"],
-                       metrics=metrics, history=latest["history"], mlflow_run_id=run_id,
-                       tracking_uri=tracking_uri, files=files)
+    return TrainResult(out=config.out, checkpoint=best.checkpoint, best_epoch=best_state["epoch"],
+                       metrics=best.metrics, history=history, mlflow_run_id=run_id, tracking_uri=tracking_uri,
+                       files=files)

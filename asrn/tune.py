@@ -4,21 +4,24 @@ Ray 2.60 runs Train V2, where `tune.Tuner` no longer takes a trainer: each Tune 
 (`train_trial`) that builds the same TorchTrainer as `asrn train` (`asrn.train.build_trainer`) and calls `fit()`.
 - Metrics reach Tune through `ray.tune.integration.ray_train.TuneReportCallback`, a Train `UserCallback`: the
   Train controller puts rank 0's metrics of every epoch (with the checkpoint's path) on a queue that the trial's
-  Tune session reads, so OptunaSearch and ASHA see `val_f1_macro` per epoch.
+  Tune session reads, so OptunaSearch and ASHA see `val_map` per epoch.
 - When ASHA stops a trial, Tune terminates the trial actor; the Train controller it created is owned by that
   actor and dies with it, and Train's detached PlacementGroupCleaner then frees the workers' placement group.
 - Resources: the trial itself asks for `TRIAL_CPUS` (Tune refuses an all-zero request); its Train workers ask
   for their own (`ScalingConfig`); `max_concurrent` is clamped so that the workers of all concurrent trials fit
   in the cluster with `DATA_CPUS` left for Ray Data's read tasks, else trials would wait on each other forever.
+- The train split's input statistics are computed once on the driver and handed to every trial.
 
 MLflow (written only by the Tune driver, through `SweepRecorder`): one parent run for the sweep and one nested
-child run per trial (tag `mlflow.parentRunId`) with params dropout, lr, batch_size, per-epoch metrics
-(step = epoch), tag `status` (completed | stopped_early | failed) and metric `best_val_f1_macro`; the parent
-carries tags best_trial_id / best_run_id, metric best_val_f1_macro and the sweep plot.
+child run per trial (tag `mlflow.parentRunId`) with the trial's hyperparameters and the sweep's fixed settings
+(variant, task, epochs, recipe, features), per-epoch metrics (step = epoch), tag `status`
+(completed | stopped_early | failed) and metric `best_val_map`; the parent carries tags best_trial_id /
+best_run_id, metric best_val_map, the best trial's test metrics and the sweep plot.
 
 Outputs in `out/`: tune_config.json, best_config.json, best.pt (the best trial's best epoch, in `asrn train`'s
-format), trials.csv, sweep.png, trial_status.json, mlflow_run.json, `sweep/` (Tune's experiment, for --resume)
-and `trials/<trial_id>/` (each trial's Ray Train run and checkpoints).
+format, with val-chosen thresholds), metrics.json and predictions.parquet of that model, trials.csv, sweep.png,
+trial_status.json, mlflow_run.json, `sweep/` (Tune's experiment, for --resume) and `trials/<trial_id>/` (each
+trial's Ray Train run and checkpoints).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import csv
 import json
 import math
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,21 +38,39 @@ import ray
 import ray.data
 import ray.train
 import ray.tune
+from optuna.samplers import TPESampler
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
 
+from asrn import mlflow_runs
+from asrn.checkpoint import load_training_state
 from asrn.errors import AsrnError
+from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError
+from asrn.loop import RECIPES
 from asrn.plots import plot_sweep
-from asrn.search_space import DEFAULT_SPACE, Dimension, load_search_space, to_tune_space
+from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
+from asrn.store import StoreInfo, feature_statistics
+from asrn.train import (
+    SELECT_METRIC,
+    TrainConfig,
+    build_trainer,
+    check_store,
+    ray_session,
+    report_best_model,
+    summary_line,
+)
 
-METRIC = "val_f1_macro"
+METRIC = SELECT_METRIC
 MODE = "max"
 SWEEP_NAME = "sweep"  # Tune's experiment folder under the storage path
 TRIAL_CPUS = 0.01  # the trial process only waits on its TorchTrainer; Tune refuses a request of 0
 DATA_CPUS = 1.0  # left free for Ray Data's read tasks, which the trials' Train workers do not hold
 TUNED = ("dropout", "lr", "batch_size")  # always recorded, searched or not
-STATUSES = ("completed", "stopped_early", "failed")
-NO_MLFLOW = "none"
-EPOCH_METRICS = ("train_loss", "val_loss", "val_f1_macro", "val_f1_micro", "val_acc", "val_subacc", "lr")
+CONTEXT = ("variant", "task", "epochs", "recipe", "hidden", "weight_decay", "features")  # logged on every trial
+EPOCH_METRICS = ("train_loss", "val_loss", "val_map", "val_f1_macro", "val_f1_micro", "val_acc", "val_subacc", "lr")
 
 
 class TuneConfigError(AsrnError):
@@ -61,7 +81,8 @@ class TuneConfigError(AsrnError):
 class TuneConfig:
     """Flags of `asrn tune` (field name = flag name with dashes as underscores).
 
-    `hidden`, `patience`, `grace_period` and `reduction_factor` have no flag: library callers and tests set them.
+    `hidden`, `patience`, `grace_period` and `reduction_factor` have no flag: library callers and tests set them;
+    `hidden` and `patience` default to the recipe's.
     """
 
     features: Path
@@ -74,15 +95,16 @@ class TuneConfig:
     workers_per_trial: int = 1
     use_gpu: bool = False
     variant: str = "asrn"
+    recipe: str = "default"
     epochs: int = 30  # per trial at most (ASHA's max_t)
     seed: int = 0
     storage: str | None = None  # Tune and Train storage (folder, s3://, gs://); default: out
     resume: bool = False
-    mlflow_uri: str | None = None  # default sqlite:///<cwd>/mlflow.db; "none" turns MLflow off
-    experiment: str = "asrn-tune"
+    mlflow_uri: str | None = None  # default MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; "none": off
+    experiment: str | None = None  # default MLFLOW_EXPERIMENT_NAME, else "asrn" (where `asrn train` logs too)
     address: str | None = None
-    hidden: int = 256
-    patience: int = 20  # a trial's own early stopping (epochs without val F1 macro gain)
+    hidden: int | None = None
+    patience: int | None = None  # a trial's own early stopping (epochs without val mAP gain)
     grace_period: int = 3  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: int = 3  # ASHA: keep the top 1/reduction_factor at each rung
 
@@ -93,6 +115,10 @@ class TuneConfig:
             raise UnknownTaskError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.scheduler not in ("asha", "none"):
             raise TuneConfigError(f"scheduler = {self.scheduler!r}: expected asha or none")
+        if self.recipe not in RECIPES:
+            raise TuneConfigError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
+        self.hidden = RECIPES[self.recipe].hidden if self.hidden is None else self.hidden
+        self.patience = RECIPES[self.recipe].patience if self.patience is None else self.patience
         for name in ("num_samples", "max_concurrent", "workers_per_trial", "epochs", "hidden", "patience",
                      "grace_period"):
             value = getattr(self, name)
@@ -104,6 +130,13 @@ class TuneConfig:
     def to_dict(self) -> dict:
         return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
 
+    def train_config(self, storage: str) -> TrainConfig:
+        """The `asrn train` config every trial starts from (its hyperparameters then override TUNED)."""
+        return TrainConfig(features=self.features, task=self.task, out=self.out / "trials", variant=self.variant,
+                           recipe=self.recipe, num_workers=self.workers_per_trial, use_gpu=self.use_gpu,
+                           epochs=self.epochs, hidden=self.hidden, patience=self.patience, seed=self.seed,
+                           storage=f"{storage}/trials", mlflow_uri=mlflow_runs.NO_MLFLOW)
+
 
 @dataclass
 class TrialRecord:
@@ -112,7 +145,7 @@ class TrialRecord:
     trial_id: str
     status: str  # completed | stopped_early | failed | unfinished (an interrupted sweep)
     hyperparameters: dict
-    best_val_f1_macro: float  # nan when the trial reported nothing
+    best_val_map: float  # nan when the trial reported nothing
     best_epoch: int
     epochs: int  # epochs run
     metrics: dict  # what the best epoch reported (val_* and train_loss)
@@ -120,10 +153,15 @@ class TrialRecord:
     checkpoint_paths: list[str] = field(default_factory=list)  # Ray checkpoints of epochs scoring the best
     error: str | None = None
 
+    @property
+    def scored(self) -> bool:
+        return math.isfinite(self.best_val_map) and bool(self.checkpoint_paths)
+
     def row(self) -> dict:
         return {"trial_id": self.trial_id, "status": self.status, **self.hyperparameters,
-                "best_val_f1_macro": self.best_val_f1_macro, "best_epoch": self.best_epoch, "epochs": self.epochs,
-                **{k: self.metrics.get(k, math.nan) for k in ("val_f1_micro", "val_acc", "val_subacc", "val_loss")},
+                "best_val_map": self.best_val_map, "best_epoch": self.best_epoch, "epochs": self.epochs,
+                **{k: self.metrics.get(k, math.nan) for k in ("val_f1_macro", "val_f1_micro", "val_acc", "val_subacc",
+                                                              "val_loss")},
                 "mlflow_run_id": self.mlflow_run_id or "", "error": self.error or ""}
 
 
@@ -136,6 +174,7 @@ class TuneResult:
     trials: list[TrialRecord]
     checkpoint: Path  # out/best.pt
     max_concurrent: int  # after clamping to the cluster
+    metrics: dict  # the best trial's best epoch scored on val and test (metrics.json)
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
@@ -143,20 +182,17 @@ class TuneResult:
 
 # ---------------------------------------------------------------- the trial: a TorchTrainer inside Tune
 
-def train_trial(hyperparameters: dict, base: dict, info) -> None:
+def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, input_stats: dict) -> None:
     """One Tune trial: `asrn train`'s TorchTrainer with this trial's hyperparameters, reporting to Tune.
 
     The Train run is named after the trial, so a trial restarted by `--resume` continues from its last
     Ray Train checkpoint instead of starting over.
     """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from asrn.train import TrainConfig, build_trainer
-
     ray.data.DataContext.get_current().enable_progress_bars = False  # one trial's bars would flood the sweep's log
-    config = TrainConfig(**{**base, **hyperparameters})
+    config = TrainConfig(**{**trial_defaults, **trial_hyperparameters(hyperparameters, {})})
     trial_id = ray.tune.get_context().get_trial_id()
-    build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()], info=info).fit()
+    build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()], info=info,
+                  input_stats=input_stats).fit()
 
 
 def trial_status(last_result: dict | None, epochs: int, patience: int, failed: bool = False) -> str:
@@ -175,54 +211,49 @@ def trial_status(last_result: dict | None, epochs: int, patience: int, failed: b
 class SweepRecorder(ray.tune.Callback):
     """Tune callback on the driver: the sweep's only MLflow writer, and the record of each trial's final status.
 
-    Kept picklable (Tune saves it with the experiment and
-    gives it back on `--resume`), so the MLflow client is made in `setup` and the trial -> child run map is
-    read back from MLflow there.
+    Kept picklable (Tune saves it with the experiment and gives it back on `--resume`), so the trial -> child run
+    map is read back from MLflow in `setup`.
     """
 
-    def __init__(self, status_file: Path, epochs: int, patience: int, fixed: dict, tracking_uri: str | None,
-                 parent_run_id: str | None):
-        self.status_file, self.epochs, self.patience, self.fixed = Path(status_file), epochs, patience, dict(fixed)
+    def __init__(self, status_file: Path, epochs: int, patience: int, untuned: dict, context: dict,
+                 tracking_uri: str | None, parent_run_id: str | None):
+        self.status_file, self.epochs, self.patience = Path(status_file), epochs, patience
+        self.untuned, self.context = dict(untuned), dict(context)
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
-        self._client, self._experiment_id, self._runs = None, None, {}
+        self._experiment_id, self._runs = None, {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_runs": {}}
 
-    # -------------------------------------------------------------- Tune hooks
     def setup(self, **info) -> None:
         if self.parent_run_id:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(self.tracking_uri)
-            self._experiment_id = self._client.get_run(self.parent_run_id).info.experiment_id
-            self._runs = child_runs(self._client, self._experiment_id, self.parent_run_id)
+            client = MlflowClient(self.tracking_uri)
+            self._experiment_id = client.get_run(self.parent_run_id).info.experiment_id
+            self._runs = child_runs(client, self._experiment_id, self.parent_run_id)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        if not self._client:
+        if not self.parent_run_id:
             return
-        trial_id = trial.trial_id
-        if trial_id in self._runs:  # restarted by --resume: same child run
-            self._client.update_run(self._runs[trial_id], status="RUNNING")
-            self._client.set_tag(self._runs[trial_id], "status", "running")
-            return
-        from mlflow.entities import Param
+        from mlflow import MlflowClient
 
-        run = self._client.create_run(self._experiment_id, run_name=f"trial-{trial_id}",
-                                      tags={"mlflow.parentRunId": self.parent_run_id, "asrn.trial_id": trial_id,
-                                            "asrn.command": "tune-trial", "status": "running"})
+        client, trial_id = MlflowClient(self.tracking_uri), trial.trial_id
+        if trial_id in self._runs:  # restarted by --resume: same child run
+            client.update_run(self._runs[trial_id], status="RUNNING")
+            client.set_tag(self._runs[trial_id], "status", "running")
+            return
+        run = client.create_run(self._experiment_id, run_name=f"trial-{trial_id}",
+                                tags={"mlflow.parentRunId": self.parent_run_id, "asrn.trial_id": trial_id,
+                                      "asrn.command": "tune-trial", "status": "running"})
         self._runs[trial_id] = run.info.run_id
-        params = trial_hyperparameters(trial.config, self.fixed)
-        self._client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        mlflow_runs.log_params(self.tracking_uri, run.info.run_id,
+                               {**self.context, **trial_hyperparameters(trial.config, self.untuned)})
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if not self._client or trial.trial_id not in self._runs or "epoch" not in result:
-            return
-        from mlflow.entities import Metric
-
-        now, step = int(time.time() * 1000), int(result["epoch"])
-        values = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if _is_number(result.get(k))]
-        self._client.log_batch(self._runs[trial.trial_id], metrics=values)
+        if self.parent_run_id and trial.trial_id in self._runs and "epoch" in result:
+            mlflow_runs.log_metrics(self.tracking_uri, self._runs[trial.trial_id],
+                                    {k: result.get(k) for k in EPOCH_METRICS}, step=int(result["epoch"]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, trial_status(trial.last_result, self.epochs, self.patience))
@@ -230,37 +261,24 @@ class SweepRecorder(ray.tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, "failed")
 
-    # -------------------------------------------------------------- helpers
     def _finish(self, trial, status: str) -> None:
-        statuses = read_statuses(self.status_file)
-        statuses[trial.trial_id] = status
-        self.status_file.write_text(json.dumps(statuses, indent=2, sort_keys=True) + "\n")
+        write_json(self.status_file, {**read_statuses(self.status_file), trial.trial_id: status})
         run_id = self._runs.get(trial.trial_id)
-        if not self._client or not run_id:
+        if not self.parent_run_id or not run_id:
             return
-        from mlflow.entities import Metric, RunTag
-
         last = trial.last_result or {}
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(last[k]), now, 0) for k in ("best_val_f1_macro", "best_epoch")
-                   if _is_number(last.get(k))]
-        metrics.append(Metric("epochs_run", float(last.get("epoch", 0) or 0), now, 0))
-        tags = [RunTag("status", status)]
-        if status == "failed" and trial.error_file:
-            tags.append(RunTag("error_file", str(trial.error_file)))
-        self._client.log_batch(run_id, metrics=metrics, tags=tags)
-        self._client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+        tags = {"status": status, **({"error_file": trial.error_file} if status == "failed" and trial.error_file
+                                     else {})}
+        mlflow_runs.log_metrics(self.tracking_uri, run_id, {"best_val_map": last.get("best_val_map"),
+                                                            "best_epoch": last.get("best_epoch"),
+                                                            "epochs_run": float(last.get("epoch", 0) or 0)},
+                                step=0, tags=tags)
+        mlflow_runs.finish_run(self.tracking_uri, run_id, "FAILED" if status == "failed" else "FINISHED")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def trial_hyperparameters(trial_config: dict, fixed: dict) -> dict:
-    """dropout, lr, batch_size (and any other searched name) of a trial: its sampled values over the fixed ones."""
-    from asrn.search_space import HYPERPARAMETERS
-
-    values = {**fixed, **{k: v for k, v in trial_config.items() if k in HYPERPARAMETERS}}
+def trial_hyperparameters(trial_config: dict, untuned: dict) -> dict:
+    """dropout, lr, batch_size (and any other searched name) of a trial: its sampled values over the untuned ones."""
+    values = {**untuned, **{k: v for k, v in trial_config.items() if k in HYPERPARAMETERS}}
     return {k: HYPERPARAMETERS[k](v) for k, v in values.items()}
 
 
@@ -320,45 +338,17 @@ def fit_concurrency(requested: int, per_trial: dict[str, float], cluster: dict[s
     return requested, "; ".join(notes)
 
 
-def _start_parent_run(config: TuneConfig, tracking_uri: str, space: dict[str, Dimension]) -> str:
-    """Create the sweep's parent run (or reopen it on --resume) and log the sweep's settings; return its id."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
-    client = MlflowClient(tracking_uri)
-    record = config.out / "mlflow_run.json"
-    run_id = None
-    if config.resume and record.is_file():
-        previous = json.loads(record.read_text())
-        if previous.get("tracking_uri") != tracking_uri:
-            print(f"note: the sweep logged to {previous.get('tracking_uri')}; continuing there")
-            tracking_uri = previous["tracking_uri"]
-            client = MlflowClient(tracking_uri)
-        run_id = previous["run_id"]
-        client.update_run(run_id, status="RUNNING")
-    if run_id is None:
-        experiment = client.get_experiment_by_name(config.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-        run_id = client.create_run(experiment_id, run_name=f"sweep-{config.out.name}",
-                                   tags={"asrn.command": "tune", "asrn.task": config.task}).info.run_id
-        params = {**config.to_dict(), **{f"space.{k}": _describe(d) for k, d in space.items()}}
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items() if k != "resume"])
-    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": tracking_uri,
-                                  "ui": f"mlflow ui --backend-store-uri {tracking_uri}"}, indent=2) + "\n")
-    return run_id
-
-
 def _trial_id(result) -> str:
     """A Result's trial id: reported with every result, else in its folder name `<trainable>_<id>_<index>_...`."""
     found = re.search(r"_([0-9a-f]{5}_\d{5})(_|$)", Path(result.path).name)
     return (result.metrics or {}).get("trial_id") or (found.group(1) if found else Path(result.path).name)
 
 
-def _record(result, status: str, fixed: dict, storage: str, run_ids: dict[str, str]) -> TrialRecord:
+def _record(result, status: str, untuned: dict, storage: str, run_ids: dict[str, str]) -> TrialRecord:
     """A TrialRecord from a Tune Result (its per-epoch metrics dataframe)."""
     trial_id = _trial_id(result)
     df = result.metrics_dataframe
-    hyper = trial_hyperparameters(result.config or {}, fixed)
+    hyper = trial_hyperparameters(result.config or {}, untuned)
     error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}" if result.error \
         else None
     if df is None or "epoch" not in df or METRIC not in df or df[METRIC].dropna().empty:
@@ -367,34 +357,28 @@ def _record(result, status: str, fixed: dict, storage: str, run_ids: dict[str, s
     best_value = float(df[METRIC].max())
     best_rows = df[df[METRIC] == best_value]
     best = best_rows.iloc[0]
-    metrics = {k: float(best[k]) for k in ("train_loss", "val_loss", *EPOCH_METRICS[2:6]) if k in best}
+    metrics = {k: float(best[k]) for k in EPOCH_METRICS if k in best}
     paths = [_uri(storage, p) for p in best_rows.get("checkpoint_path", []) if isinstance(p, str) and p]
     return TrialRecord(trial_id, status, hyper, best_value, int(best["epoch"]), int(df["epoch"].max()), metrics,
                        run_ids.get(trial_id), checkpoint_paths=paths, error=error)
 
 
-def _save_best_checkpoint(best: TrialRecord, base: dict, info, path: Path) -> Path:
-    """The best epoch of the best trial as `asrn train`'s best.pt (loadable by `load_checkpoint`, `asrn predict`)."""
-    import torch
-
-    from asrn.train import STATE_FILE, TrainConfig, save_checkpoint
-
-    for uri in best.checkpoint_paths:  # several when epochs tie; Ray keeps the top `num_to_keep` of them
+def _best_state(best: TrialRecord) -> dict:
+    """The training state of the best trial's best epoch (several paths when epochs tie; Ray keeps the top few)."""
+    for uri in best.checkpoint_paths:
         try:
             with ray.train.Checkpoint(uri).as_directory() as folder:
-                state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+                return load_training_state(folder)
         except (FileNotFoundError, OSError):
             continue
-        return save_checkpoint(path, state, TrainConfig(**{**base, **best.hyperparameters}), info)
     raise TuneConfigError(f"trial {best.trial_id}: no checkpoint of its best epoch {best.best_epoch} is left "
                           f"(looked at {best.checkpoint_paths})")
 
 
 def _write_csv(trials: Sequence[TrialRecord], path: Path) -> Path:
     rows = [t.row() for t in trials]
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
+    with atomic_output(path) as temporary, temporary.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -402,25 +386,20 @@ def _write_csv(trials: Sequence[TrialRecord], path: Path) -> Path:
 
 def _summary(trials: Sequence[TrialRecord], names: Sequence[str]) -> str:
     header = f"{'trial':<10} {'status':<14} " + " ".join(f"{n:>10}" for n in names) + \
-        f" {'F1 macro':>9} {'epoch':>6} {'epochs':>6}"
+        f" {'val mAP':>9} {'epoch':>6} {'epochs':>6}"
     lines = [header, "-" * len(header)]
     for t in trials:
         values = " ".join(f"{t.hyperparameters[n]:>10.4g}" for n in names)
-        lines.append(f"{t.trial_id:<10} {t.status:<14} {values} {t.best_val_f1_macro:>9.4f} {t.best_epoch:>6} "
+        lines.append(f"{t.trial_id:<10} {t.status:<14} {values} {t.best_val_map:>9.4f} {t.best_epoch:>6} "
                      f"{t.epochs:>6}")
     return "\n".join(lines)
 
 
 def _build_tuner(config: TuneConfig, space: dict[str, Dimension], trainable, max_concurrent: int, recorder,
-                 storage: str):
-    from optuna.samplers import TPESampler
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
+                 storage: str) -> ray.tune.Tuner:
     searcher = ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=config.seed)), max_concurrent=max_concurrent)
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=min(config.grace_period,
-                                                                                           config.epochs),
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=config.epochs,
+                               grace_period=min(config.grace_period, config.epochs),
                                reduction_factor=config.reduction_factor)
                  if config.scheduler == "asha" else FIFOScheduler())
     return ray.tune.Tuner(
@@ -433,126 +412,165 @@ def _build_tuner(config: TuneConfig, space: dict[str, Dimension], trainable, max
     )
 
 
-def tune(config: TuneConfig) -> TuneResult:
-    """Run (or with `resume`, continue) the sweep; write the outputs of the module docstring and print a summary."""
-    from asrn.train import TrainConfig, check_store
+@dataclass
+class Sweep:
+    """What the driver settles before Ray starts: the checked inputs and the settings every trial shares."""
 
-    # bad input stops here, before Ray starts or any folder is made
+    config: TuneConfig
+    space: dict[str, Dimension]
+    info: StoreInfo
+    counts: dict[str, int]
+    storage: str
+    trial_defaults: dict  # TrainConfig.to_dict() of a trial before its sampled hyperparameters
+    tracking_uri: str | None = None
+    parent_run_id: str | None = None
+
+    @property
+    def sweep_dir(self) -> str:
+        return f"{self.storage}/{SWEEP_NAME}"
+
+    @property
+    def untuned(self) -> dict:
+        return {k: self.trial_defaults[k] for k in TUNED}
+
+    @property
+    def context(self) -> dict:
+        return {**{k: self.trial_defaults[k] for k in CONTEXT}, **mlflow_runs.store_params(self.info)}
+
+
+def _check_sweep(config: TuneConfig) -> Sweep:
+    """Bad input stops here, before Ray starts or any folder is made."""
     space = load_search_space(config.space or DEFAULT_SPACE)
     info, counts = check_store(config.features, config.task)
     storage = _tune_storage(config)
-    sweep_dir = f"{storage}/{SWEEP_NAME}"
+    sweep = Sweep(config, space, info, counts, storage, config.train_config(storage).to_dict())
     if "://" not in storage:
-        exists = (Path(sweep_dir) / "tuner.pkl").is_file()
+        exists = (Path(sweep.sweep_dir) / "tuner.pkl").is_file()
         if config.resume and not exists:
-            raise TuneConfigError(f"--resume: no sweep in {sweep_dir}; is {config.out} the --out of an earlier sweep?")
-        if not config.resume and Path(sweep_dir).exists():
-            raise TuneConfigError(f"{sweep_dir} already holds a sweep: continue it with --resume or pick a new --out")
-    base = TrainConfig(features=config.features, task=config.task, out=config.out / "trials", variant=config.variant,
-                       num_workers=config.workers_per_trial, use_gpu=config.use_gpu, epochs=config.epochs,
-                       hidden=config.hidden, patience=config.patience, seed=config.seed, storage=f"{storage}/trials",
-                       mlflow_uri=NO_MLFLOW).to_dict()
-    fixed = {k: base[k] for k in TUNED}
-    tracking_uri = None if (config.mlflow_uri or "").lower() == NO_MLFLOW else (
-        config.mlflow_uri or f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}")
+            raise TuneConfigError(f"--resume: no sweep in {sweep.sweep_dir}; is {config.out} the --out of an "
+                                  "earlier sweep?")
+        if not config.resume and Path(sweep.sweep_dir).exists():
+            raise TuneConfigError(f"{sweep.sweep_dir} already holds a sweep: continue it with --resume or pick a "
+                                  "new --out")
+    return sweep
 
+
+def _open_parent_run(sweep: Sweep) -> None:
+    config = sweep.config
+    sweep.tracking_uri = mlflow_runs.tracking_uri_for(config.mlflow_uri)
+    if not sweep.tracking_uri:
+        return
+    sweep.parent_run_id, sweep.tracking_uri = mlflow_runs.open_run(
+        sweep.tracking_uri, mlflow_runs.experiment_for(config.experiment), f"sweep-{config.out.name}",
+        {"asrn.command": "tune", "asrn.task": config.task}, config.out / "mlflow_run.json", config.resume)
+    params = {**{k: v for k, v in config.to_dict().items() if k != "resume"}, **sweep.context,
+              **{f"space.{k}": _describe(d) for k, d in sweep.space.items()}}
+    mlflow_runs.log_params(sweep.tracking_uri, sweep.parent_run_id, params)
+
+
+def _run_tuner(sweep: Sweep, max_concurrent: int):
+    """Start or restore the Tune experiment and run it to the end; the ResultGrid."""
+    config = sweep.config
+    input_stats = feature_statistics(config.features, "train")  # once for all trials
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(train_trial, trial_defaults=sweep.trial_defaults, info=sweep.info,
+                                 input_stats=input_stats),
+        {"cpu": TRIAL_CPUS})
+    if config.resume:
+        return ray.tune.Tuner.restore(sweep.sweep_dir, trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True).fit()
+    recorder = SweepRecorder(config.out / "trial_status.json", config.epochs, config.patience, sweep.untuned,
+                             sweep.context, sweep.tracking_uri, sweep.parent_run_id)
+    return _build_tuner(config, sweep.space, trainable, max_concurrent, recorder, sweep.storage).fit()
+
+
+def tune(config: TuneConfig) -> TuneResult:
+    """Run (or with `resume`, continue) the sweep; write the outputs of the module docstring and print a summary."""
+    sweep = _check_sweep(config)
     config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "tune_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=config.address)
-    parent_run_id = None
-    try:
+    write_json(config.out / "tune_config.json", config.to_dict())
+    with ray_session(config.address):
         per_trial = ray.train.ScalingConfig(num_workers=config.workers_per_trial, use_gpu=config.use_gpu)
         max_concurrent, note = fit_concurrency(config.max_concurrent, per_trial.total_resources,
                                                ray.cluster_resources())
         if note:
             print(f"note: {note}", flush=True)
-        if tracking_uri:
-            parent_run_id = _start_parent_run(config, tracking_uri, space)
-            tracking_uri = json.loads((config.out / "mlflow_run.json").read_text())["tracking_uri"]
-        print(f"sweeping {', '.join(f'{k} ~ {_describe(d)}' for k, d in space.items())} over {config.num_samples} "
-              f"trial(s), {max_concurrent} at a time, {config.workers_per_trial} Train worker(s) each; "
-              f"{counts['train']} train / {counts['val']} val videos, task {config.task}", flush=True)
-        trainable = ray.tune.with_resources(ray.tune.with_parameters(train_trial, base=base, info=info),
-                                            {"cpu": TRIAL_CPUS})
-        status_file = config.out / "trial_status.json"
-        if config.resume:
-            tuner = ray.tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
-                                           resume_errored=True)
-        else:
-            recorder = SweepRecorder(status_file, config.epochs, config.patience, fixed, tracking_uri, parent_run_id)
-            tuner = _build_tuner(config, space, trainable, max_concurrent, recorder, storage)
-        grid = tuner.fit()
-    except BaseException:
-        if parent_run_id:
-            from mlflow import MlflowClient
-            MlflowClient(tracking_uri).set_terminated(parent_run_id, status="FAILED")
-        raise
-    finally:
-        if started_ray:
-            ray.shutdown()
-    return _finish_sweep(config, grid, space, base, fixed, info, storage, tracking_uri, parent_run_id,
-                         max_concurrent)
+        _open_parent_run(sweep)
+        print(f"sweeping {', '.join(f'{k} ~ {_describe(d)}' for k, d in sweep.space.items())} over "
+              f"{config.num_samples} trial(s), {max_concurrent} at a time, {config.workers_per_trial} Train "
+              f"worker(s) each; {sweep.counts['train']} train / {sweep.counts['val']} val videos, task {config.task}",
+              flush=True)
+        try:
+            results = _run_tuner(sweep, max_concurrent)
+        except BaseException:
+            if sweep.parent_run_id:
+                mlflow_runs.finish_run(sweep.tracking_uri, sweep.parent_run_id, "FAILED")
+            raise
+    return _finish_sweep(sweep, results, max_concurrent)
 
 
-def _finish_sweep(config: TuneConfig, grid, space, base: dict, fixed: dict, info, storage: str,
-                  tracking_uri: str | None, parent_run_id: str | None, max_concurrent: int) -> TuneResult:
-    """Collect the trials from Tune's results and write best_config.json, best.pt, trials.csv, sweep.png."""
-    client = None
+def _collect_trials(sweep: Sweep, results) -> list[TrialRecord]:
+    """The sweep's trials from Tune's results, best val mAP first."""
     run_ids: dict[str, str] = {}
-    if parent_run_id:
+    if sweep.parent_run_id:
         from mlflow import MlflowClient
-        client = MlflowClient(tracking_uri)
-        run_ids = child_runs(client, client.get_run(parent_run_id).info.experiment_id, parent_run_id)
-    statuses = read_statuses(config.out / "trial_status.json")
-    trials = []
-    for result in grid:
-        status = "failed" if result.error else statuses.get(_trial_id(result), "unfinished")
-        trials.append(_record(result, status, fixed, storage, run_ids))
-    trials.sort(key=lambda t: -t.best_val_f1_macro if math.isfinite(t.best_val_f1_macro) else math.inf)
-    scored = [t for t in trials if math.isfinite(t.best_val_f1_macro) and t.checkpoint_paths]
-    if not scored:
-        raise TuneConfigError(f"no trial of the sweep in {storage}/{SWEEP_NAME} reported {METRIC}: "
+
+        client = MlflowClient(sweep.tracking_uri)
+        run_ids = child_runs(client, client.get_run(sweep.parent_run_id).info.experiment_id, sweep.parent_run_id)
+    statuses = read_statuses(sweep.config.out / "trial_status.json")
+    trials = [_record(result, "failed" if result.error else statuses.get(_trial_id(result), "unfinished"),
+                      sweep.untuned, sweep.storage, run_ids) for result in results]
+    trials.sort(key=lambda t: -t.best_val_map if math.isfinite(t.best_val_map) else math.inf)
+    if not any(t.scored for t in trials):
+        raise TuneConfigError(f"no trial of the sweep in {sweep.sweep_dir} reported {METRIC}: "
                               f"{'; '.join(t.error or t.status for t in trials) or 'no trials ran'}")
-    best = scored[0]
-    names = list(dict.fromkeys([*TUNED, *space]))
-    files = {"trials": _write_csv(trials, config.out / "trials.csv"),
-             "checkpoint": _save_best_checkpoint(best, base, info, config.out / "best.pt"),
+    return trials
+
+
+def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], metrics: dict, files: dict,
+               unfinished: bool) -> None:
+    """The parent run's summary: the best trial, its test scores, the sweep's files."""
+    tags = {"best_trial_id": best.trial_id, "best_run_id": best.mlflow_run_id or "",
+            **{f"best.{k}": v for k, v in best.hyperparameters.items()}}
+    test = {f"best_test_{k}": metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
+    test["best_test_f1_macro_at_val_thresholds"] = metrics["test_at_val_thresholds"]["f1_macro"]
+    test.update(mlflow_runs.per_class_metrics("best_test", metrics["test"]))
+    mlflow_runs.log_metrics(sweep.tracking_uri, sweep.parent_run_id,
+                            {"best_val_map": best.best_val_map, "num_trials": len(trials), **test}, 0, tags)
+    mlflow_runs.finish_run(sweep.tracking_uri, sweep.parent_run_id, "KILLED" if unfinished else "FINISHED",
+                           [files[k] for k in ("trials", "best_config", "sweep_plot", "metrics")])
+
+
+def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
+    """Write best.pt (scored on val and test), best_config.json, trials.csv, sweep.png; log the parent run."""
+    config = sweep.config
+    trials = _collect_trials(sweep, results)
+    best = next(t for t in trials if t.scored)
+    names = list(dict.fromkeys([*TUNED, *sweep.space]))
+    best_train = TrainConfig(**{**sweep.trial_defaults, **best.hyperparameters})
+    report = report_best_model(_best_state(best), best_train, sweep.info, config.out)
+    files = {"trials": _write_csv(trials, config.out / "trials.csv"), "checkpoint": report.checkpoint,
+             "metrics": config.out / "metrics.json",
              "sweep_plot": plot_sweep([t.row() for t in trials], config.out / "sweep.png", names,
-                                      title=f"ASRN sweep ({config.task}): {len(trials)} trials")}
-    files["best_config"] = config.out / "best_config.json"
-    files["best_config"].write_text(json.dumps({
-        "trial_id": best.trial_id, "hyperparameters": best.hyperparameters, METRIC: best.best_val_f1_macro,
-        "best_val_f1_macro": best.best_val_f1_macro, "best_epoch": best.best_epoch, "epochs": best.epochs,
-        "status": best.status, "metrics": best.metrics, "mlflow_run_id": best.mlflow_run_id,
-        "checkpoint": str(files["checkpoint"]),
-        "train_config": {**base, **best.hyperparameters, "out": str(config.out / "best"), "mlflow_uri": None},
-    }, indent=2) + "\n")
+                                      title=f"ASRN sweep ({config.task}): {len(trials)} trials"),
+             "best_config": write_json(config.out / "best_config.json", {
+                 "trial_id": best.trial_id, "hyperparameters": best.hyperparameters, METRIC: best.best_val_map,
+                 "best_epoch": best.best_epoch, "epochs": best.epochs, "status": best.status,
+                 "metrics": best.metrics, "mlflow_run_id": best.mlflow_run_id, "checkpoint": str(report.checkpoint),
+                 "train_config": {**best_train.to_dict(), "out": str(config.out / "best"), "mlflow_uri": None}})}
     unfinished = [t.trial_id for t in trials if t.status == "unfinished"]
-
-    if client:
-        from mlflow.entities import Metric, RunTag
-
-        now = int(time.time() * 1000)
-        tags = [RunTag("best_trial_id", best.trial_id), RunTag("best_run_id", best.mlflow_run_id or ""),
-                *[RunTag(f"best.{k}", str(v)) for k, v in best.hyperparameters.items()]]
-        client.log_batch(parent_run_id, metrics=[Metric("best_val_f1_macro", best.best_val_f1_macro, now, 0),
-                                                 Metric("num_trials", len(trials), now, 0)], tags=tags)
-        for name in ("trials", "best_config", "sweep_plot"):
-            client.log_artifact(parent_run_id, str(files[name]))
-        client.set_terminated(parent_run_id, status="KILLED" if unfinished else "FINISHED")
-
+    if sweep.parent_run_id:
+        _log_sweep(sweep, best, trials, report.metrics, files, bool(unfinished))
     print(_summary(trials, names))
-    print(f"best trial {best.trial_id}: {METRIC} {best.best_val_f1_macro:.4f} at epoch {best.best_epoch} with "
-          f"{', '.join(f'{k}={v:.4g}' for k, v in best.hyperparameters.items())}")
+    print(f"best trial {best.trial_id}: {METRIC} {best.best_val_map:.4f} at epoch {best.best_epoch} with "
+          f"{', '.join(f'{k}={v:.4g}' for k, v in best.hyperparameters.items())}; {summary_line(report.metrics)}")
     if unfinished:
         print(f"{len(unfinished)} trial(s) unfinished ({', '.join(unfinished)}): continue with --resume")
-    print(f"outputs in {config.out}: best_config.json, best.pt, trials.csv, sweep.png; Tune experiment in "
-          f"{storage}/{SWEEP_NAME}")
-    if parent_run_id:
-        print(f"MLflow parent run {parent_run_id} in {tracking_uri}; open it with: "
-              f"mlflow ui --backend-store-uri {tracking_uri}")
-    return TuneResult(out=config.out, best=best, trials=trials, checkpoint=files["checkpoint"],
-                      max_concurrent=max_concurrent, mlflow_run_id=parent_run_id, tracking_uri=tracking_uri,
-                      files=files)
+    print(f"outputs in {config.out}: best_config.json, best.pt, metrics.json, trials.csv, sweep.png; Tune "
+          f"experiment in {sweep.sweep_dir}")
+    if sweep.parent_run_id:
+        print(f"MLflow parent run {sweep.parent_run_id} in {sweep.tracking_uri}; open it with: "
+              f"mlflow ui --backend-store-uri {sweep.tracking_uri}")
+    return TuneResult(out=config.out, best=best, trials=trials, checkpoint=report.checkpoint,
+                      max_concurrent=max_concurrent, metrics=report.metrics, mlflow_run_id=sweep.parent_run_id,
+                      tracking_uri=sweep.tracking_uri, files=files)

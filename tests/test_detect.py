@@ -10,6 +10,7 @@ import torchvision
 from skimage import data
 
 from asrn.detect import (
+    CascadeSettings,
     FasterRCNNDetector,
     OpenCVDetector,
     TracksDetector,
@@ -76,7 +77,7 @@ def test_weak_spurious_faces_do_not_win_by_size(astronaut_clip):
     """At a 360-px working size the cascade also fires (5-6 neighbours) on the suit below the face, with a box
     larger than the face (20-40 neighbours); keeping the largest must not pick it."""
     frames, true_faces = astronaut_clip
-    boxes = OpenCVDetector(short_side=360).detect(frames, np.arange(len(frames)), 1.0)
+    boxes = OpenCVDetector(settings=CascadeSettings(short_side=360)).detect(frames, np.arange(len(frames)), 1.0)
     assert boxes.has_face.all()
     for t in range(len(frames)):
         assert iou(boxes.face[t], true_faces[t]) > 0.5, (t, boxes.face[t], true_faces[t])

@@ -1,4 +1,4 @@
-"""asrn.extract: the per-video functions (no Ray) and the Ray Data job on a handful of tiny synthetic videos."""
+"""asrn.features (per-video, no Ray) and asrn.extract: the Ray Data job on a handful of tiny synthetic videos."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from skimage import data
 
 from asrn import store
 from asrn.encoders import PRESETS, build_encoders
-from asrn.extract import ExtractConfig, ExtractError, VideoSettings, encode_prepared, extract_features, prepare_video
+from asrn.extract import ExtractConfig, ExtractError, extract_features
+from asrn.features import VideoSettings, encode_prepared, prepare_video
 from asrn.manifest import ManifestError
 from asrn.store import MODALITIES
 from asrn.synth_videos import synthesize_videos

@@ -52,3 +52,45 @@ def test_missing_column_and_missing_file(tmp_path):
 def test_write_then_read(tmp_path):
     write_manifest(tmp_path / "m.csv", [{"video_id": "a", "path": "a.mp4", "split": "train", "labels": "sub:warm"}])
     assert read_manifest(tmp_path / "m.csv")[0].labels == ("sub:warm",)
+
+
+def test_excel_bom_is_accepted(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(b"\xef\xbb\xbfvideo_id,path,split,labels\nv1,a.mp4,train,sub:warm\n")
+    assert [e.video_id for e in read_manifest(path)] == ["v1"]
+
+
+def test_a_latin1_manifest_is_named_with_its_line(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_bytes("video_id,path,split,labels\nv1,a.mp4,train,sub:warm\nv2,caf\u00e9.mp4,val,sub:warm\n"
+                     .encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"manifest.csv:3: not UTF-8"):
+        read_manifest(path)
+
+
+def test_a_repeated_header_column_is_refused(tmp_path):
+    path = _write(tmp_path, "video_id,path,split,labels,split\nv1,a.mp4,train,sub:warm,test\n")
+    with pytest.raises(ManifestError, match=r":1: column\(s\) split appear more than once"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("video_id", ["../../x", "/abs/path", "a/b", "..", "bad\x00id", "new\nline"])
+def test_video_ids_that_are_paths_are_refused(tmp_path, video_id):
+    import csv
+
+    path = tmp_path / "manifest.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "path", "split", "labels"], [video_id, "a.mp4", "train", "sub:warm"]])
+    with pytest.raises(ManifestError, match="path separator, '..' or a control character|empty video_id"):
+        read_manifest(path)
+
+
+def test_relative_paths_may_not_leave_the_manifests_folder(tmp_path):
+    path = _write(tmp_path, "video_id,path,split,labels,boxes\n"
+                            "v1,../../etc/passwd,train,sub:warm,\n"
+                            "v2,ok.mp4,train,sub:warm,../boxes.json\n")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    assert ":2: path of video 'v1': relative path '../../etc/passwd' leaves" in str(e.value)
+    assert ":3: boxes of video 'v2'" in str(e.value)
+    assert "root:" not in str(e.value)  # never quotes file contents

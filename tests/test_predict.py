@@ -1,7 +1,6 @@
 """asrn.predict: a checkpoint trained here on lite features of tiny synthetic videos, then `asrn predict` in-process.
 
-No Ray cluster: predict runs in one process (the checkpoint is saved with train.save_checkpoint, which is why
-asrn.train, and with it the ray package, is imported here; a subprocess checks predict itself never imports it).
+No Ray cluster: predict runs in one process, and the checkpoint is written by the Ray-free asrn.checkpoint.
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ import pytest
 import torch
 from skimage import data
 
-from asrn.checkpoint import CheckpointError
+from asrn.checkpoint import CheckpointError, write_checkpoint
 from asrn.cli import main
 from asrn.encoders import PRESETS, build_encoders
-from asrn.extract import VideoSettings, encode_prepared, prepare_video, to_video_features
+from asrn.features import VideoSettings, encode_prepared, prepare_video, to_video_features
 from asrn.labels import task_labels
 from asrn.manifest import read_manifest
 from asrn.model import ASRN, ModelConfig, asrn_loss
@@ -58,9 +57,7 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """6 synthetic videos (2.5 s, 160x120), their lite features, an ASRN trained on them for 40 Adam steps,
-    saved by train.save_checkpoint with store_info of the lite preset."""
-    from asrn.train import TrainConfig, save_checkpoint
-
+    written as best.pt with store_info of the lite preset and per-class thresholds."""
     root = tmp_path_factory.mktemp("predict")
     entries = read_manifest(synthesize_videos(root / "synth", num_videos=6, seed=3, seconds=2.5))
     encoders = build_encoders("lite")
@@ -70,8 +67,8 @@ def trained(tmp_path_factory):
         prepared = prepare_video(e.path, e.boxes, settings)
         videos.append(to_video_features(prepared, encode_prepared(prepared, encoders), e.video_id, e.split, e.labels))
     torch.manual_seed(0)
-    config = TrainConfig(features=root, task=TASK, out=root, hidden=32, dropout=0.1, epochs=1)
-    model = ASRN(ModelConfig(dims=LITE_DIMS, num_classes=len(task_labels(TASK)), hidden=32, dropout=0.1))
+    model_config = ModelConfig(dims=LITE_DIMS, num_classes=len(task_labels(TASK)), hidden=32, dropout=0.1)
+    model = ASRN(model_config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     batch = collate(videos, TASK)
     losses = []
@@ -84,10 +81,11 @@ def trained(tmp_path_factory):
     assert losses[-1] < losses[0]
     info = StoreInfo(preset="lite", dims=LITE_DIMS, fps=FPS, encoders={m: e.name for m, e in encoders.items()},
                      weights={m: e.weights for m, e in encoders.items()}, detector="tracks", dtype="float32")
-    checkpoint = save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": 1,
-                                                    "history": [{"epoch": 1, "train_loss": losses[-1]}]},
-                                 config, info)
-    return {"root": root, "checkpoint": checkpoint, "entries": entries}
+    thresholds = np.linspace(0.2, 0.8, len(task_labels(TASK)))  # distinct per class, as chosen on val
+    checkpoint = write_checkpoint(root / "best.pt", model.state_dict(), model_config, {"task": TASK}, TASK, info,
+                                  epoch=1, val_metrics={"epoch": 1, "train_loss": losses[-1]},
+                                  thresholds=thresholds.tolist())
+    return {"root": root, "checkpoint": checkpoint, "entries": entries, "thresholds": thresholds}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +102,29 @@ def _rewrite_checkpoint(src: Path, dst: Path, change) -> Path:
     change(checkpoint)
     torch.save(checkpoint, dst)
     return dst
+
+
+def test_per_class_thresholds_travel_from_best_pt_to_scores_json(trained, tmp_path):
+    entry = trained["entries"][1]
+    out = tmp_path / "out"
+    (prediction,) = predict(PredictConfig(checkpoint=trained["checkpoint"], out=out, videos=[Path(entry.path)],
+                                          boxes=Path(entry.boxes)))
+    scores = json.loads((out / "scores.json").read_text())
+    chosen = [item["threshold"] for item in scores["scores"].values()]
+    assert chosen == pytest.approx(trained["thresholds"].tolist())
+    for item in scores["scores"].values():
+        assert item["predicted"] == (item["score"] >= item["threshold"])
+    assert scores["predicted"] == [n for n, item in scores["scores"].items() if item["score"] >= item["threshold"]]
+
+
+def test_nan_weights_are_refused_not_written(trained, tmp_path):
+    bad = _rewrite_checkpoint(trained["checkpoint"], tmp_path / "nan.pt",
+                              lambda c: c["model_state"]["classifier.bias"].fill_(float("nan")))
+    entry = trained["entries"][0]
+    with pytest.raises(ValueError, match="non-finite scores"):
+        predict(PredictConfig(checkpoint=bad, out=tmp_path / "out", videos=[Path(entry.path)],
+                              boxes=Path(entry.boxes)))
+    assert not (tmp_path / "out" / "scores.json").exists()
 
 
 def test_scores_attention_and_figure(trained, tmp_path):

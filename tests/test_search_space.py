@@ -9,14 +9,17 @@ def _space(tmp_path, text):
     return path
 
 
-def test_default_space_matches_issue():
-    space = load_search_space()
+def test_default_space_surrounds_the_default_recipe():
+    from asrn.loop import RECIPES
+
+    space, recipe = load_search_space(), RECIPES["default"]
     assert DEFAULT_SPACE.name == "default.yaml"
-    assert (space["dropout"].low, space["dropout"].high) == (0.3, 0.8)
-    assert space["lr"].distribution == "loguniform" and (space["lr"].low, space["lr"].high) == (1e-4, 1e-1)
-    assert space["batch_size"].values == (8, 16, 32, 64)
+    assert set(space) == {"dropout", "lr", "batch_size", "weight_decay"}
+    for name in ("dropout", "lr", "weight_decay"):
+        assert space[name].low < getattr(recipe, name) < space[name].high, name
+    assert space["lr"].distribution == "loguniform" and recipe.batch_size in space["batch_size"].values
     tune_space = to_tune_space(space)
-    assert tune_space["batch_size"].categories == [8, 16, 32, 64]
+    assert tune_space["batch_size"].categories == list(space["batch_size"].values)
     for _ in range(20):
         assert 1e-4 <= tune_space["lr"].sample() <= 1e-1
 

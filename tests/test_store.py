@@ -33,7 +33,8 @@ def test_round_trip_with_variable_lengths(tmp_path):
 def test_documented_columns_readable_by_plain_pyarrow(tmp_path):
     path = store.write_videos(tmp_path, [_video("a", 3)])
     table = pq.read_table(path)
-    assert table.column_names == ["video_id", "split", "labels", "timestamp", *MODALITIES, "has_body", "has_face"]
+    assert table.column_names == ["video_id", "split", "labels", "timestamp", *MODALITIES, "has_body", "has_face",
+                                  "body_tracked", "face_tracked"]
     assert len(table.column("rgb")[0].as_py()[0]) == DIMS["rgb"]
 
 

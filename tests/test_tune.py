@@ -64,7 +64,7 @@ def test_sweep_completes_and_writes_outputs(sweep):
     assert len(rows) == NUM_TRIALS
     assert {r["status"] for r in rows} <= {"completed", "stopped_early"}
     for r in rows:
-        assert 1e-6 <= float(r["lr"]) <= 5e-1 and 0.3 <= float(r["dropout"]) <= 0.6 and int(r["batch_size"]) in (8, 16)
+        assert 1e-6 <= float(r["lr"]) <= 1e-2 and 0.3 <= float(r["dropout"]) <= 0.6 and int(r["batch_size"]) in (8, 16)
         assert 1 <= int(r["epochs"]) <= EPOCHS
     assert result.max_concurrent == 2
     assert (out / "sweep.png").stat().st_size > 0 and (out / "best.pt").is_file()
@@ -75,21 +75,21 @@ def test_best_config_is_the_maximum_of_trials_csv(sweep):
     tmp, _ = sweep
     out = tmp / "out"
     best = json.loads((out / "best_config.json").read_text())
-    scores = [float(r["best_val_f1_macro"]) for r in _trials_csv(out)]
-    assert best["best_val_f1_macro"] == pytest.approx(max(scores))
+    scores = [float(r["best_val_map"]) for r in _trials_csv(out)]
+    assert best["best_val_map"] == pytest.approx(max(scores))
     assert set(best["hyperparameters"]) >= {"dropout", "lr", "batch_size"}
 
 
 @pytest.mark.ray
 def test_best_checkpoint_is_a_train_checkpoint_of_the_best_trial(sweep):
-    from asrn.train import load_checkpoint
+    from asrn.checkpoint import load_checkpoint
 
     tmp, result = sweep
     model, checkpoint = load_checkpoint(tmp / "out" / "best.pt")
     assert checkpoint["epoch"] == result.best.best_epoch
     assert checkpoint["train_config"]["lr"] == pytest.approx(result.best.hyperparameters["lr"])
     assert checkpoint["model_config"]["hidden"] == 16
-    assert checkpoint["val_metrics"]["val_f1_macro"] == pytest.approx(result.best.best_val_f1_macro)
+    assert checkpoint["val_metrics"]["val_map"] == pytest.approx(result.best.best_val_map)
 
 
 @pytest.mark.ray
@@ -116,16 +116,18 @@ def test_mlflow_holds_a_parent_and_one_child_run_per_trial(sweep):
     rows = {r["trial_id"]: r for r in _trials_csv(tmp / "out")}
     for child in children:
         row = rows[child.data.tags["asrn.trial_id"]]
-        assert {"dropout", "lr", "batch_size"} <= set(child.data.params)
+        assert {"dropout", "lr", "batch_size", "variant", "task", "epochs", "recipe", "features"} <= set(
+            child.data.params)
         assert float(child.data.params["lr"]) == pytest.approx(float(row["lr"]))
         assert child.data.tags["status"] == row["status"]
-        assert child.data.metrics["best_val_f1_macro"] == pytest.approx(float(row["best_val_f1_macro"]))
-        history = client.get_metric_history(child.info.run_id, "val_f1_macro")
+        assert child.data.metrics["best_val_map"] == pytest.approx(float(row["best_val_map"]))
+        history = client.get_metric_history(child.info.run_id, "val_map")
         assert sorted(m.step for m in history) == list(range(1, int(row["epochs"]) + 1))
     parent = parents[0]
     assert parent.data.tags["best_trial_id"] == result.best.trial_id
     assert parent.data.tags["best_run_id"] == result.best.mlflow_run_id
-    assert parent.data.metrics["best_val_f1_macro"] == pytest.approx(result.best.best_val_f1_macro)
+    assert parent.data.metrics["best_val_map"] == pytest.approx(result.best.best_val_map)
+    assert parent.data.metrics["best_test_map"] == pytest.approx(result.metrics["test"]["map"])  # scored on test
     assert "sweep.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 

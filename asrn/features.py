@@ -1,0 +1,180 @@
+"""Per-video feature extraction without Ray: decode, detect, crop, flow, encode one video at a time.
+
+`prepare_video` does the CPU work before the encoders (numpy only, so its output pickles cheaply between Ray
+stages); `encode_batch` / `encode_prepared` run the encoders; `to_video_features` makes a store row. The Ray
+Data job (`asrn.extract`) and `asrn predict` (one video, in-process) are both built from these.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asrn.detect import Detector, TracksDetector, build_detector
+from asrn.encoders import PRESETS, Encoder, EncoderError, crop_boxes, resize_image
+from asrn.errors import AsrnError
+from asrn.flow import FLOW_PAIRS, flow_stacks
+from asrn.store import MODALITIES, VideoFeatures
+from asrn.tracks import load_tracks
+from asrn.video import decode_clip
+
+MAX_SIDE = 360  # px, long side of decoded step frames (detection and crops work on these)
+MAX_IMAGES_PER_FORWARD = 64  # images per encoder forward pass: bounds an actor's memory, whatever T is
+
+
+class VideoStageError(AsrnError):
+    """One video failed at one stage (decode, detect, flow, encode); keeps the original error's type name."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        self.stage, self.error = stage, type(cause).__name__
+        super().__init__(str(cause).strip() or self.error)
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """What extracting one video needs: preset (encoder input sizes), sampling rate, weights folder, frame size."""
+
+    preset: str = "lite"
+    fps: float = 2.0
+    weights_dir: Path | None = None
+    max_side: int | None = MAX_SIDE
+
+
+@dataclass
+class PreparedVideo:
+    """One video after the CPU stage: encoder-ready inputs for the T sampled steps (numpy only)."""
+
+    path: str
+    timestamps: np.ndarray  # (T,) float32 seconds
+    frame_indices: np.ndarray  # (T,) int64 source frame of each step
+    rgb: np.ndarray  # (T, h, w, 3) uint8, at the rgb encoder's input size
+    flow: np.ndarray  # (T, 2P, h, w) float32 in [-1, 1], at the motion encoder's input size
+    body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where not present()
+    face: np.ndarray  # (T, h, w, 3) uint8 largest-face crops; zeros where not present()
+    has_body: np.ndarray  # (T,) bool: detected
+    has_face: np.ndarray  # (T,) bool
+    body_tracked: np.ndarray  # (T,) bool: not detected, box carried by tracking (crop taken from that box)
+    face_tracked: np.ndarray  # (T,) bool
+    person_boxes: np.ndarray  # (T, 4) float32 x1 y1 x2 y2 in step-frame pixels; NaN where none
+    face_boxes: np.ndarray  # (T, 4) float32
+    frame_size: tuple[int, int]  # (H, W) of the step frames the boxes refer to
+    detector: str  # which detector found the boxes
+    detection: dict = field(default_factory=dict)  # the detector's settings (Detector.describe), for features.json
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timestamps.shape[0])
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """modality -> (T, ...) encoder input."""
+        return {"rgb": self.rgb, "motion": self.flow, "body": self.body, "face": self.face}
+
+    def present(self) -> dict[str, np.ndarray]:
+        """modality -> (T,) bool: where that modality exists (rgb and motion always; body/face detected or tracked)."""
+        ones = np.ones(self.num_steps, bool)
+        return {"rgb": ones, "motion": ones, "body": self.has_body | self.body_tracked,
+                "face": self.has_face | self.face_tracked}
+
+
+
+@functools.lru_cache(maxsize=4)
+def default_detector(weights_dir: Path | None) -> Detector:
+    """build_detector's offline chain, built once per process (Ray reuses task workers between videos)."""
+    return build_detector(weights_dir)
+
+
+def resize_flow(stacks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, 2P, H, W) float32 -> (T, 2P, h, w), exactly as FlowEncoder.preprocess would resize it."""
+    if stacks.shape[-2:] == tuple(size):
+        return np.ascontiguousarray(stacks, np.float32)
+    x = F.interpolate(torch.from_numpy(np.ascontiguousarray(stacks, np.float32)), size=tuple(size),
+                      mode="bilinear", align_corners=False, antialias=True)
+    return x.numpy()
+
+
+def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = VideoSettings(),
+                  detector: Detector | None = None) -> PreparedVideo:
+    """Decode, detect, crop and compute flow for one video: everything before the encoders, numpy only.
+
+    Boxes come from `boxes` (a tracks JSON) when given, else from `detector`, else from build_detector's offline
+    chain. Raises VideoStageError naming the stage (decode, detect, flow) with the original error's message.
+    """
+    if config.preset not in PRESETS:
+        raise EncoderError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
+    specs = PRESETS[config.preset]
+    motion_size = specs["motion"].input_size
+    try:
+        clip = decode_clip(path, fps=config.fps, flow_pairs=FLOW_PAIRS, flow_side=min(motion_size),
+                           max_side=config.max_side)
+        rgb = np.stack([resize_image(frame, specs["rgb"].input_size) for frame in clip.frames])  # (T, h, w, 3)
+    except Exception as e:
+        raise VideoStageError("decode", e) from e
+    try:
+        if boxes:
+            detector = TracksDetector(load_tracks(boxes))
+        elif detector is None:
+            detector = default_detector(config.weights_dir)
+        scale = clip.frames.shape[2] / clip.width  # step px per source px
+        found = detector.detect(clip.frames, clip.frame_indices, scale)
+        body_present, face_present = found.has_person | found.person_tracked, found.has_face | found.face_tracked
+        body = crop_boxes(clip.frames, found.person, body_present, specs["body"].input_size)  # (T, h, w, 3)
+        face = crop_boxes(clip.frames, found.face, face_present, specs["face"].input_size)
+    except Exception as e:
+        raise VideoStageError("detect", e) from e
+    try:
+        flow = resize_flow(flow_stacks(clip.flow_windows), motion_size)  # (T, 2P, h, w)
+    except Exception as e:
+        raise VideoStageError("flow", e) from e
+    return PreparedVideo(
+        path=path, timestamps=clip.timestamps, frame_indices=clip.frame_indices, rgb=rgb, flow=flow,
+        body=body, face=face, has_body=found.has_person.copy(), has_face=found.has_face.copy(),
+        body_tracked=found.person_tracked.copy(), face_tracked=found.face_tracked.copy(),
+        person_boxes=found.person, face_boxes=found.face, frame_size=(clip.frames.shape[1], clip.frames.shape[2]),
+        detector=detector.name, detection=detector.describe(), warnings=list(clip.warnings),
+    )
+
+
+def encode_batch(videos: Sequence[PreparedVideo], encoders: dict[str, Encoder]) -> list[dict[str, np.ndarray]]:
+    """Encode several prepared videos together (their steps stacked, MAX_IMAGES_PER_FORWARD per pass).
+
+    Returns per video {modality: (T, D) float32}; steps where body/face is missing are not encoded and stay zero.
+    """
+    missing = [m for m in MODALITIES if m not in encoders]
+    if missing:
+        raise EncoderError(f"encoders lack modality {', '.join(missing)}")
+    counts = [v.num_steps for v in videos]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    out: dict[str, np.ndarray] = {}
+    for m in MODALITIES:
+        encoder = encoders[m]
+        inputs = np.concatenate([v.inputs()[m] for v in videos])  # (N, ...) N = sum of T
+        present = np.flatnonzero(np.concatenate([v.present()[m] for v in videos]))
+        features = np.zeros((offsets[-1], encoder.dim), np.float32)  # (N, D)
+        for start in range(0, len(present), MAX_IMAGES_PER_FORWARD):
+            rows = present[start:start + MAX_IMAGES_PER_FORWARD]
+            features[rows] = encoder.features(inputs[rows])
+        out[m] = features
+    return [{m: out[m][offsets[i]:offsets[i + 1]] for m in MODALITIES} for i in range(len(videos))]
+
+
+def encode_prepared(prepared: PreparedVideo, encoders: dict[str, Encoder]) -> dict[str, np.ndarray]:
+    """One prepared video -> {modality: (T, D) float32}, zeros where body/face is missing."""
+    return encode_batch([prepared], encoders)[0]
+
+
+def to_video_features(prepared: PreparedVideo, features: dict[str, np.ndarray], video_id: str, split: str,
+                      labels: Sequence[str]) -> VideoFeatures:
+    """A prepared and encoded video -> the store's row for it."""
+    return VideoFeatures(video_id=video_id, split=split, labels=list(labels),
+                         timestamp=prepared.timestamps.astype(np.float32), features=features,
+                         has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool),
+                         body_tracked=prepared.body_tracked.astype(bool),
+                         face_tracked=prepared.face_tracked.astype(bool))
+

@@ -1,0 +1,43 @@
+"""The Ray boundary in the layout: only the job modules import Ray; everything else runs in a plain process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import asrn
+
+JOB_MODULES = {"extract", "train", "tune", "demo"}
+LIBRARY_MODULES = sorted(p.stem for p in Path(asrn.__file__).parent.glob("*.py")
+                         if p.stem not in JOB_MODULES | {"__init__"})
+
+BLOCK_RAY = """
+import importlib, importlib.abc, sys
+class NoRay(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"ray is blocked: {name}")
+sys.meta_path.insert(0, NoRay())
+failed = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(f"asrn.{name}")
+    except ImportError as e:
+        failed.append(f"{name}: {e}")
+print("\\n".join(failed))
+sys.exit(1 if failed else 0)
+"""
+
+
+def test_only_job_modules_import_ray():
+    assert {"predict", "checkpoint", "loop", "cli", "model", "store"} <= set(LIBRARY_MODULES)
+    done = subprocess.run([sys.executable, "-c", BLOCK_RAY, *LIBRARY_MODULES], capture_output=True, text=True,
+                          cwd=Path(asrn.__file__).parents[1], timeout=300)
+    assert done.returncode == 0, f"these modules need Ray:\n{done.stdout}{done.stderr[-2000:]}"
+
+
+def test_the_blocker_does_catch_a_job_module():
+    done = subprocess.run([sys.executable, "-c", BLOCK_RAY, "tune"], capture_output=True, text=True,
+                          cwd=Path(asrn.__file__).parents[1], timeout=300)
+    assert done.returncode == 1 and "tune: ray is blocked" in done.stdout
