@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -41,10 +40,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from machine import machine  # noqa: E402
 
 from asrn.labels import task_labels  # noqa: E402
-from asrn.loop import RECIPES, Recipe, build_optimizer, evaluate, input_statistics, train_epoch  # noqa: E402
-from asrn.metrics import compute_metrics  # noqa: E402
+from asrn.loop import RECIPES, Recipe, build_optimizer, evaluate, train_epoch  # noqa: E402
+from asrn.metrics import choose_thresholds, compute_metrics  # noqa: E402
 from asrn.model import ASRN, ModelConfig  # noqa: E402
 from asrn.sequence import collate  # noqa: E402
+from asrn.store import input_statistics  # noqa: E402
 from asrn.synth_features import SyntheticVideo, generate_videos, generator_parameters  # noqa: E402
 
 VARIANTS = ("asrn", "no-gla", "no-mfa", "lstm", "tsn", "mean")
@@ -59,34 +59,10 @@ DIAGNOSED = ("asrn", "no-mfa")  # the variants with a BDLSTM and GLA
 DEVICE = torch.device("cpu")
 
 
-def mean_ap(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Macro average precision over the classes with positives (scikit-learn's)."""
-    keep = targets.any(0)
-    return float(average_precision_score(targets[:, keep], scores[:, keep], average="macro"))
-
-
-def choose_thresholds(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per class, the score threshold (predict where score >= it) with the best F1 on these data; 0.5 for a
-    class without positives."""
-    thresholds = np.full(targets.shape[1], 0.5)
-    for c in range(targets.shape[1]):
-        y = targets[:, c].astype(bool)
-        if not y.any():
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        s, hits = scores[order, c], y[order]
-        tp = np.cumsum(hits)
-        f1 = 2 * tp / (np.arange(1, len(s) + 1) + y.sum())
-        last = np.r_[s[1:] != s[:-1], True]  # only cut between distinct scores
-        f1[~last] = -1
-        thresholds[c] = s[int(np.argmax(f1))]
-    return thresholds
-
-
 def scored(targets: np.ndarray, scores: np.ndarray, labels: list[str], thresholds: np.ndarray) -> dict:
     m = compute_metrics(targets, scores, labels)
-    tuned = compute_metrics(targets, (scores >= thresholds).astype(np.float64), labels)
-    return {**{k: m[k] for k in METRICS}, "map": mean_ap(targets, scores), "f1_macro_val_thr": tuned["f1_macro"]}
+    tuned = compute_metrics(targets, scores, labels, thresholds=thresholds)
+    return {**{k: m[k] for k in (*METRICS, "map")}, "f1_macro_val_thr": tuned["f1_macro"]}
 
 
 def batches_of(videos: list, task: str, size: int, max_steps: int | None) -> list:
@@ -117,7 +93,7 @@ def train_variant(data: dict, task: str, variant: str, seed: int, recipe: Recipe
                            epoch=epoch)
         scheduler.step()
         val_loss, scores, targets = evaluate(model, val, DEVICE)
-        val_map = mean_ap(targets, scores)
+        val_map = compute_metrics(targets, scores, labels)["map"]
         curve.append({"epoch": epoch, "train_loss": round(loss.mean, 5), "val_loss": round(val_loss, 5),
                       "val_map": round(val_map, 5)})
         if val_map > best:
@@ -177,7 +153,8 @@ def trivial(data: dict, task: str) -> dict:
     labels = list(task_labels(task))
     t = collate([s.video for s in data["test"]], task).targets.numpy()
     m = compute_metrics(t, np.ones_like(t), labels)
-    return {**{k: m[k] for k in METRICS}, "map": float(t.mean(0)[t.any(0)].mean()), "f1_macro_val_thr": m["f1_macro"]}
+    return {**{k: m[k] for k in METRICS}, "map": float(t.mean(0)[t.any(0)].mean()),
+            "f1_macro_val_thr": m["f1_macro"]}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -243,8 +220,9 @@ def markdown(result: dict) -> str:
         f"{r['schedule']} schedule, batch {r['batch_size']}, dropout {r['dropout']}, hidden {r['hidden']}, up to "
         f"{r['epochs']} epochs, patience {r['patience']}), window {s['window']}, max steps {s['max_steps']}; "
         "early stopping and model selection on val mAP; test F1/Acc/Subacc at threshold 0.5 as the paper, mAP "
-        "(scikit-learn average precision, macro over classes with positives) and F1 ma at per-class thresholds "
-        "chosen on val (F1 ma val-thr). Mean ± sd over seeds.", "",
+        "(`metrics.compute_metrics`: scikit-learn's average precision, macro over classes with positives) and "
+        "F1 ma at per-class thresholds chosen on val (`metrics.choose_thresholds`; F1 ma val-thr). "
+        "Mean ± sd over seeds.", "",
         f"Machine: {mach['cpu_model']}, {mach['nproc']} cores, torch threads {mach['torch_threads']}, load average "
         f"at start {mach['load_average_at_start']}, torch {mach['torch']}; wall {result['wall_seconds']:.0f} s.", "",
         "Generator parameters: see `settings.generator` in ablation.json (also written to features.json).", ""]
