@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asrn.errors import AsrnError
 from asrn.labels import ALL_LABELS, SRIV_COUNTS
 from asrn.store import (
     INFO_FILE,
@@ -86,6 +87,10 @@ CUE_MODALITIES: dict[str, tuple[str, ...]] = {
 }
 
 
+class SyntheticDataError(AsrnError):
+    """Arguments the generator cannot honour (too few videos, a bad width or fps); the message names the argument."""
+
+
 @dataclass(frozen=True)
 class CueEvent:
     """One interaction: raw steps [start, stop) inside one shot, showing `labels`."""
@@ -110,10 +115,10 @@ def _check_dims(dims: dict[str, int] | None) -> dict[str, int]:
     for m in MODALITIES:
         d = dims.get(m)
         if not isinstance(d, int) or isinstance(d, bool) or d < 2:
-            raise ValueError(f"dims[{m!r}] = {d!r}: need an integer >= 2 for every modality")
+            raise SyntheticDataError(f"dims[{m!r}] = {d!r}: need an integer >= 2 for every modality")
     unknown = sorted(set(dims) - set(MODALITIES))
     if unknown:
-        raise ValueError(f"dims has unknown modality {', '.join(unknown)}; expected {', '.join(MODALITIES)}")
+        raise SyntheticDataError(f"dims has unknown modality {', '.join(unknown)}; expected {', '.join(MODALITIES)}")
     return {m: dims[m] for m in MODALITIES}
 
 
@@ -276,9 +281,9 @@ def generate_videos(num_videos: int, seed: int = 0, dims: dict[str, int] | None 
     Video i has the same labels and features for any num_videos > i (only its split may change).
     """
     if num_videos < MIN_VIDEOS:
-        raise ValueError(f"num_videos = {num_videos}: need at least {MIN_VIDEOS} (train, val and test splits)")
+        raise SyntheticDataError(f"num_videos = {num_videos}: need at least {MIN_VIDEOS} (train, val and test splits)")
     if not fps > 0:
-        raise ValueError(f"fps = {fps}: must be positive")
+        raise SyntheticDataError(f"fps = {fps}: must be positive")
     dims = _check_dims(dims)
     prototypes = class_prototypes(seed, dims)
     labels = [draw_labels(np.random.default_rng([seed, 3, i])) for i in range(num_videos)]

@@ -25,7 +25,7 @@ from asrn.synth_features import (
     synthesize_feature_store,
 )
 
-COLUMNS = ["video_id", "split", "labels", "timestamp", *MODALITIES, "has_body", "has_face"]
+COLUMNS = ["video_id", "split", "labels", "timestamp", *MODALITIES, "has_body", "has_face", *store.TRACKED_COLUMNS]
 SMALL_DIMS = {"rgb": 16, "motion": 12, "body": 10, "face": 8}
 
 
