@@ -1,11 +1,14 @@
 """`asrn synth videos`: small H.264 videos that look like the SRIV task in miniature, with boxes and a manifest.
 
-Each video has 3-5 shots separated by hard cuts, each shot its own scene (gradient + texture), and two person
-figures (a third, smaller bystander sometimes) drawn as a body (torso, arms, legs) and a separate head with a face
-(skin-coloured ellipse, eyes, mouth). A video has one `sub:*` and one `obj:*` label (sometimes two of a group),
-drawn in proportion to sqrt(SRIV count). The labels are visible only in 1-2 *relevant* shots; the other shots show
-neutral figures (standing or drifting, plain mouths, equal sizes, a muted scene). In a relevant shot the `sub`
-label sets how figures A and B move and their faces, the `obj` label their sizes, spacing, clothes and the scene:
+Each video has 3-5 shots (more when it has many labels) separated by hard cuts, each shot its own scene (gradient +
+texture), and two person figures (a third, smaller bystander sometimes) drawn as a body (torso, arms, legs) and a
+separate head with a face (skin-coloured ellipse, eyes, mouth). Labels are drawn as for `asrn synth features`
+(`synth_features.draw_labels`: every class at its SRIV Table 1 rate, at least one `sub:*` and one `obj:*`). The
+labels are visible only in *relevant* shots, one per label of the larger group (at least 1-2), never adjacent; each
+shows one sub and one obj label, and the other shots show neutral figures (standing or drifting, plain mouths, equal
+sizes, a muted scene). A label for which a short video has no room is left out of its labels. In a relevant shot
+the `sub` label sets how figures A and B move and their faces, the `obj` label their sizes, spacing, clothes and
+the scene:
 
   label            motion (A, B)              mouth  eyes  |  label           B/A size  gap     outfit    scene
   sub:dominant     push: A advances, B backs  frown  small |  obj:supervisor  0.75      medium  suit      office
@@ -37,8 +40,8 @@ import av
 import cv2
 import numpy as np
 
-from asrn.labels import SRIV_COUNTS
 from asrn.manifest import write_manifest
+from asrn.synth_features import draw_labels
 from asrn.tracks import Tracks, save_tracks
 
 
@@ -97,7 +100,6 @@ OUTFITS: dict[str, tuple[tuple[int, int, int] | None, tuple[int, int, int] | Non
 GAPS: dict[str, float] = {"close": 0.24, "medium": 0.42, "far": 0.64}  # centre distance, fraction of width
 EYE_RADIUS: dict[str, float] = {"big": 0.24, "normal": 0.15, "small": 0.08}  # fraction of head radius
 SPLIT_FRACTIONS: tuple[float, float] = (0.15, 0.15)  # val, test
-SECOND_LABEL_P = 0.15
 MOTION_SECONDS = 2.0  # a motion cue takes this long to play out; shorter shots show its start
 
 
@@ -141,7 +143,7 @@ def synthesize_videos(out: str | Path, num_videos: int = 60, seed: int = 0, widt
     for i, child in enumerate(root.spawn(num_videos + 1)[1:]):
         video_id = f"v{i:04d}"
         rng = np.random.default_rng(child)
-        labels = _draw_labels(rng)
+        labels = draw_labels(rng)
         shots = _plan_shots(rng, labels, num_frames, fps, width, height)
         labels = tuple(name for name in labels if any(name in s.labels for s in shots))  # what is on screen
         tracks = _write_video(out / "videos" / f"{video_id}.mp4", video_id, shots, rng, width, height, fps)
@@ -165,32 +167,20 @@ def _assign_splits(n: int, rng: np.random.Generator) -> list[str]:
     return [names[k] for k in rng.permutation(n)]
 
 
-def _draw_labels(rng: np.random.Generator) -> tuple[str, ...]:
-    """One sub and one obj label, sometimes two of a group, with p ∝ sqrt(SRIV count)."""
-    labels: list[str] = []
-    for group in ("sub", "obj"):
-        names = [name for name in SRIV_COUNTS if name.startswith(f"{group}:")]
-        weights = np.array([SRIV_COUNTS[name] for name in names], dtype=np.float64) ** 0.5
-        k = 2 if rng.random() < SECOND_LABEL_P else 1
-        labels += [names[j] for j in sorted(rng.choice(len(names), size=k, replace=False, p=weights / weights.sum()))]
-    return tuple(labels)
-
-
 def _plan_shots(rng: np.random.Generator, labels: tuple[str, ...], num_frames: int, fps: float, width: int,
                 height: int) -> list[ShotPlan]:
     min_len = max(2, round(0.5 * fps))
-    n_shots = max(1, min(int(rng.integers(3, 6)), num_frames // min_len))
-    lengths = min_len + rng.multinomial(num_frames - n_shots * min_len, rng.dirichlet(np.full(n_shots, 3.0)))
-    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-    # relevant shots: 2 when a group has two labels (one each), else 1 or 2; never adjacent, so every cut is visible
+    max_shots = max(1, num_frames // min_len)
+    # relevant shots: one per label of the larger group (each shows one sub and one obj label), at least 1 or 2;
+    # never adjacent, so every cut is visible; enough shots for that, as far as the frames allow
     subs = [name for name in labels if name.startswith("sub:")]
     objs = [name for name in labels if name.startswith("obj:")]
-    n_relevant = 2 if max(len(subs), len(objs)) == 2 or rng.random() < 0.4 else 1
-    candidates = _nonadjacent_pairs(n_shots) if n_relevant == 2 else []
-    if candidates:
-        relevant = list(candidates[int(rng.integers(len(candidates)))])
-    else:
-        relevant = [int(rng.integers(n_shots))]
+    n_relevant = max(len(subs), len(objs), 2 if rng.random() < 0.4 else 1)
+    n_shots = min(max(int(rng.integers(3, 6)), 2 * n_relevant - 1), max_shots)
+    n_relevant = min(n_relevant, (n_shots + 1) // 2)  # a label that finds no shot is not shown (nor labelled)
+    lengths = min_len + rng.multinomial(num_frames - n_shots * min_len, rng.dirichlet(np.full(n_shots, 3.0)))
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    relevant = _nonadjacent(rng, n_shots, n_relevant)
     planted: dict[int, tuple[str, ...]] = {}
     for j, shot in enumerate(relevant):  # a short video with one relevant shot shows the first label of a group
         planted[shot] = tuple(group[j % len(group)] for group in (subs, objs) if group)
@@ -226,8 +216,10 @@ def _plan_shots(rng: np.random.Generator, labels: tuple[str, ...], num_frames: i
     return shots
 
 
-def _nonadjacent_pairs(n: int) -> list[tuple[int, int]]:
-    return [(a, b) for a in range(n) for b in range(a + 2, n)]
+def _nonadjacent(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """k distinct shots of n, no two adjacent, uniformly among such sets (k <= (n + 1) // 2)."""
+    gaps = np.sort(rng.choice(n - k + 1, size=k, replace=False))  # choose k of n - k + 1, then spread them out
+    return [int(g) + j for j, g in enumerate(gaps)]
 
 
 def _merge(base: Cue, other: Cue) -> Cue:

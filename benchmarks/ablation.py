@@ -1,29 +1,32 @@
-"""Ablation of the paper's Tables 2-3 on the planted-signal store: asrn, no-gla, no-mfa, lstm, mean.
+"""Ablation of the paper's Tables 2-3 on the SRIV-like synthetic store: asrn, no-gla, no-mfa, lstm, tsn, mean.
 
-    python benchmarks/ablation.py [--seeds 3] [--num-videos 400] [--epochs 80] [--lr 0.5] [--select f1_macro]
+    nice python benchmarks/ablation.py [--seeds 0,1,2] [--num-videos 2000] [--recipe default] [--tasks sub,obj]
 
-For each seed s the store is `synth_features.generate_videos(num_videos, seed=s)` (what `asrn synth features
---seed s` writes, in memory) and every variant is trained with torch.manual_seed(s) in this process (no Ray),
-one thread. The loop replicates `asrn.train.train_loop_per_worker` for one worker: SGD with momentum
-`asrn.train.MOMENTUM`, ExponentialLR stepped per epoch with `TrainConfig.lr_decay` (0.01 ** (1/200)), dropout,
-global batch 32, `collate` (window 3), BCE (`asrn_loss`), early stopping after `patience` epochs without a gain
-in val F1 macro, and the model of the best val F1 macro epoch scored on test with `compute_metrics`
-(threshold 0.5); `--select map|loss` early-stops and selects on val mAP or val loss instead. Differences
-from train.py: the train split is shuffled fully each epoch (Ray Data uses a local shuffle buffer), and
-lr/epochs default to 0.5/80 rather than the paper's 0.01/200: at lr 0.01 no variant leaves the label-prior
-plateau (val AUC ~0.5) within a CPU budget. Also reported, not in the paper: test mAP (ranking, threshold-free)
-and the trivial predictor that says every class for every video.
+For each seed s the data are `synth_features.generate_videos(num_videos, seed=s)` (what `asrn synth features
+--seed s` writes, in memory). Every variant is trained on the same data with the same recipe (`asrn.loop.RECIPES`)
+and torch.manual_seed(s), in this process (no Ray), one thread: inputs standardised by the train split's
+statistics (`loop.input_statistics`), the train split reshuffled each epoch, `collate` (window 3), `loop.train_epoch`
+and `loop.evaluate`; early stopping after `patience` epochs without a gain in val mAP and the model of the best
+val mAP epoch scored on test: F1 micro/macro, Acc, Subacc at threshold 0.5 (the paper's layout), mAP, and F1 macro
+at per-class thresholds chosen on val. Paired differences to ASRN are per seed.
 
-Writes benchmarks/results/ablation.json and ablation.md (tables in the layout of Tables 2-3, mean ± std over
-seeds) with the machine, settings, seeds and date.
+Diagnostics (asrn and no-mfa, on test): the temporal attention mass a_t on the kept steps that lie in cue events,
+against those steps' share of the kept steps (what uniform weights would give); the BDLSTM boundaries s_t against
+the true shot changes between consecutive kept steps, as precision and recall beside a random detector that fires
+at the same rate (precision = the base rate of changes, recall = the firing rate).
+
+`--short-run` adds the issue's short run: 240 videos (seed 11), 8 epochs, ASRN, against predicting every class
+(F1 macro) and against prevalence (the mAP of random scores).
+
+Writes benchmarks/results/ablation.json and ablation.md with the machine, settings, seeds and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import platform
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -32,184 +35,303 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from machine import machine  # noqa: E402
 
 from asrn.labels import task_labels  # noqa: E402
-from asrn.metrics import compute_metrics  # noqa: E402
-from asrn.model import ASRN, ModelConfig, asrn_loss  # noqa: E402
+from asrn.loop import RECIPES, Recipe, build_optimizer, evaluate, train_epoch  # noqa: E402
+from asrn.metrics import choose_thresholds, compute_metrics  # noqa: E402
+from asrn.model import ASRN, ModelConfig  # noqa: E402
 from asrn.sequence import collate  # noqa: E402
-from asrn.synth_features import generate_videos  # noqa: E402
-from asrn.train import MOMENTUM, TrainConfig  # noqa: E402
+from asrn.store import input_statistics  # noqa: E402
+from asrn.synth_features import SyntheticVideo, generate_videos, generator_parameters  # noqa: E402
 
-VARIANTS = ("asrn", "no-gla", "no-mfa", "lstm", "mean")
-ROW_NAMES = {"asrn": "ASRN", "no-gla": "ASRN(no GLA)", "no-mfa": "ASRN(no MFA)", "lstm": "LSTM",
-             "mean": "mean (TSN-style)", "all-positive": "all classes predicted (trivial)"}
+VARIANTS = ("asrn", "no-gla", "no-mfa", "lstm", "tsn", "mean")
+ROW_NAMES = {"asrn": "ASRN", "no-gla": "ASRN(no GLA)", "no-mfa": "ASRN(no MFA)", "lstm": "LSTM", "tsn": "TSN",
+             "mean": "mean (all modalities)", "all-positive": "every class predicted (trivial)"}
 METRICS = ("f1_micro", "f1_macro", "acc", "subacc")
 HEADERS = ("F1 mi", "F1 ma", "Acc", "Subacc")
-LR_DECAY = TrainConfig.__dataclass_fields__["lr_decay"].default
+COLUMNS = (*METRICS, "map", "f1_macro_val_thr")
+WINDOW = 3
+GROUPS = {"sub": ("sub",), "obj": ("obj",), "all": ("sub", "obj")}
+DIAGNOSED = ("asrn", "no-mfa")  # the variants with a BDLSTM and GLA
+DEVICE = torch.device("cpu")
 
 
-def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over classes with positives of average precision (ties broken by order)."""
-    aps = []
-    for j in range(targets.shape[1]):
-        y = targets[:, j].astype(bool)
-        if not y.any():
-            continue
-        hits = y[np.argsort(-scores[:, j], kind="stable")]
-        aps.append(float((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean()))
-    return float(np.mean(aps))
+def scored(targets: np.ndarray, scores: np.ndarray, labels: list[str], thresholds: np.ndarray) -> dict:
+    m = compute_metrics(targets, scores, labels)
+    tuned = compute_metrics(targets, scores, labels, thresholds=thresholds)
+    return {**{k: m[k] for k in (*METRICS, "map")}, "f1_macro_val_thr": tuned["f1_macro"]}
 
 
-def scores_of(model: ASRN, batches) -> tuple[np.ndarray, np.ndarray, float]:
-    model.eval()
-    scores, targets, loss = [], [], 0.0
-    with torch.no_grad():
-        for b in batches:
-            logits = model(b.features, b.present, b.mask).logits
-            loss += float(asrn_loss(logits, b.targets)) * len(b.video_ids)
-            scores.append(torch.sigmoid(logits).numpy())
-            targets.append(b.targets.numpy())
-    s, t = np.concatenate(scores), np.concatenate(targets)
-    return s, t, loss / len(s)
+def batches_of(videos: list, task: str, size: int, max_steps: int | None) -> list:
+    return [collate(videos[i:i + size], task, WINDOW, max_steps) for i in range(0, len(videos), size)]
 
 
-def train_one(videos: dict, task: str, variant: str, seed: int, args) -> dict:
-    """train.py's loop for one worker; returns test metrics of the best-val-F1-macro epoch and the curve."""
+def train_variant(data: dict, task: str, variant: str, seed: int, recipe: Recipe, stats: dict,
+                  max_steps: int | None) -> tuple[ASRN, dict]:
+    """Train with `recipe`, keep the best val mAP epoch; return the model (best weights) and its test record by
+    group (sub, obj)."""
     labels = list(task_labels(task))
-    dims = {m: int(x.shape[1]) for m, x in videos["train"][0].features.items()}
+    train = [s.video for s in data["train"]]
+    dims = {m: int(x.shape[1]) for m, x in train[0].features.items()}
     torch.manual_seed(seed)
-    model = ASRN(ModelConfig(dims=dims, num_classes=len(labels), variant=variant, hidden=args.hidden,
-                             dropout=args.dropout))
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=LR_DECAY)
-    val = [collate(videos["val"][i:i + args.batch_size], task) for i in range(0, len(videos["val"]), args.batch_size)]
+    model = ASRN(ModelConfig(dims=dims, num_classes=len(labels), variant=variant, hidden=recipe.hidden,
+                             dropout=recipe.dropout))
+    model.set_input_stats(stats)
+    optimizer, scheduler = build_optimizer(model, recipe)
+    val = batches_of([s.video for s in data["val"]], task, 64, max_steps)
     rng = np.random.default_rng([seed, 7])
-    best_f1, best_epoch, best_state, stale, curve = -1.0, 0, None, 0, []
+    best, best_epoch, best_state, stale, curve = -1.0, 0, None, 0, []
     started = time.perf_counter()
-    train = videos["train"]
-    for epoch in range(1, args.epochs + 1):
-        model.train()
+    for epoch in range(1, recipe.epochs + 1):
         order = rng.permutation(len(train))
-        loss_sum = 0.0
-        for i in range(0, len(train), args.batch_size):
-            batch = collate([train[j] for j in order[i:i + args.batch_size]], task)
-            loss = asrn_loss(model(batch.features, batch.present, batch.mask).logits, batch.targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(batch.video_ids)
+        shuffled = [train[j] for j in order]
+        loss = train_epoch(model, (collate(shuffled[i:i + recipe.batch_size], task, WINDOW, max_steps)
+                                   for i in range(0, len(shuffled), recipe.batch_size)), optimizer, DEVICE,
+                           epoch=epoch)
         scheduler.step()
-        s, t, val_loss = scores_of(model, val)
-        m = compute_metrics(t, s, labels)
-        curve.append({"epoch": epoch, "train_loss": loss_sum / len(train), "val_loss": val_loss,
-                      "val_f1_macro": m["f1_macro"], "val_map": mean_average_precision(t, s)})
-        score = {"f1_macro": m["f1_macro"], "map": curve[-1]["val_map"], "loss": -val_loss}[args.select]
-        if score > best_f1:
-            best_f1, best_epoch, stale = score, epoch, 0
+        val_loss, scores, targets = evaluate(model, val, DEVICE)
+        val_map = compute_metrics(targets, scores, labels)["map"]
+        curve.append({"epoch": epoch, "train_loss": round(loss.mean, 5), "val_loss": round(val_loss, 5),
+                      "val_map": round(val_map, 5)})
+        if val_map > best:
+            best, best_epoch, stale = val_map, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-            if stale >= args.patience:
+            if stale >= recipe.patience:
                 break
     model.load_state_dict(best_state)
-    test = [collate(videos["test"][i:i + args.batch_size], task)
-            for i in range(0, len(videos["test"]), args.batch_size)]
-    s, t, _ = scores_of(model, test)
-    m = compute_metrics(t, s, labels)
-    return {**{k: m[k] for k in METRICS}, "map": mean_average_precision(t, s), "best_epoch": best_epoch,
-            "epochs_run": len(curve), "seconds": time.perf_counter() - started, "curve": curve}
+    _, val_scores, val_targets = evaluate(model, val, DEVICE)
+    test_videos = [s.video for s in data["test"]]
+    _, scores, targets = evaluate(model, batches_of(test_videos, task, 64, max_steps), DEVICE)
+    records = {}
+    for group in GROUPS[task]:  # task "all": one 16-class model, scored per group as Tables 2 and 3
+        cols = [i for i, name in enumerate(labels) if name in task_labels(group)]
+        records[group] = {**scored(targets[:, cols], scores[:, cols], [labels[i] for i in cols],
+                                   choose_thresholds(val_targets[:, cols], val_scores[:, cols])),
+                          "best_val_map": best, "best_epoch": best_epoch, "epochs_run": len(curve),
+                          "seconds": round(time.perf_counter() - started, 1), "curve": curve}
+    return model, records
 
 
-def trivial(videos: dict, task: str) -> dict:
-    """Every class predicted for every test video (score 1): the F1 floor a threshold-0.5 model must beat."""
+@torch.no_grad()
+def diagnostics(model: ASRN, test: list[SyntheticVideo], task: str, max_steps: int | None) -> dict:
+    """Attention mass on cue-event steps vs their share, and boundary precision/recall vs a random detector."""
+    model.eval()
+    mass, share, hits, fired, changes, valid = [], [], 0.0, 0.0, 0.0, 0.0
+    for i in range(0, len(test), 64):
+        chunk = test[i:i + 64]
+        batch = collate([s.video for s in chunk], task, WINDOW, max_steps)
+        out = model(batch.features, batch.present, batch.mask)
+        a, s = out.temporal_attention.numpy(), out.boundaries.numpy()  # (B, T)
+        for b, (synth, steps) in enumerate(zip(chunk, batch.steps, strict=True)):
+            n = len(steps)
+            event = synth.relevant[steps]  # (n,) kept steps inside a cue event
+            mass.append(float(a[b, :n][event].sum()))
+            share.append(float(event.mean()))
+            change = synth.shot[steps][1:] != synth.shot[steps][:-1]  # (n-1,) a new shot starts at kept step t
+            detected = s[b, 1:n] > 0.5
+            hits += float((change & detected).sum())
+            fired += float(detected.sum())
+            changes += float(change.sum())
+            valid += n - 1
+    rate = fired / valid
+    return {"attention_on_events": float(np.mean(mass)), "event_share_of_kept_steps": float(np.mean(share)),
+            "boundary_firing_rate": rate, "boundary_precision": hits / fired if fired else None,
+            "boundary_recall": hits / changes, "chance_precision": changes / valid, "chance_recall": rate}
+
+
+def split(synthetic: list[SyntheticVideo]) -> dict[str, list[SyntheticVideo]]:
+    return {name: [s for s in synthetic if s.video.split == name] for name in ("train", "val", "test")}
+
+
+def trivial(data: dict, task: str) -> dict:
+    """Every class predicted for every test video (F1), and random scores (mAP = prevalence, in expectation)."""
     labels = list(task_labels(task))
-    t = collate(videos["test"], task).targets.numpy()
+    t = collate([s.video for s in data["test"]], task).targets.numpy()
     m = compute_metrics(t, np.ones_like(t), labels)
-    return {**{k: m[k] for k in METRICS}, "map": float(t.mean(0)[t.any(0)].mean())}
+    return {**{k: m[k] for k in METRICS}, "map": float(t.mean(0)[t.any(0)].mean()),
+            "f1_macro_val_thr": m["f1_macro"]}
 
 
 def summarise(runs: list[dict]) -> dict:
     out = {}
-    for k in (*METRICS, "map", "best_epoch") if "best_epoch" in runs[0] else (*METRICS, "map"):
-        values = np.array([r[k] for r in runs], np.float64)
-        out[k] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    for k in (*COLUMNS, "best_epoch"):
+        if k in runs[0]:
+            values = np.array([r[k] for r in runs], np.float64)
+            out[k] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
     return out
 
 
+def run_job(num_videos: int, seed: int, task: str, variants: list[str], recipe: Recipe, max_steps: int | None,
+            threads: int) -> tuple[dict, dict]:
+    """Every variant on one seed's data for one task: test records by group and variant, diagnostics by variant."""
+    torch.set_num_threads(threads)
+    data = split(generate_videos(num_videos, seed=seed))
+    stats = input_statistics(s.video for s in data["train"])
+    runs = {group: {"all-positive": trivial(data, group)} for group in GROUPS[task]}
+    diags = {}
+    for variant in variants:
+        model, records = train_variant(data, task, variant, seed, recipe, stats, max_steps)
+        for group, r in records.items():
+            runs[group][variant] = r
+            print(f"seed {seed} {task}/{group} {variant:>6}: test mAP {r['map']:.3f} F1 ma {r['f1_macro']:.3f} "
+                  f"F1 ma val-thr {r['f1_macro_val_thr']:.3f} (best epoch {r['best_epoch']}/{r['epochs_run']}, "
+                  f"{r['seconds']:.0f} s)", flush=True)
+        if variant in DIAGNOSED:
+            diags[variant] = diagnostics(model, data["test"], task, max_steps)
+            print(f"seed {seed} {task} {variant}: {diags[variant]}", flush=True)
+    return runs, diags
+
+
+def short_run(recipe: Recipe, tasks: list[str], max_steps: int | None) -> dict:
+    """The issue's check: 240 videos (seed 11), 8 epochs, ASRN with the recipe; beat "every class" and prevalence."""
+    data = split(generate_videos(240, seed=11))
+    stats = input_statistics(s.video for s in data["train"])
+    out = {}
+    for task in tasks:
+        _, records = train_variant(data, task, "asrn", 11, dataclasses.replace(recipe, epochs=8), stats, max_steps)
+        for group, r in records.items():
+            base = trivial(data, group)
+            out[group] = {"test_f1_macro": r["f1_macro"], "test_f1_macro_val_thr": r["f1_macro_val_thr"],
+                          "every_class_f1_macro": base["f1_macro"], "test_map": r["map"],
+                          "prevalence_map": base["map"], "best_epoch": r["best_epoch"], "seconds": r["seconds"]}
+            print(f"short run {task}/{group}: {out[group]}", flush=True)
+    return out
+
+
+def cell(summary: dict, key: str) -> str:
+    return f"{summary[key]['mean']:.3f} ± {summary[key]['sd']:.3f}"
+
+
 def markdown(result: dict) -> str:
-    s = result["settings"]
-    lines = [f"# Ablation on the planted-signal store ({result['date']})", "",
-             f"{s['num_videos']} videos per seed, seeds {s['seeds']}, SGD momentum {s['momentum']}, lr {s['lr']}, "
-             f"ExponentialLR gamma {s['lr_decay']:.4f}/epoch, up to {s['epochs']} epochs, patience {s['patience']}, "
-             f"batch {s['batch_size']}, hidden {s['hidden']}, dropout {s['dropout']}; model of the {s['selection']} "
-             f"scored on test at threshold 0.5; mean ± std over seeds. mAP: test mean average precision "
-             f"(not in the paper). Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-             f"torch threads {result['machine']['torch_threads']}, load average at start "
-             f"{result['machine']['load_average_start']}; wall {result['wall_seconds']:.0f} s.", ""]
+    s, mach = result["settings"], result["machine"]
+    r = s["recipe"]
+    lines = [
+        f"# Ablation on the SRIV-like synthetic data ({mach['date']})", "",
+        f"`{result['command']}`", "",
+        f"{s['num_videos']} videos per seed (70/15/15 train/val/test), seeds {s['seeds']}, trained on task(s) "
+        f"{', '.join(s['tasks'])} (`all`: one 16-class model per variant and seed, scored per group as Tables 2 "
+        "and 3); every variant on the same "
+        f"data with recipe `{r['name']}` ({r['optimizer']}, lr {r['lr']}, weight decay {r['weight_decay']}, "
+        f"{r['schedule']} schedule, batch {r['batch_size']}, dropout {r['dropout']}, hidden {r['hidden']}, up to "
+        f"{r['epochs']} epochs, patience {r['patience']}), window {s['window']}, max steps {s['max_steps']}; "
+        "early stopping and model selection on val mAP; test F1/Acc/Subacc at threshold 0.5 as the paper, mAP "
+        "(`metrics.compute_metrics`: scikit-learn's average precision, macro over classes with positives) and "
+        "F1 ma at per-class thresholds chosen on val (`metrics.choose_thresholds`; F1 ma val-thr). "
+        "Mean ± sd over seeds.", "",
+        f"Machine: {mach['cpu_model']}, {mach['nproc']} cores, torch threads {mach['torch_threads']}, load average "
+        f"at start {mach['load_average_at_start']}, torch {mach['torch']}; wall {result['wall_seconds']:.0f} s.", "",
+        "Generator parameters: see `settings.generator` in ablation.json (also written to features.json).", ""]
     for task, title in (("sub", "Table 2 (Sub-Relation)"), ("obj", "Table 3 (Obj-Relation)")):
         if task not in result["tasks"]:
             continue
-        lines += [f"## {title}", "", "| Methods | " + " | ".join(HEADERS) + " | mAP | best epoch |",
-                  "|---|" + "---|" * (len(HEADERS) + 2)]
-        for row, summary in result["tasks"][task]["summary"].items():
-            cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in (*METRICS, "map")]
+        t = result["tasks"][task]
+        lines += [f"## {title}", "", "| Methods | " + " | ".join(HEADERS) + " | mAP | F1 ma val-thr | best epoch |",
+                  "|---|" + "---|" * (len(HEADERS) + 3)]
+        for row, summary in t["summary"].items():
             epoch = f"{summary['best_epoch']['mean']:.1f}" if "best_epoch" in summary else "-"
-            lines.append(f"| {ROW_NAMES[row]} | " + " | ".join(cells) + f" | {epoch} |")
+            lines.append(f"| {ROW_NAMES[row]} | " + " | ".join(cell(summary, k) for k in COLUMNS) + f" | {epoch} |")
+        lines += ["", "Per seed, test mAP and ASRN's lead (ASRN − variant; positive: ASRN better):", "",
+                  "| seed | " + " | ".join(ROW_NAMES[v] for v in t["runs"] if v != "all-positive") + " |",
+                  "|---|" + "---|" * (len(t["runs"]) - 1)]
+        for i, seed in enumerate(s["seeds"]):
+            asrn_map = t["runs"]["asrn"][i]["map"]
+            cells = []
+            for v in (v for v in t["runs"] if v != "all-positive"):
+                value = t["runs"][v][i]["map"]
+                cells.append(f"{value:.3f}" + ("" if v == "asrn" else f" ({asrn_map - value:+.3f})"))
+            lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        others = [v for v in t["runs"] if v not in ("asrn", "all-positive")]
+        if "asrn" in t["runs"] and others:
+            leads = np.array([[t["runs"]["asrn"][i]["map"] - t["runs"][v][i]["map"] for v in others]
+                              for i in range(len(s["seeds"]))])  # (seeds, variants)
+            verdict = "has" if (leads > 0).all() else "does NOT have"
+            lines += ["", f"ASRN {verdict} the best test mAP in every seed against every other variant "
+                          f"(smallest lead {leads.min():+.3f}, against {others[int(leads.min(0).argmin())]})."]
+        lines += ["", "Diagnostics on test (mean over seeds):", "",
+                  "| variant | attention on cue-event steps | their share of kept steps | boundary firing rate | "
+                  "boundary precision (chance) | boundary recall (chance) |", "|---|---|---|---|---|---|"]
+        for v, ds in t["diagnostics"].items():
+            avg = {k: float(np.mean([d[k] for d in ds if d[k] is not None] or [np.nan])) for k in ds[0]}
+            lines.append(f"| {ROW_NAMES[v]} | {avg['attention_on_events']:.3f} | "
+                         f"{avg['event_share_of_kept_steps']:.3f} | {avg['boundary_firing_rate']:.3f} | "
+                         f"{avg['boundary_precision']:.3f} ({avg['chance_precision']:.3f}) | "
+                         f"{avg['boundary_recall']:.3f} ({avg['chance_recall']:.3f}) |")
+        lines.append("")
+    if result.get("short_run"):
+        lines += ["## Short run (240 videos, seed 11, 8 epochs, ASRN)", "",
+                  "| task | test F1 ma | test F1 ma val-thr | every class F1 ma | test mAP | prevalence mAP |",
+                  "|---|---|---|---|---|---|"]
+        for task, r in result["short_run"].items():
+            lines.append(f"| {task} | {r['test_f1_macro']:.3f} | {r['test_f1_macro_val_thr']:.3f} | "
+                         f"{r['every_class_f1_macro']:.3f} | {r['test_map']:.3f} | {r['prevalence_map']:.3f} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--num-videos", type=int, default=400)
-    p.add_argument("--epochs", type=int, default=80)
-    p.add_argument("--lr", type=float, default=0.5)
-    p.add_argument("--patience", type=int, default=TrainConfig.__dataclass_fields__["patience"].default)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--dropout", type=float, default=0.7)
-    p.add_argument("--select", choices=("f1_macro", "map", "loss"), default="f1_macro",
-                   help="val criterion of early stopping and model selection (train.py: f1_macro)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--num-videos", type=int, default=2000)
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a recipe field, e.g. --set lr=0.001 (recorded in the results)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on kept steps per video (collate max_steps)")
     p.add_argument("--tasks", default="sub,obj")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--short-run", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    p.add_argument("--jobs", type=int, default=1, help="(seed, task) jobs run in parallel processes")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
+    p.add_argument("--render", type=Path, default=None, help="only rewrite the .md of this results JSON")
     args = p.parse_args(argv)
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(result))
+        return result
     torch.set_num_threads(args.threads)
+    recipe = RECIPES[args.recipe]
+    for item in args.set:
+        key, value = item.split("=", 1)
+        recipe = dataclasses.replace(recipe, **{key: type(getattr(recipe, key))(value)})
+    seeds = [int(x) for x in args.seeds.split(",")]
     tasks, variants = args.tasks.split(","), args.variants.split(",")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    info = machine()
     started = time.perf_counter()
-    runs: dict[str, dict[str, list[dict]]] = {t: {v: [] for v in (*variants, "all-positive")} for t in tasks}
-    for seed in range(args.seeds):
-        synthetic = generate_videos(args.num_videos, seed=seed)
-        videos = {split: [s.video for s in synthetic if s.video.split == split] for split in ("train", "val", "test")}
-        for task in tasks:
-            runs[task]["all-positive"].append(trivial(videos, task))
-            for variant in variants:
-                r = train_one(videos, task, variant, seed, args)
-                runs[task][variant].append(r)
-                print(f"seed {seed} {task} {variant:>6}: test F1 mi {r['f1_micro']:.3f} F1 ma {r['f1_macro']:.3f} "
-                      f"Acc {r['acc']:.3f} Subacc {r['subacc']:.3f} mAP {r['map']:.3f} (best epoch {r['best_epoch']}"
-                      f"/{r['epochs_run']}, {r['seconds']:.0f} s)", flush=True)
+    jobs = [(args.num_videos, seed, task, variants, recipe, args.max_steps, args.threads)
+            for seed in seeds for task in tasks]
+    if args.jobs > 1:
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            done = pool.starmap(run_job, jobs)
+    else:
+        done = [run_job(*job) for job in jobs]
+    groups = [g for t in tasks for g in GROUPS[t]]
+    runs = {g: {v: [] for v in (*variants, "all-positive")} for g in groups}
+    diags = {g: {v: [] for v in variants if v in DIAGNOSED} for g in groups}
+    for (_, _, task, *_), (job_runs, job_diags) in zip(jobs, done, strict=True):
+        for group in GROUPS[task]:
+            for v, r in job_runs[group].items():
+                runs[group][v].append(r)
+            for v, d in job_diags.items():
+                diags[group][v].append(d)
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": " ".join(["python", "benchmarks/ablation.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(), "load_average_start": load_start,
-                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
-        "settings": {"seeds": list(range(args.seeds)), "num_videos": args.num_videos, "epochs": args.epochs,
-                     "lr": args.lr, "lr_decay": LR_DECAY, "momentum": MOMENTUM, "patience": args.patience,
-                     "batch_size": args.batch_size, "hidden": args.hidden, "dropout": args.dropout,
-                     "window": 3, "threshold": 0.5,
-                     "selection": f"best val {args.select} epoch" + (" (as train.py)" * (args.select == "f1_macro")),
-                     "loop": "single-process replica of asrn.train.train_loop_per_worker (SGD+momentum, "
-                             "ExponentialLR, early stopping on val F1 macro)"},
-        "wall_seconds": time.perf_counter() - started,
-        "tasks": {t: {"summary": {v: summarise(rs) for v, rs in runs[t].items()}, "runs": runs[t]} for t in tasks},
+        "machine": info,
+        "settings": {"seeds": seeds, "num_videos": args.num_videos, "tasks": tasks,
+                     "recipe": dataclasses.asdict(recipe),
+                     "window": WINDOW, "max_steps": args.max_steps, "selection": "best val mAP epoch",
+                     "threshold": 0.5, "generator": generator_parameters()},
+        "tasks": {g: {"summary": {v: summarise(rs) for v, rs in runs[g].items()}, "runs": runs[g],
+                      "diagnostics": diags[g]} for g in groups},
     }
+    if args.short_run:
+        result["short_run"] = short_run(recipe, tasks, args.max_steps)
+    result["wall_seconds"] = time.perf_counter() - started
+    result["machine"]["load_average_at_end"] = machine()["load_average_at_start"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

@@ -11,7 +11,8 @@ import pytest
 
 from asrn.labels import ALL_LABELS
 from asrn.manifest import read_manifest
-from asrn.synth_videos import CUES, SKIN_TONES, _draw_labels, synthesize_videos
+from asrn.synth_features import draw_labels, label_rates
+from asrn.synth_videos import CUES, SKIN_TONES, _plan_shots, synthesize_videos
 from asrn.tracks import load_tracks
 
 SMALL = {"num_videos": 6, "seconds": 2.5}  # 25 frames at 10 fps
@@ -74,7 +75,11 @@ def test_videos_decode_and_boxes_match_the_figures(synth_dir):
 def test_hard_cuts_between_shots(synth_dir):
     for entry in read_manifest(synth_dir / "manifest.csv"):
         meta = json.loads((synth_dir / "meta" / f"{entry.video_id}.json").read_text())
-        assert 3 <= len(meta["shots"]) <= 5 and any(s["relevant"] for s in meta["shots"])
+        assert 3 <= len(meta["shots"]) <= 5 and any(s["relevant"] for s in meta["shots"])  # 25 frames: <= 5 shots
+        relevant = [k for k, s in enumerate(meta["shots"]) if s["relevant"]]
+        assert all(b - a >= 2 for a, b in zip(relevant, relevant[1:], strict=False))  # never adjacent
+        shown = {name for s in meta["shots"] for name in s["labels"]}
+        assert shown == set(entry.labels) == set(meta["labels"])
         frames = _frames(entry.path).astype(np.float32)
         diff = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))  # diff[i]: frame i -> i + 1
         cuts = [s["start"] - 1 for s in meta["shots"][1:]]
@@ -99,13 +104,19 @@ def test_too_few_videos(tmp_path):
         synthesize_videos(tmp_path, num_videos=5)
 
 
-def test_every_class_has_a_recipe_and_labels_follow_sqrt_counts():
+def test_every_class_has_a_recipe_and_labels_follow_sriv_rates(tmp_path):
     assert set(CUES) == set(ALL_LABELS)
     recipes = [CUES[name] for name in ALL_LABELS]
     assert len({(c.motion, c.mouth, c.eyes) for c in recipes[:8]}) == 8  # sub classes look different
     assert len({(c.size_ratio, c.both_small, c.gap, c.outfit, c.scene) for c in recipes[8:]}) == 8
     rng = np.random.default_rng(0)
-    draws = [name for _ in range(3000) for name in _draw_labels(rng)]
-    counts = {name: draws.count(name) for name in ALL_LABELS}
-    assert min(counts.values()) > 0
-    assert counts["sub:friendly"] > counts["sub:inhibited"] and counts["obj:friendly"] > counts["obj:sibling"]
+    planned, complete = [], []  # what the default 6 s videos show, planned without rendering
+    for _ in range(1500):
+        labels = draw_labels(rng)
+        shots = _plan_shots(rng, labels, 60, 10.0, 32, 32)
+        planned.append({name for s in shots for name in s.labels})
+        complete.append(planned[-1] == set(labels))
+    assert np.mean(complete) > 0.99  # 6 s at 10 fps have room for up to 6 labels of a group
+    rates = np.array([np.mean([name in p for p in planned]) for name in ALL_LABELS])
+    target = np.array([label_rates()[name] for name in ALL_LABELS])
+    assert np.all(np.abs(rates - target) < 0.05)
