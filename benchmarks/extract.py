@@ -32,7 +32,8 @@ from machine import machine  # noqa: E402
 
 from asrn import store  # noqa: E402
 from asrn.encoders import build_encoders  # noqa: E402
-from asrn.extract import ExtractConfig, VideoSettings, encode_batch, extract_features, prepare_video  # noqa: E402
+from asrn.extract import ExtractConfig, extract_features  # noqa: E402
+from asrn.features import VideoSettings, encode_batch, prepare_video  # noqa: E402
 from asrn.manifest import read_manifest  # noqa: E402
 from asrn.synth_videos import synthesize_videos  # noqa: E402
 
