@@ -17,11 +17,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
 import numpy as np  # noqa: E402
 
+from asrn.files import atomic_output  # noqa: E402
+
 
 def _save(fig, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -57,8 +60,8 @@ def plot_per_class(per_class: dict[str, dict], path: str | os.PathLike, title: s
 
 
 def plot_sweep(trials: Sequence[dict], path: str | os.PathLike, names: Sequence[str],
-               metric: str = "best_val_f1_macro", title: str = "sweep") -> Path:
-    """One scatter per hyperparameter against the trials' best F1 macro (log x for lr); marker = trial status."""
+               metric: str = "best_val_map", title: str = "sweep") -> Path:
+    """One scatter per hyperparameter against the trials' best val mAP (log x for lr); marker = trial status."""
     markers = {"completed": ("o", "tab:blue"), "stopped_early": ("x", "tab:orange"), "failed": ("s", "tab:red")}
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
@@ -187,5 +190,6 @@ def plot_attention(path: str | os.PathLike, keyframes: Sequence[np.ndarray], key
     if notes:
         fig.text(0.05, 0.925, "; ".join(notes), fontsize=9, color="firebrick", ha="left")
     path = Path(path)
-    fig.savefig(path)
+    with atomic_output(path) as temporary:
+        fig.savefig(temporary, format="png")
     return path

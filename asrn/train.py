@@ -341,9 +341,10 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     # the val set is small and read whole by every worker: read it once, score it every epoch
     val_batches = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task))
     labels = list(task_labels(config.task))
+    if progress.history and (progress.epoch >= config.recipe.epochs or progress.stale >= config.recipe.patience):
+        ray.train.report(progress.history[-1])  # resumed after the end: report where it ended (Tune needs one)
+        return
     for epoch in range(progress.epoch + 1, config.recipe.epochs + 1):
-        if progress.stale >= config.recipe.patience:
-            break  # a resumed run that had already stopped early
         started = time.perf_counter()
         batches = _batches(train_shard, config.batch_size, config.task,
                            local_shuffle_buffer_size=4 * config.batch_size, local_shuffle_seed=config.seed + epoch)
@@ -364,6 +365,8 @@ def train_loop_per_worker(config: LoopConfig) -> None:
         checkpoint = rank == 0 and (improved or last or epoch % config.checkpoint_every == 0)
         _report(metrics, progress, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict()} if checkpoint else None)
+        if progress.stale >= config.recipe.patience:
+            break  # early stopping
 
 
 # ---------------------------------------------------------------- driver side: trainer, MLflow, outputs
