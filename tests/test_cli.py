@@ -1,4 +1,4 @@
-"""The CLI's error contract: an AsrnError is one line and exit 1; any other exception is a bug and keeps its traceback."""
+"""The CLI error contract: an AsrnError is one line and exit 1; any other exception is a bug with its traceback."""
 
 from __future__ import annotations
 

@@ -29,7 +29,6 @@ from asrn.train import (
 )
 
 
-
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory) -> Path:
     return synthesize_feature_store(tmp_path_factory.mktemp("small") / "store", num_videos=12, seed=1)
