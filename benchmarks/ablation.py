@@ -1,6 +1,11 @@
 """Ablation of the paper's Tables 2-3 on the SRIV-like synthetic store: asrn, no-gla, no-mfa, lstm, tsn, mean.
 
-    nice python benchmarks/ablation.py [--seeds 0,1,2] [--num-videos 2000] [--recipe default] [--tasks sub,obj]
+    nice python benchmarks/ablation.py [--seeds 0,1,2] [--num-videos 2000] [--recipe default] [--set lr=0.001]
+                                       [--tasks sub,obj | --tasks all] [--jobs 3] [--short-run]
+    python benchmarks/ablation.py --render benchmarks/results/ablation.json   # rewrite the .md only
+
+The committed results: `--tasks all --jobs 3 --short-run` (one 16-class model per variant and seed, scored per
+group; three (seed, task) jobs in parallel processes, one thread each).
 
 For each seed s the data are `synth_features.generate_videos(num_videos, seed=s)` (what `asrn synth features
 --seed s` writes, in memory). Every variant is trained on the same data with the same recipe (`asrn.loop.RECIPES`)
