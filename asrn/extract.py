@@ -157,7 +157,7 @@ class ExtractConfig:
         if self.max_retries < 0:
             problems.append(f"max_retries must be >= 0, got {self.max_retries}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ExtractError("; ".join(problems))
 
     @property
     def settings(self) -> VideoSettings:

@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from asrn.manifest import write_manifest
-from asrn.synth_features import draw_labels
+from asrn.synth_features import SyntheticDataError, draw_labels
 from asrn.tracks import Tracks, save_tracks
 
 
@@ -128,12 +128,12 @@ def synthesize_videos(out: str | Path, num_videos: int = 60, seed: int = 0, widt
                       fps: float = 10.0, seconds: float = 6.0) -> Path:
     """Write `num_videos` labelled videos, their boxes JSON and `manifest.csv` into `out`; return the manifest path."""
     if num_videos < 6:
-        raise ValueError(f"num_videos must be at least 6 (one each for val and test, the rest train), got {num_videos}")
+        raise SyntheticDataError(f"num_videos must be at least 6 (one each for val and test, the rest train), got {num_videos}")
     if width < 32 or height < 32 or width % 2 or height % 2:
-        raise ValueError(f"width and height must be even and at least 32 (yuv420p), got {width}x{height}")
+        raise SyntheticDataError(f"width and height must be even and at least 32 (yuv420p), got {width}x{height}")
     num_frames = round(seconds * fps)
     if fps <= 0 or num_frames < 3:
-        raise ValueError(f"need at least 3 frames, got fps={fps}, seconds={seconds}")
+        raise SyntheticDataError(f"need at least 3 frames, got fps={fps}, seconds={seconds}")
     out = Path(out)
     for sub in ("videos", "boxes", "meta"):
         (out / sub).mkdir(parents=True, exist_ok=True)
