@@ -128,7 +128,8 @@ def synthesize_videos(out: str | Path, num_videos: int = 60, seed: int = 0, widt
                       fps: float = 10.0, seconds: float = 6.0) -> Path:
     """Write `num_videos` labelled videos, their boxes JSON and `manifest.csv` into `out`; return the manifest path."""
     if num_videos < 6:
-        raise SyntheticDataError(f"num_videos must be at least 6 (one each for val and test, the rest train), got {num_videos}")
+        raise SyntheticDataError(f"num_videos must be at least 6 (one each for val and test, the rest train), "
+                                 f"got {num_videos}")
     if width < 32 or height < 32 or width % 2 or height % 2:
         raise SyntheticDataError(f"width and height must be even and at least 32 (yuv420p), got {width}x{height}")
     num_frames = round(seconds * fps)
