@@ -109,6 +109,11 @@ def _add_tune_arguments(sub) -> None:
     p.add_argument("--use-gpu", action="store_true", default=None)
     _add_recipe_arguments(p)
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial at most (default: 30)")
+    p.add_argument("--hidden", type=int, default=None, help="model width of every trial (default: the recipe's)")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help="ASHA: epochs every trial runs before it can be stopped (default: 3)")
+    p.add_argument("--reduction-factor", type=int, default=None,
+                   help="ASHA: keep the top 1/reduction-factor at each rung (default: 3)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--storage", default=None)
     p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted sweep in --out")

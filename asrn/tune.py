@@ -83,8 +83,7 @@ class TuneConfigError(AsrnError):
 class TuneConfig:
     """Flags of `asrn tune` (field name = flag name with dashes as underscores).
 
-    `hidden`, `patience`, `grace_period` and `reduction_factor` have no flag: library callers and tests set them;
-    `hidden` and `patience` default to the recipe's.
+    `patience` has no flag: library callers and tests set it; `hidden` and `patience` default to the recipe's.
     """
 
     features: Path
@@ -566,7 +565,7 @@ def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
              "sweep_plot": plot_sweep([t.row() for t in trials], config.out / "sweep.png", names,
                                       title=f"ASRN sweep ({config.task}): {len(trials)} trials"),
              "best_config": write_json(config.out / "best_config.json", {
-                 "trial_id": best.trial_id, "hyperparameters": best.hyperparameters, METRIC: best.best_val_map,
+                 "trial_id": best.trial_id, "hyperparameters": best.hyperparameters, "best_val_map": best.best_val_map,
                  "best_epoch": best.best_epoch, "epochs": best.epochs, "status": best.status,
                  "metrics": best.metrics, "mlflow_run_id": best.mlflow_run_id, "checkpoint": str(report.checkpoint),
                  "train_config": {**best_train.to_dict(), "out": str(config.out / "best"), "mlflow_uri": None}})}
