@@ -13,7 +13,7 @@ env:
 	$(UV) sync --frozen --python 3.11
 
 test: env
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-unit: env
 	$(BIN)/python -m pytest -q -m "not ray"
