@@ -31,3 +31,17 @@ def offline(tmp_path, monkeypatch):
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
     return weights_dir
+
+
+@pytest.fixture
+def rewrite_checkpoint():
+    """`rewrite(src, dst, change)`: a copy of a best.pt whose dict went through `change(checkpoint)` (in place)."""
+    import torch
+
+    def rewrite(src, dst, change):
+        checkpoint = torch.load(src, weights_only=True)
+        change(checkpoint)
+        torch.save(checkpoint, dst)
+        return dst
+
+    return rewrite

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -41,13 +40,6 @@ def test_round_trip_gives_back_weights_and_thresholds(best):
         assert torch.equal(loaded[name], tensor), name
 
 
-def _rewritten(src: Path, dst: Path, change) -> Path:
-    checkpoint = torch.load(src, weights_only=True)
-    change(checkpoint)
-    torch.save(checkpoint, dst)
-    return dst
-
-
 def _set(key, value):
     return lambda c: c.__setitem__(key, value)
 
@@ -83,14 +75,14 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("change,message", MALFORMED, ids=[message for _, message in MALFORMED])
-def test_malformed_checkpoint_is_one_error_naming_file_and_key(best, tmp_path, change, message):
-    bad = _rewritten(best["path"], tmp_path / "bad.pt", change)
+def test_malformed_checkpoint_is_one_error_naming_file_and_key(best, tmp_path, change, message, rewrite_checkpoint):
+    bad = rewrite_checkpoint(best["path"], tmp_path / "bad.pt", change)
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(bad)
     text = str(caught.value)
     assert text.startswith(f"{bad}: ") and message in text and "\n" not in text
 
 
-def test_checkpoint_from_before_thresholds_defaults_to_half(best, tmp_path):
-    old = _rewritten(best["path"], tmp_path / "old.pt", lambda c: c.pop("thresholds"))
+def test_checkpoint_from_before_thresholds_defaults_to_half(best, tmp_path, rewrite_checkpoint):
+    old = rewrite_checkpoint(best["path"], tmp_path / "old.pt", lambda c: c.pop("thresholds"))
     assert load_checkpoint(old)[1]["thresholds"] == [0.5] * len(task_labels(TASK))

@@ -97,13 +97,6 @@ def astronaut_video(tmp_path_factory) -> Path:
     return _write_video(tmp_path_factory.mktemp("astronaut") / "astronaut.mp4", frames)
 
 
-def _rewrite_checkpoint(src: Path, dst: Path, change) -> Path:
-    checkpoint = torch.load(src, weights_only=True)
-    change(checkpoint)
-    torch.save(checkpoint, dst)
-    return dst
-
-
 def test_per_class_thresholds_travel_from_best_pt_to_scores_json(trained, tmp_path):
     entry = trained["entries"][1]
     out = tmp_path / "out"
@@ -117,8 +110,8 @@ def test_per_class_thresholds_travel_from_best_pt_to_scores_json(trained, tmp_pa
     assert scores["predicted"] == [n for n, item in scores["scores"].items() if item["score"] >= item["threshold"]]
 
 
-def test_nan_weights_are_refused_not_written(trained, tmp_path):
-    bad = _rewrite_checkpoint(trained["checkpoint"], tmp_path / "nan.pt",
+def test_nan_weights_are_refused_not_written(trained, tmp_path, rewrite_checkpoint):
+    bad = rewrite_checkpoint(trained["checkpoint"], tmp_path / "nan.pt",
                               lambda c: c["model_state"]["classifier.bias"].fill_(float("nan")))
     entry = trained["entries"][0]
     with pytest.raises(ValueError, match="non-finite scores"):
@@ -164,8 +157,8 @@ def test_shot_indices_follow_boundaries():
                                                          r"produces dim 260"),
     (lambda c: c["store_info"].update(preset="synthetic"), r"preset 'synthetic' \(dims rgb 512.*lite: rgb 512"),
 ])
-def test_features_the_checkpoint_was_not_trained_on_are_refused(trained, tmp_path, change, message):
-    checkpoint = _rewrite_checkpoint(trained["checkpoint"], tmp_path / "other.pt", change)
+def test_features_the_checkpoint_was_not_trained_on_are_refused(trained, tmp_path, change, message, rewrite_checkpoint):
+    checkpoint = rewrite_checkpoint(trained["checkpoint"], tmp_path / "other.pt", change)
     video = Path(trained["entries"][0].path)
     with pytest.raises(PredictError, match=message):
         predict(PredictConfig(checkpoint=checkpoint, out=tmp_path / "out", videos=[video]))
