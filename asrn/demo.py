@@ -150,6 +150,7 @@ def run_demo(config: DemoConfig) -> dict:
           f"videos); outputs in {config.out}")
     print(f"  best sweep trial: {sweep.best.hyperparameters} val mAP {sweep.best.best_val_map:.4f}")
     print(f"  MLflow:  mlflow ui --backend-store-uri {tracking_uri}")
-    print(f"  predict: asrn predict {video} --checkpoint {runs.get('asrn', next(iter(runs.values())))}/best.pt "
-          f"--out {config.out / 'predict'}")
+    boxes = config.out / "videos" / "boxes" / f"{video.stem}.json"  # cartoon people: no detector finds them
+    print(f"  predict: asrn predict {video} --boxes {boxes} --checkpoint "
+          f"{runs.get('asrn', next(iter(runs.values())))}/best.pt --out {config.out / 'predict'}")
     return {"out": config.out, "runs": runs, "sweep": sweep.out, "tables": tables, "tracking_uri": tracking_uri}
