@@ -69,6 +69,7 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=list(RECIPES), default=None,
                    help=f"optimisation settings, each overridable by its own flag ({recipes}); default: default")
     p.add_argument("--variant", choices=list(VARIANTS), default=None, help="model or ablation (default: asrn)")
+    p.add_argument("--hidden", type=int, default=None, help="model width (default: the recipe's)")
 
 
 def _add_train_arguments(sub) -> None:
@@ -84,7 +85,6 @@ def _add_train_arguments(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=None, help="default: the recipe's")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's)")
     p.add_argument("--dropout", type=float, default=None, help="default: the recipe's")
-    p.add_argument("--hidden", type=int, default=None, help="model width (default: the recipe's)")
     p.add_argument("--patience", type=int, default=None,
                    help="epochs without val mAP gain before stopping (default: the recipe's)")
     p.add_argument("--checkpoint-every", type=int, default=None,
@@ -109,7 +109,6 @@ def _add_tune_arguments(sub) -> None:
     p.add_argument("--use-gpu", action="store_true", default=None)
     _add_recipe_arguments(p)
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial at most (default: 30)")
-    p.add_argument("--hidden", type=int, default=None, help="model width of every trial (default: the recipe's)")
     p.add_argument("--grace-period", type=int, default=None,
                    help="ASHA: epochs every trial runs before it can be stopped (default: 3)")
     p.add_argument("--reduction-factor", type=int, default=None,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from asrn.errors import AsrnError
+from asrn.store import step_mask
 from asrn.tracking import TrackingSettings, track_boxes
 from asrn.tracks import Tracks
 from asrn.weights import resolve_weights
@@ -57,9 +58,8 @@ class FrameBoxes:
     face_tracked: np.ndarray | None = None  # (T,) bool
 
     def __post_init__(self) -> None:
-        none = np.zeros(len(self.has_person), bool)
-        self.person_tracked = none.copy() if self.person_tracked is None else np.asarray(self.person_tracked, bool)
-        self.face_tracked = none.copy() if self.face_tracked is None else np.asarray(self.face_tracked, bool)
+        self.person_tracked = step_mask(self.person_tracked, len(self.has_person))
+        self.face_tracked = step_mask(self.face_tracked, len(self.has_face))
 
     @classmethod
     def from_lists(cls, persons: list[np.ndarray | None], faces: list[np.ndarray | None]) -> FrameBoxes:

@@ -137,25 +137,19 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         self.manifest, self.out = Path(self.manifest), Path(self.out)
         self.weights_dir = Path(self.weights_dir) if self.weights_dir is not None else None
-        problems = []
-        if self.preset not in PRESETS:
-            problems.append(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if not self.fps > 0:
-            problems.append(f"--fps must be > 0, got {self.fps}")
-        if self.num_workers < 1:
-            problems.append(f"--num-workers must be >= 1, got {self.num_workers}")
-        if self.gpus_per_worker < 0:
-            problems.append(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        checks = [  # (flag, value, holds, what it must be)
+            ("--preset", repr(self.preset), self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
+            ("--fps", self.fps, self.fps > 0, "> 0"),
+            ("--num-workers", self.num_workers, self.num_workers >= 1, ">= 1"),
+            ("--gpus-per-worker", self.gpus_per_worker, self.gpus_per_worker >= 0, ">= 0"),
+            ("--batch-size", self.batch_size, self.batch_size >= 1, ">= 1"),
+            ("cpus_per_worker", self.cpus_per_worker, self.cpus_per_worker > 0, "> 0"),
+            ("videos_per_part", self.videos_per_part, self.videos_per_part >= 1, ">= 1"),
+            ("max_retries", self.max_retries, self.max_retries >= 0, ">= 0"),
+        ]
+        problems = [f"{flag} must be {rule}, got {value}" for flag, value, holds, rule in checks if not holds]
         if self.weights_dir is not None and not self.weights_dir.is_dir():
             problems.append(f"--weights-dir {self.weights_dir} is not a folder")
-        if not self.cpus_per_worker > 0:
-            problems.append(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.videos_per_part < 1:
-            problems.append(f"videos_per_part must be >= 1, got {self.videos_per_part}")
-        if self.max_retries < 0:
-            problems.append(f"max_retries must be >= 0, got {self.max_retries}")
         if problems:
             raise ExtractError("; ".join(problems))
 

@@ -75,6 +75,11 @@ class StoreInfo:
                 raise FeatureStoreError(f"{where}: dims[{m!r}] = {d!r} is not a positive integer")
 
 
+def step_mask(mask: np.ndarray | None, num_steps: int) -> np.ndarray:
+    """A (T,) bool mask; None (a store or detector from before tracking) means no step."""
+    return np.zeros(num_steps, bool) if mask is None else np.asarray(mask, bool)
+
+
 @dataclass
 class VideoFeatures:
     """One video's per-step features, as read from or written to one Parquet row."""
@@ -90,9 +95,8 @@ class VideoFeatures:
     face_tracked: np.ndarray | None = None  # (T,) bool
 
     def __post_init__(self) -> None:
-        none = np.zeros(len(self.has_body), bool)
-        self.body_tracked = none.copy() if self.body_tracked is None else np.asarray(self.body_tracked, bool)
-        self.face_tracked = none.copy() if self.face_tracked is None else np.asarray(self.face_tracked, bool)
+        self.body_tracked = step_mask(self.body_tracked, len(self.has_body))
+        self.face_tracked = step_mask(self.face_tracked, len(self.has_face))
 
     @property
     def num_steps(self) -> int:
