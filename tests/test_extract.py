@@ -22,7 +22,7 @@ import pytest
 from skimage import data
 
 from asrn import extract as extract_module
-from asrn import store
+from asrn import store, video
 from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
 from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video
@@ -234,6 +234,7 @@ def test_extract_good_corrupt_and_missing_videos_offline(ray_cluster, tiny_video
     assert info.preset == "lite" and info.fps == 2.0 and info.dims == LITE_DIMS
     assert info.weights == {m: "random-init" for m in MODALITIES}
     assert info.detector == "tracks" and set(info.encoders) == set(MODALITIES)
+    assert info.decoder == video.DECODER  # decord where it imports, else PyAV; every video decoded whole
     videos = {v.video_id: v for v in store.load_videos(out)}
     assert sorted(videos) == sorted(r["video_id"] for r in rows[:4])
     for v in videos.values():
