@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from asrn.encoders import PRESETS, build_encoders
+from asrn.encoders import PRESETS, build_encoders, missing_weights
 from asrn.errors import AsrnError
 from asrn.features import (
     PreparedVideo,
@@ -104,6 +104,7 @@ from asrn.store import (
 )
 from asrn.train import ray_session
 from asrn.video import DECODER_ENV, choose_decoder
+from asrn.weights import cache_dir
 
 STORE_DTYPE = "float16"
 ENCODER_MEMORY = {"lite": 1 << 30, "paper": 3 << 30}  # bytes of RAM reserved per encoder actor (nets + batches)
@@ -131,6 +132,7 @@ class ExtractConfig:
     batch_size: int = 4  # videos per map_batches batch
     weights_dir: Path | None = None
     overwrite: bool = False
+    allow_random_init: bool = False  # --preset paper refuses encoders without pretrained weights unless this is set
     address: str | None = None
     cpus_per_worker: float = 1.0  # CPUs reserved per encoder actor (its torch threads on a CPU)
     videos_per_part: int = 16  # videos per Parquet part file the driver writes
@@ -605,6 +607,7 @@ def extract_features(config: ExtractConfig) -> ExtractSummary:
     start = time.monotonic()
     entries = read_manifest(config.manifest)  # a malformed manifest is refused before anything is written
     choose_decoder()  # a bad $ASRN_DECODER is refused here, not once per video in the errors table
+    check_weights(config)
     config.out.mkdir(parents=True, exist_ok=True)
     with writer_lock(config.out):
         recovered = recover_staging(config.out)
@@ -614,6 +617,27 @@ def extract_features(config: ExtractConfig) -> ExtractSummary:
         if config.overwrite:
             return _overwrite(config, entries, start)
         return _resume(config, entries, start)
+
+
+def check_weights(config: ExtractConfig) -> None:
+    """Before any Ray work: name every encoder that would be randomly initialised (a warning), and refuse them for
+    --preset paper unless --allow-random-init, when torchvision publishes their weights (a forgotten `asrn weights
+    fetch`). The DeepID face net has no public weights: without the user's deepid.pth it is only warned about.
+
+    Looks on the driver, in --weights-dir and the driver's torchvision cache ($TORCH_HOME goes to the workers)."""
+    missing = missing_weights(config.preset, config.weights_dir)
+    if not missing:
+        return
+    where = f"--weights-dir {config.weights_dir} or {cache_dir()}" if config.weights_dir else str(cache_dir())
+    downloadable = [m for m in missing if m.downloadable]
+    fetch = f"`asrn weights fetch --preset {config.preset}`"
+    if config.preset == "paper" and downloadable and not config.allow_random_init:
+        raise ExtractError(f"--preset paper: no pretrained weights for {', '.join(map(str, downloadable))} in "
+                           f"{where}; random-init encoders would not compute the paper's features. Run {fetch} (or "
+                           f"place the files there by hand), or pass --allow-random-init to extract anyway")
+    hint = f"; {fetch} downloads the torchvision ones" if downloadable else ""
+    print(f"extract: warning: random-init encoders (no weights in {where}): {', '.join(map(str, missing))}; "
+          f"features.json will say random-init{hint}", file=sys.stderr, flush=True)
 
 
 def _warn_on_resources(config: ExtractConfig, resources: dict) -> None:
