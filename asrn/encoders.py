@@ -8,11 +8,15 @@ Presets (DESIGN.md "Features", paper §4.2):
          face DeepID-style @55x47 -> 260.
 Weights come from `asrn.weights.resolve_weights`; without them an encoder is randomly initialised from
 a fixed per-modality seed, so every worker on every node computes the same features for the same frames.
+`missing_weights` says which encoders that would be, without loading anything; `fetch_weights` downloads the
+torchvision files a preset needs (`asrn weights fetch`). torchvision publishes no DeepID: its file is the user's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -24,10 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asrn.detect import FASTER_RCNN_MODELS
 from asrn.errors import AsrnError
 from asrn.flow import FLOW_PAIRS
 from asrn.store import MODALITIES
-from asrn.weights import RANDOM_INIT, WeightsError, resolve_weights, weights_help
+from asrn.weights import (
+    DOWNLOAD_TIMEOUT,
+    RANDOM_INIT,
+    WeightsError,
+    default_weights_url,
+    download_weights,
+    locate_weights,
+    resolve_weights,
+    weights_help,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +143,23 @@ def _cross_modality_conv1(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
+def weight_names(spec: EncoderSpec) -> list[str]:
+    """Model names whose weights an encoder loads, the first found wins: for the motion stream a flow net the user
+    trained (`<backbone>_flow`, e.g. TSN on SRIV) before the ImageNet backbone (cross-modality init)."""
+    if spec.backbone.startswith("resnet") and spec.in_channels != 3:
+        return [f"{spec.backbone}_flow", spec.backbone]
+    return [spec.backbone]
+
+
+def _resolve(spec: EncoderSpec, weights_dir: Path | None) -> tuple[str, dict | None, str]:
+    """(model name found, state dict or None, provenance) for an encoder's weight names."""
+    for name in weight_names(spec):
+        state, provenance = resolve_weights(name, weights_dir, warn=False)
+        if state is not None:
+            return name, state, provenance
+    return spec.backbone, None, RANDOM_INIT
+
+
 def build_backbone(modality: str, spec: EncoderSpec, weights_dir: Path | None) -> tuple[nn.Module, str]:
     """(module mapping (N, C, h, w) -> (N, dim), provenance), deterministic when randomly initialised."""
     import torchvision
@@ -138,7 +169,7 @@ def build_backbone(modality: str, spec: EncoderSpec, weights_dir: Path | None) -
         torch.manual_seed(_seed(modality))
         if name == "deepid":
             net = DeepID(spec.input_size, spec.dim)
-            state, provenance = resolve_weights("deepid", weights_dir, warn=False)
+            _, state, provenance = _resolve(spec, weights_dir)
             if state is not None:
                 _load(net, state, f"deepid weights for {modality}")
             return net, provenance
@@ -146,26 +177,75 @@ def build_backbone(modality: str, spec: EncoderSpec, weights_dir: Path | None) -
             # zero_init_residual: a random-init ResNet101 otherwise gives features of ~1e5 (inf in the
             # store's float16) that are nearly parallel for all images; loaded weights overwrite it anyway.
             net = torchvision.models.get_model(name, weights=None, zero_init_residual=True)
-            state, provenance = None, RANDOM_INIT
-            if spec.in_channels != 3:  # a flow net trained by the user (e.g. TSN on SRIV) comes first
-                state, provenance = resolve_weights(f"{name}_flow", weights_dir, warn=False)
-                if state is not None:
-                    net.conv1 = nn.Conv2d(spec.in_channels, 64, 7, 2, 3, bias=False)
-            if state is None:
-                state, provenance = resolve_weights(name, weights_dir, warn=False)
+            found, state, provenance = _resolve(spec, weights_dir)
+            if state is not None and found != name:  # the user's flow net: conv1 already takes the flow stack
+                net.conv1 = nn.Conv2d(spec.in_channels, 64, 7, 2, 3, bias=False)
             if state is not None:
-                _load(net, state, f"{name} weights for {modality}")
+                _load(net, state, f"{found} weights for {modality}")
             if net.conv1.in_channels != spec.in_channels:
                 net.conv1 = _cross_modality_conv1(net.conv1, spec.in_channels)
             net.fc = nn.Identity()
             return net, provenance
         if name == "vgg19":
             vgg = torchvision.models.vgg19(weights=None)
-            state, provenance = resolve_weights(name, weights_dir, warn=False)
+            _, state, provenance = _resolve(spec, weights_dir)
             if state is not None:
                 _load(vgg, state, f"vgg19 weights for {modality}")
             return VGGFc7(vgg), provenance
     raise EncoderError(f"unknown backbone {name!r} for modality {modality!r}")
+
+
+@dataclass(frozen=True)
+class MissingWeights:
+    """An encoder that would be randomly initialised, and the file that would give it pretrained weights."""
+
+    modality: str
+    backbone: str
+    file: str  # torchvision's file name (e.g. resnet101-cd907fc2.pth), else <backbone>.pth
+    downloadable: bool  # torchvision publishes it: `asrn weights fetch` gets it
+
+    def __str__(self) -> str:
+        return f"{self.modality} ({self.file})"
+
+
+def missing_weights(preset: str, weights_dir: Path | None = None) -> list[MissingWeights]:
+    """The preset's encoders that build_encoders would randomly initialise, found as it finds weights (weights_dir,
+    then torchvision's cache) but without loading any file; in MODALITIES order."""
+    if preset not in PRESETS:
+        raise EncoderError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    missing = []
+    for modality in MODALITIES:
+        spec = PRESETS[preset][modality]
+        if any(locate_weights(name, weights_dir) is not None for name in weight_names(spec)):
+            continue
+        url = default_weights_url(spec.backbone)
+        missing.append(MissingWeights(modality, spec.backbone, os.path.basename(url) if url else f"{spec.backbone}.pth",
+                                      url is not None))
+    return missing
+
+
+def fetch_weights(preset: str, directory: Path | None = None, detector: bool = False, mirror: str | None = None,
+                  timeout: float = DOWNLOAD_TIMEOUT) -> list[Path]:
+    """Download torchvision's weights for a preset's encoders (and Faster R-CNN's, for persons, with `detector`)
+    into `directory`, default torchvision's cache, where extract and predict look without --weights-dir.
+
+    `mirror`: a base URL serving torchvision's files by name instead of download.pytorch.org. Nets torchvision does
+    not publish (the DeepID face net) are named on stderr. Offline, asrn.weights.WeightsFetchError says in one line
+    what could not be reached and how to place the files by hand. Returns the files, downloaded or already there.
+    """
+    if preset not in PRESETS:
+        raise EncoderError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    names = list(dict.fromkeys(spec.backbone for spec in PRESETS[preset].values()))
+    names += [FASTER_RCNN_MODELS[0]] if detector else []
+    urls = []
+    for name in names:
+        url = default_weights_url(name)
+        if url is None:
+            print(f"weights: {name}: torchvision publishes no weights for it; place your own as {name}.pth in the "
+                  f"folder given to --weights-dir, else it stays random-init", file=sys.stderr, flush=True)
+        else:
+            urls.append(mirror.rstrip("/") + "/" + os.path.basename(url) if mirror else url)
+    return download_weights(urls, directory, timeout)
 
 
 def _encoder_name(spec: EncoderSpec) -> str:

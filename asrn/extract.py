@@ -2,7 +2,8 @@
 
 Pipeline (DESIGN.md "Data flow"), one row per video throughout:
   from_items(manifest rows, one block per video)
-    -> map(_prepare_row, num_cpus=1)              CPU tasks: decode with decord at --fps, person/face boxes
+    -> map(_prepare_row, num_cpus=1)              CPU tasks: decode at --fps (decord, or PyAV where decord does
+                                                    not import: the same frames; asrn.video), person/face boxes
                                                     (manifest boxes, else build_detector's offline chain), crops
                                                     and resizes to the encoders' input sizes, DIS flow stacks
     -> map_batches(EncodeVideos, batch_size=--batch-size, compute=ActorPoolStrategy(size=--num-workers),
@@ -64,7 +65,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from asrn.encoders import PRESETS, build_encoders
+from asrn.encoders import PRESETS, build_encoders, missing_weights
 from asrn.errors import AsrnError
 from asrn.features import (
     PreparedVideo,
@@ -102,12 +103,14 @@ from asrn.store import (
     writer_lock,
 )
 from asrn.train import ray_session
+from asrn.video import DECODER_ENV, choose_decoder
+from asrn.weights import cache_dir
 
 STORE_DTYPE = "float16"
 ENCODER_MEMORY = {"lite": 1 << 30, "paper": 3 << 30}  # bytes of RAM reserved per encoder actor (nets + batches)
 ERROR_COLUMNS = ("path", "stage", "error", "message")  # with video_id: the errors table (store.ERRORS_SCHEMA)
 FAULT_CRASH_VIDEO = "ASRN_FAULT_CRASH_VIDEO"  # tests only: the video whose CPU-stage task kills its worker
-FORWARDED_ENV = ("TORCH_HOME", FAULT_CRASH_VIDEO)  # driver variables the workers see too
+FORWARDED_ENV = ("TORCH_HOME", DECODER_ENV, FAULT_CRASH_VIDEO)  # driver variables the workers see too
 STAGE_OF_OPERATOR = {"Map(_prepare_row)": "prepare", "MapBatches(EncodeVideos)": "encode"}
 
 
@@ -129,6 +132,7 @@ class ExtractConfig:
     batch_size: int = 4  # videos per map_batches batch
     weights_dir: Path | None = None
     overwrite: bool = False
+    allow_random_init: bool = False  # --preset paper refuses encoders without pretrained weights unless this is set
     address: str | None = None
     cpus_per_worker: float = 1.0  # CPUs reserved per encoder actor (its torch threads on a CPU)
     videos_per_part: int = 16  # videos per Parquet part file the driver writes
@@ -206,7 +210,8 @@ class EncodeVideos:
     """Encoder actor: builds the preset's four encoders once, then encodes batches of prepared videos.
 
     Output: one row per input video in the store's Arrow schema plus path/stage/error/message (empty when the
-    video succeeded; T = 0 otherwise) and the detector, encoder names and weights provenance for features.json.
+    video succeeded; T = 0 otherwise) and the decoder, detector, encoder names and weights provenance for
+    features.json.
     """
 
     def __init__(self, preset: str, weights_dir: str | None, device: str, threads: int):
@@ -230,19 +235,21 @@ class EncodeVideos:
                     features[i] = encode_prepared(video, self.encoders)
                 except Exception as e:  # noqa: BLE001
                     errors[i] = _error_fields(e, "encode")
-        videos, detectors, detection = [], [], []
+        videos, decoders, detectors, detection = [], [], [], []
         for i in range(num):
             video = prepared.get(i)
             labels = [x for x in str(batch["labels"][i]).split("|") if x]
             if video is not None and i in features:
                 videos.append(to_video_features(video, features[i], str(batch["video_id"][i]),
                                                 str(batch["split"][i]), labels))
+                decoders.append(video.decoder)
                 detectors.append(video.detector)
                 detection.append(json.dumps(video.detection, sort_keys=True))
             else:  # zero steps, dims kept so that the batch is one table
                 empty = {m: np.zeros((0, e.dim), np.float32) for m, e in self.encoders.items()}
                 videos.append(VideoFeatures(str(batch["video_id"][i]), str(batch["split"][i]), labels,
                                             np.zeros(0, np.float32), empty, np.zeros(0, bool), np.zeros(0, bool)))
+                decoders.append("")
                 detectors.append("")
                 detection.append("")
         table = videos_to_table(videos, STORE_DTYPE)
@@ -251,7 +258,7 @@ class EncodeVideos:
                  "error": [e["error"] for e in errors],
                  "message": [e["message"] if e["error"] else "" for e in errors],
                  "warnings": [str(w) for w in batch["warnings"]],
-                 "detector": detectors, "detection": detection,
+                 "decoder": decoders, "detector": detectors, "detection": detection,
                  "encoders": [self.names] * num, "weights": [self.weights] * num}
         for name, values in extra.items():
             table = table.append_column(name, pa.array(values, pa.string()))
@@ -358,6 +365,7 @@ class _StoreWriter:
         self.errors: list[dict] = []
         self.parts: list[Path] = []
         self.succeeded = self.failed = 0
+        self.decoders: set[str] = set(filter(None, (existing.decoder if existing else "").split(", ")))
         self.detectors: set[str] = set(filter(None, (existing.detector if existing else "").split(", ")))
         self.detection: dict[str, dict] = dict(existing.extra.get("detection", {})) if existing else {}
         self.encoders: dict[str, set[str]] = {}
@@ -384,6 +392,7 @@ class _StoreWriter:
                 for text in set(good.column(column).to_pylist()):
                     for m, value in json.loads(text).items():
                         seen.setdefault(m, set()).add(value)
+            self.decoders.update(good.column("decoder").to_pylist())
             self.detectors.update(good.column("detector").to_pylist())
             for text in set(good.column("detection").to_pylist()):
                 described = json.loads(text)
@@ -413,7 +422,7 @@ class _StoreWriter:
             preset=config.preset, dims=expected_dims(config.preset), fps=float(config.fps),
             encoders=_merge_provenance(self.encoders) or (self.existing.encoders if self.existing else {}),
             weights=weights or (self.existing.weights if self.existing else {}),
-            detector=", ".join(sorted(self.detectors)), dtype=STORE_DTYPE,
+            detector=", ".join(sorted(self.detectors)), decoder=", ".join(sorted(self.decoders)), dtype=STORE_DTYPE,
             extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items()))})
 
     def write_info(self) -> None:
@@ -544,7 +553,7 @@ def _update_changed_videos(out: Path, entries: Sequence[ManifestEntry]) -> None:
 
 def _start_message(config: ExtractConfig, todo: int, done: int) -> None:
     print(f"extract: {todo} videos to do, {done} already in {config.out} (preset {config.preset}, "
-          f"fps {config.fps}, {config.num_workers} encoder actor(s), "
+          f"fps {config.fps}, decoder {choose_decoder()}, {config.num_workers} encoder actor(s), "
           f"{config.gpus_per_worker or 'no'} GPU each)", file=sys.stderr, flush=True)
 
 
@@ -597,6 +606,8 @@ def extract_features(config: ExtractConfig) -> ExtractSummary:
     """Run the extraction job: manifest -> Ray Data pipeline -> feature store in config.out. See module docstring."""
     start = time.monotonic()
     entries = read_manifest(config.manifest)  # a malformed manifest is refused before anything is written
+    choose_decoder()  # a bad $ASRN_DECODER is refused here, not once per video in the errors table
+    check_weights(config)
     config.out.mkdir(parents=True, exist_ok=True)
     with writer_lock(config.out):
         recovered = recover_staging(config.out)
@@ -606,6 +617,27 @@ def extract_features(config: ExtractConfig) -> ExtractSummary:
         if config.overwrite:
             return _overwrite(config, entries, start)
         return _resume(config, entries, start)
+
+
+def check_weights(config: ExtractConfig) -> None:
+    """Before any Ray work: name every encoder that would be randomly initialised (a warning), and refuse them for
+    --preset paper unless --allow-random-init, when torchvision publishes their weights (a forgotten `asrn weights
+    fetch`). The DeepID face net has no public weights: without the user's deepid.pth it is only warned about.
+
+    Looks on the driver, in --weights-dir and the driver's torchvision cache ($TORCH_HOME goes to the workers)."""
+    missing = missing_weights(config.preset, config.weights_dir)
+    if not missing:
+        return
+    where = f"--weights-dir {config.weights_dir} or {cache_dir()}" if config.weights_dir else str(cache_dir())
+    downloadable = [m for m in missing if m.downloadable]
+    fetch = f"`asrn weights fetch --preset {config.preset}`"
+    if config.preset == "paper" and downloadable and not config.allow_random_init:
+        raise ExtractError(f"--preset paper: no pretrained weights for {', '.join(map(str, downloadable))} in "
+                           f"{where}; random-init encoders would not compute the paper's features. Run {fetch} (or "
+                           f"place the files there by hand), or pass --allow-random-init to extract anyway")
+    hint = f"; {fetch} downloads the torchvision ones" if downloadable else ""
+    print(f"extract: warning: random-init encoders (no weights in {where}): {', '.join(map(str, missing))}; "
+          f"features.json will say random-init{hint}", file=sys.stderr, flush=True)
 
 
 def _warn_on_resources(config: ExtractConfig, resources: dict) -> None:

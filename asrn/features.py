@@ -66,6 +66,7 @@ class PreparedVideo:
     frame_size: tuple[int, int]  # (H, W) of the step frames the boxes refer to
     detector: str  # which detector found the boxes
     detection: dict = field(default_factory=dict)  # the detector's settings (Detector.describe), for features.json
+    decoder: str = ""  # which decoder produced the frames (asrn.video: decord or pyav), for features.json
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -103,6 +104,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
                   detector: Detector | None = None) -> PreparedVideo:
     """Decode, detect, crop and compute flow for one video: everything before the encoders, numpy only.
 
+    The decoder is asrn.video's choice ($ASRN_DECODER, else decord where it imports, else PyAV: the same frames).
     Boxes come from `boxes` (a tracks JSON) when given, else from `detector`, else from build_detector's offline
     chain. Raises VideoStageError naming the stage (decode, detect, flow) with the original error's message.
     """
@@ -137,7 +139,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
         body=body, face=face, has_body=found.has_person.copy(), has_face=found.has_face.copy(),
         body_tracked=found.person_tracked.copy(), face_tracked=found.face_tracked.copy(),
         person_boxes=found.person, face_boxes=found.face, frame_size=(clip.frames.shape[1], clip.frames.shape[2]),
-        detector=detector.name, detection=detector.describe(), warnings=list(clip.warnings),
+        detector=detector.name, detection=detector.describe(), decoder=clip.decoder, warnings=list(clip.warnings),
     )
 
 

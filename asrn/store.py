@@ -62,6 +62,7 @@ class StoreInfo:
     encoders: dict[str, str] = field(default_factory=dict)  # modality -> encoder name
     weights: dict[str, str] = field(default_factory=dict)  # modality -> pretrained:<name> | sha256:<hex> | random-init
     detector: str = ""  # which detector produced the boxes
+    decoder: str = ""  # which video decoder(s) produced the frames: decord, pyav ("": not recorded, or no videos)
     dtype: str = "float16"
     version: int = STORE_VERSION
     extra: dict = field(default_factory=dict)

@@ -1,10 +1,19 @@
-"""Decode a video and sample time steps with decord: RGB frames plus the grayscale frame windows for optical flow.
+"""Decode a video and sample time steps: RGB frames plus the grayscale frame windows for optical flow.
 
 Steps are spread evenly at `fps` across the whole video (step k sits at the middle of its 1/fps slot); each step
 also carries the `flow_pairs + 1` consecutive source frames centred on it, from which `flow.py` computes the
-5 stacked optical-flow pairs of the TSN temporal stream (paper §4.2). All frames a clip needs are decoded by one
-`VideoReader.get_batch` call. Broken inputs raise `VideoDecodeError` naming the file and the reason; a file that
-decord cannot read past a point (truncated download) is decoded as far as it goes with PyAV, with a warning.
+5 stacked optical-flow pairs of the TSN temporal stream (paper §4.2). Broken inputs raise `VideoDecodeError` naming
+the file and the reason.
+
+Two decoders give the same frames: decord (random access, `VideoReader.get_batch`) where it imports, which is x86_64
+Linux and Windows (decord 0.6.0 has no other wheels), and PyAV elsewhere (one sequential pass). Both count the
+frames the container lists, sample the same indices, decode them at full size as RGB and shrink them with the same
+`cv2.resize` (INTER_AREA), so the frames match bit for bit where both ffmpeg builds decode alike: H.264, VP9 and
+MJPEG here. Known differences, both from decord's older bundled ffmpeg (4.1) against PyAV's: MPEG-4 Part 2 (its
+IDCT) differs by at most a few levels on a few pixels, and 4:2:0 video of odd height places chroma differently
+(mean under one level, up to ~40 at colour edges). `ASRN_DECODER=pyav|decord` (or `decoder=`) picks one; `DECODER`
+is the default here. A file that the chosen decoder cannot read to the last frame it needs (truncated download) is
+decoded as far as it goes with PyAV, with a warning.
 """
 
 from __future__ import annotations
@@ -14,21 +23,35 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import av
 import cv2
-import decord
 import numpy as np
 
 from asrn.errors import AsrnError
 from asrn.manifest import is_uri
 
+try:  # decord 0.6.0 has wheels for x86_64 Linux and Windows only; elsewhere PyAV decodes the same frames
+    import decord
+except (ImportError, OSError):  # OSError: a wheel whose bundled libraries do not load
+    decord = None
+
+DECODERS = ("decord", "pyav")
+DECODER_ENV = "ASRN_DECODER"  # decord | pyav: overrides DECODER (tests, or a user who wants one or the other)
+DECODER = "decord" if decord is not None else "pyav"  # the default on this machine
+DECORD_CHUNK = 32  # frames per decord get_batch call: full-size frames are shrunk before the next chunk
+
 
 class VideoDecodeError(AsrnError):
     """A video that cannot be decoded; the message names the path and the reason."""
+
+
+class DecoderError(AsrnError):
+    """An unknown decoder name, or decord asked for where it does not import; the message names the setting."""
 
 
 @dataclass
@@ -42,6 +65,7 @@ class Clip:
     num_frames: int  # source frames decoded
     width: int  # source size
     height: int
+    decoder: str = DECODER  # which decoder produced the frames ("pyav" when decord could not read the file)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -89,32 +113,52 @@ def window_indices(steps: np.ndarray, num_frames: int, length: int) -> np.ndarra
     return np.minimum(start[:, None] + np.arange(length)[None, :], num_frames - 1).astype(np.int64)
 
 
+def choose_decoder(decoder: str | None = None) -> str:
+    """`decoder`, else $ASRN_DECODER, else DECODER; refuses an unknown name and decord where it does not import."""
+    where = "decoder" if decoder else DECODER_ENV
+    name = decoder or os.environ.get(DECODER_ENV) or DECODER
+    if name not in DECODERS:
+        raise DecoderError(f"{where}={name!r}: expected one of {', '.join(DECODERS)}")
+    if name == "decord" and decord is None:
+        raise DecoderError(f"{where}=decord, but decord does not import here (it has wheels for x86_64 Linux and "
+                           f"Windows only): use pyav, which decodes the same frames")
+    return name
+
+
 def decode_clip(path: str, fps: float = 2.0, flow_pairs: int = 5, flow_side: int = 112, max_side: int | None = 360,
-                max_steps: int | None = None) -> Clip:
-    """Decode `path` (local file or a URI pyarrow can open) and sample steps at `fps`; see the module docstring."""
+                max_steps: int | None = None, decoder: str | None = None) -> Clip:
+    """Decode `path` (local file or a URI pyarrow can open) and sample steps at `fps`; see the module docstring.
+
+    `decoder`: "decord" or "pyav"; None reads $ASRN_DECODER, else DECODER.
+    """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     if flow_pairs < 0 or flow_side < 1:
         raise ValueError(f"flow_pairs must be >= 0 and flow_side >= 1, got {flow_pairs}, {flow_side}")
+    decoder = choose_decoder(decoder)
+
+    def plan(num_frames: int, src_fps: float) -> np.ndarray:
+        return _needed_indices(num_frames, src_fps, fps, flow_pairs, max_steps)
+
     with _local_copy(path) as local:
         probe = _probe(local, path)
-        out_w, out_h = scaled_size(probe.width, probe.height, max_side)
+        size = scaled_size(probe.width, probe.height, max_side)
         warnings: list[str] = []
         try:
-            num_frames, src_fps, frames_by_index, times_by_index = _decode_decord(
-                local, path, probe, out_w, out_h, fps, flow_pairs, max_steps)
-        except (decord.DECORDError, RuntimeError) as e:
-            reason = _first_line(str(e))
-            num_frames, src_fps, frames_by_index, times_by_index = _decode_pyav(
-                local, path, probe, out_w, out_h, fps, flow_pairs, max_steps, reason)
-            warnings.append(f"{path}: decord could not read the file ({reason}); decoded {num_frames} frames "
-                            f"with PyAV (header says {probe.header_frames or 'unknown'}): truncated or corrupt")
+            decode = _decode_decord if decoder == "decord" else _decode_pyav
+            decoded = decode(local, path, probe, size, plan)
+        except _Unreadable as e:
+            decoded = _decode_readable(local, path, probe, size, plan, e.reason, e.readable)
+            warnings.append(f"{path}: {decoder} could not read the file ({e.reason}); decoded {decoded.num_frames} "
+                            f"frames with PyAV (header says {probe.header_frames or 'unknown'}): truncated or corrupt")
+            decoder = "pyav"
+    num_frames, src_fps, frames_by_index, times_by_index = decoded
     if probe.duration > 0 and num_frames / src_fps < 0.8 * probe.duration - 1.0 / src_fps:
         warnings.append(f"{path}: {num_frames} frames ({num_frames / src_fps:.2f} s) but the header says "
                         f"{probe.duration:.2f} s: the file may be truncated")
     steps = sample_indices(num_frames, src_fps, fps, max_steps)
     windows = window_indices(steps, num_frames, flow_pairs + 1)
-    flow_w, flow_h = flow_size(out_w, out_h, flow_side)
+    flow_w, flow_h = flow_size(*size, flow_side)
     gray = {i: _to_gray(frames_by_index[i], flow_w, flow_h) for i in np.unique(windows).tolist()}
     return Clip(
         path=path,
@@ -126,8 +170,27 @@ def decode_clip(path: str, fps: float = 2.0, flow_pairs: int = 5, flow_side: int
         num_frames=int(num_frames),
         width=probe.width,
         height=probe.height,
+        decoder=decoder,
         warnings=warnings,
     )
+
+
+class _Decoded(NamedTuple):
+    num_frames: int  # source frames: what the container lists (decord's index, PyAV's packets), or could be read
+    src_fps: float
+    frames: dict[int, np.ndarray]  # source index -> (H, W, 3) uint8 RGB, shrunk to the clip's size
+    times: dict[int, float]  # source index -> seconds from the first frame
+
+
+class _Unreadable(Exception):
+    """The chosen decoder stopped before the last frame a clip needs; `readable`: frames PyAV decoded, if known."""
+
+    def __init__(self, reason: str, readable: int | None = None):
+        super().__init__(reason)
+        self.reason, self.readable = reason, readable
+
+
+Plan = Callable[[int, float], np.ndarray]  # (num_frames, src_fps) -> sorted source indices a clip needs
 
 
 def _needed_indices(num_frames: int, src_fps: float, fps: float, flow_pairs: int,
@@ -136,47 +199,101 @@ def _needed_indices(num_frames: int, src_fps: float, fps: float, flow_pairs: int
     return np.unique(np.concatenate([steps, window_indices(steps, num_frames, flow_pairs + 1).ravel()]))
 
 
-def _decode_decord(local: str, path: str, probe: _Probe, out_w: int, out_h: int, fps: float, flow_pairs: int,
-                   max_steps: int | None) -> tuple[int, float, dict[int, np.ndarray], dict[int, float]]:
-    resize = {} if (out_w, out_h) == (probe.width, probe.height) else {"width": out_w, "height": out_h}
-    reader = decord.VideoReader(local, ctx=decord.cpu(0), **resize)
-    num_frames = len(reader)
+def _shrink(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) full-size frame -> (h, w, 3) at size (w, h): one resize for both decoders (area averaging)."""
+    if (frame.shape[1], frame.shape[0]) == size:
+        return np.ascontiguousarray(frame)
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+def _relative_times(needed: np.ndarray, seconds: np.ndarray, src_fps: float) -> dict[int, float]:
+    """Index -> seconds from the first frame; broken timestamps (missing, not increasing) -> the nominal rate."""
+    times = np.asarray(seconds, np.float64)
+    if not np.all(np.isfinite(times)) or (len(times) > 1 and np.any(np.diff(times) <= 0)):
+        times = needed / src_fps
+    return {int(i): float(t) for i, t in zip(needed, times, strict=True)}
+
+
+def _decode_decord(local: str, path: str, probe: _Probe, size: tuple[int, int],
+                   plan: Plan) -> _Decoded:
+    """decord: frames counted by its index, the needed ones fetched with get_batch, DECORD_CHUNK at a time."""
+    try:
+        reader = decord.VideoReader(local, ctx=decord.cpu(0))  # full size: resizing is _shrink's, as for PyAV
+        num_frames = len(reader)
+        if num_frames == 0:
+            raise VideoDecodeError(f"{path}: the video stream has zero frames")
+        src_fps = float(reader.get_avg_fps()) or probe.fps
+        if not math.isfinite(src_fps) or src_fps <= 0:
+            raise VideoDecodeError(f"{path}: no usable frame rate (got {src_fps})")
+        needed = plan(num_frames, src_fps)
+        frames: dict[int, np.ndarray] = {}
+        for start in range(0, len(needed), DECORD_CHUNK):
+            chunk = needed[start:start + DECORD_CHUNK]
+            with decord.bridge.use_torch():  # DLPack, no copy: NDArray.asnumpy() would copy every full-size frame
+                batch = reader.get_batch(chunk.tolist()).numpy()  # (n, H, W, 3) uint8
+            frames.update((int(i), _shrink(frame, size)) for i, frame in zip(chunk, batch, strict=True))
+        stamps = reader.get_frame_timestamp(np.concatenate([[0], needed]).tolist())[:, 0]
+    except (decord.DECORDError, RuntimeError) as e:
+        raise _Unreadable(_first_line(str(e))) from e
+    return _Decoded(num_frames, src_fps, frames, _relative_times(needed, stamps[1:] - stamps[0], src_fps))
+
+
+def _decode_pyav(local: str, path: str, probe: _Probe, size: tuple[int, int], plan: Plan) -> _Decoded:
+    """PyAV: frames counted from the stream's packets (as decord's index counts them; no decoding), then one
+    sequential pass up to the last needed frame."""
+    num_frames = _count_packets(local)
     if num_frames == 0:
         raise VideoDecodeError(f"{path}: the video stream has zero frames")
-    src_fps = float(reader.get_avg_fps()) or probe.fps
-    if not math.isfinite(src_fps) or src_fps <= 0:
-        raise VideoDecodeError(f"{path}: no usable frame rate (got {src_fps})")
-    needed = _needed_indices(num_frames, src_fps, fps, flow_pairs, max_steps)
-    decord.bridge.set_bridge("native")  # thread-local; get_batch then returns decord NDArrays
-    batch = reader.get_batch(needed.tolist()).asnumpy()  # (N, H, W, 3) uint8
-    stamps = reader.get_frame_timestamp(np.concatenate([[0], needed]).tolist())[:, 0]
-    times = (stamps[1:] - stamps[0]).astype(np.float64)
-    if not np.all(np.isfinite(times)) or (len(times) > 1 and np.any(np.diff(times) <= 0)):
-        times = needed / src_fps  # broken timestamps: fall back to the nominal rate
-    frames = {int(i): batch[k] for k, i in enumerate(needed)}
-    return num_frames, src_fps, frames, {int(i): float(t) for i, t in zip(needed, times, strict=True)}
+    needed = plan(num_frames, probe.fps)
+    frames, seconds, decoded = _pyav_keep(local, needed, size)
+    if decoded <= needed[-1]:
+        raise _Unreadable(f"decoding stopped after {decoded} of the {num_frames} frames the container lists",
+                          decoded)
+    return _Decoded(num_frames, probe.fps, frames, _relative_times(needed, seconds, probe.fps))
 
 
-def _decode_pyav(local: str, path: str, probe: _Probe, out_w: int, out_h: int, fps: float, flow_pairs: int,
-                 max_steps: int | None, reason: str) -> tuple[int, float, dict[int, np.ndarray], dict[int, float]]:
-    """Sequential decode as far as the file goes: one pass to count frames, one to keep the needed ones."""
-    num_frames = sum(1 for _ in _pyav_frames(local))
+def _decode_readable(local: str, path: str, probe: _Probe, size: tuple[int, int], plan: Plan, reason: str,
+                     readable: int | None) -> _Decoded:
+    """As far as the file goes, with PyAV: the frames that decode (counted by one pass unless known) are the video."""
+    num_frames = readable if readable is not None else sum(1 for _ in _pyav_frames(local))
     if num_frames == 0:
-        raise VideoDecodeError(f"{path}: no frame could be decoded (truncated or corrupt; decord: {reason})")
-    src_fps = probe.fps
-    needed = set(_needed_indices(num_frames, src_fps, fps, flow_pairs, max_steps).tolist())
+        raise VideoDecodeError(f"{path}: no frame could be decoded (truncated or corrupt; {reason})")
+    needed = plan(num_frames, probe.fps)
+    frames, seconds, _ = _pyav_keep(local, needed, size)
+    return _Decoded(num_frames, probe.fps, frames, _relative_times(needed, seconds, probe.fps))
+
+
+def _count_packets(local: str) -> int:
+    """Video packets that carry data, as far as the file can be read: one per frame, as in decord's index."""
+    count = 0
+    with av.open(local) as container:
+        try:
+            for packet in container.demux(video=0):
+                count += packet.size > 0
+        except (av.FFmpegError, EOFError):
+            pass
+    return count
+
+
+def _pyav_keep(local: str, needed: np.ndarray, size: tuple[int, int]) -> tuple[dict[int, np.ndarray], np.ndarray,
+                                                                                int]:
+    """One pass up to needed[-1]: (needed frames shrunk to size, their seconds from the first frame (NaN where a
+    frame has no time), frames decoded)."""
+    wanted, last = set(needed.tolist()), int(needed[-1])
     frames: dict[int, np.ndarray] = {}
-    times: dict[int, float] = {}
-    first_time: float | None = None
+    seconds: dict[int, float] = {}
+    first: float | None = None
+    decoded = 0
     for index, frame in enumerate(_pyav_frames(local)):
-        if first_time is None:
-            first_time = frame.time if frame.time is not None else 0.0
-        if index in needed:
-            frames[index] = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
-            times[index] = (frame.time - first_time) if frame.time is not None else index / src_fps
-        if index >= num_frames - 1:
+        decoded = index + 1
+        if index == 0:
+            first = frame.time
+        if index in wanted:
+            frames[index] = _shrink(frame.to_ndarray(format="rgb24"), size)  # (H, W, 3) full size, then shrunk
+            seconds[index] = frame.time - first if frame.time is not None and first is not None else math.nan
+        if index >= last:
             break
-    return num_frames, src_fps, frames, times
+    return frames, np.asarray([seconds.get(int(i), math.nan) for i in needed]), decoded
 
 
 def _pyav_frames(local: str) -> Iterator[av.VideoFrame]:
@@ -189,7 +306,7 @@ def _pyav_frames(local: str) -> Iterator[av.VideoFrame]:
 
 
 def _probe(local: str, path: str) -> _Probe:
-    """Cheap checks before decord sees the file (decord can crash on some broken inputs)."""
+    """Cheap checks before a decoder sees the file (decord can crash on some broken inputs)."""
     if not os.path.exists(local):
         raise VideoDecodeError(f"{path}: file not found")
     if not os.path.isfile(local):

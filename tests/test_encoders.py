@@ -78,6 +78,18 @@ def test_weights_file_is_used_with_sha256(offline):
     torch.testing.assert_close(encoders["motion"].net.conv1.weight, expected)
 
 
+def test_a_users_flow_net_comes_before_the_imagenet_backbone(offline):
+    torch.manual_seed(3)
+    flow = torchvision.models.resnet18(weights=None)
+    flow.conv1 = torch.nn.Conv2d(10, 64, 7, 2, 3, bias=False)  # trained on 10-channel flow stacks
+    torch.save(flow.state_dict(), offline / "resnet18_flow.pth")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), offline / "resnet18.pth")
+    encoders = quiet_build("lite", offline)
+    torch.testing.assert_close(encoders["motion"].net.conv1.weight, flow.conv1.weight)  # not a cross-modality init
+    assert encoders["motion"].weights != encoders["rgb"].weights
+    assert encoders["motion"].weights.startswith("sha256:")
+
+
 def test_weights_from_torchvision_cache(offline, tmp_path):
     checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)

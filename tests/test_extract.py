@@ -22,7 +22,7 @@ import pytest
 from skimage import data
 
 from asrn import extract as extract_module
-from asrn import store
+from asrn import store, video
 from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
 from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video
@@ -86,6 +86,48 @@ def test_text_file_error_names_the_file_but_never_quotes_it(tmp_path):
         prepare_video(str(fake), None, VideoSettings())
     assert str(fake) in str(raised.value) and "text file" in str(raised.value)
     assert "SECRET" not in str(raised.value) and "1234" not in str(raised.value)
+
+
+def _unreachable_cluster(address):
+    raise ConnectionError("cluster unreachable")  # stands in for the Ray work: reached only past the checks
+
+
+def test_paper_preset_refuses_random_init_unless_allowed(tmp_path, offline, monkeypatch, capsys):
+    manifest = _write_rows(tmp_path / "m.csv", [{"video_id": "v", "path": "v.mp4", "split": "train",
+                                                 "labels": "sub:warm"}])
+    out = tmp_path / "feats"
+    monkeypatch.setattr(extract_module, "ray_session", _unreachable_cluster)
+    with pytest.raises(ExtractError) as refused:
+        extract_features(ExtractConfig(manifest=manifest, out=out, preset="paper", weights_dir=offline))
+    message = str(refused.value)
+    for part in ("rgb (resnet101-cd907fc2.pth)", "motion (resnet101-cd907fc2.pth)", "body (vgg19-dcbb9e9d.pth)",
+                 str(offline), "asrn weights fetch --preset paper", "--allow-random-init"):
+        assert part in message
+    assert "\n" not in message and "face" not in message  # no public DeepID weights: warned about, not refused
+    assert not out.exists()  # refused before anything was written
+
+    with pytest.raises(ConnectionError):  # the flag lets it through to the Ray work
+        extract_features(ExtractConfig(manifest=manifest, out=out, preset="paper", weights_dir=offline,
+                                       allow_random_init=True))
+    assert "random-init encoders" in capsys.readouterr().err
+
+    for name in ("resnet101-cd907fc2.pth", "vgg19-dcbb9e9d.pth"):  # placed by hand (not loaded by the check)
+        (offline / name).write_bytes(b"")
+    with pytest.raises(ConnectionError):
+        extract_features(ExtractConfig(manifest=manifest, out=out, preset="paper", weights_dir=offline))
+    err = capsys.readouterr().err
+    assert "warning: random-init encoders" in err and "face (deepid.pth)" in err and "resnet101" not in err
+
+
+def test_lite_preset_warns_naming_the_random_init_encoders(tmp_path, offline, monkeypatch, capsys):
+    manifest = _write_rows(tmp_path / "m.csv", [{"video_id": "v", "path": "v.mp4", "split": "train",
+                                                 "labels": "sub:warm"}])
+    monkeypatch.setattr(extract_module, "ray_session", _unreachable_cluster)
+    with pytest.raises(ConnectionError):
+        extract_features(ExtractConfig(manifest=manifest, out=tmp_path / "feats", preset="lite"))
+    err = capsys.readouterr().err
+    assert "warning: random-init encoders" in err and "rgb (resnet18-f37072fd.pth)" in err
+    assert "face (deepid.pth)" in err and "asrn weights fetch --preset lite" in err
 
 
 # ---------------------------------------------------------------- a hand-made lite store: store logic without Ray
@@ -234,6 +276,7 @@ def test_extract_good_corrupt_and_missing_videos_offline(ray_cluster, tiny_video
     assert info.preset == "lite" and info.fps == 2.0 and info.dims == LITE_DIMS
     assert info.weights == {m: "random-init" for m in MODALITIES}
     assert info.detector == "tracks" and set(info.encoders) == set(MODALITIES)
+    assert info.decoder == video.DECODER  # decord where it imports, else PyAV; every video decoded whole
     videos = {v.video_id: v for v in store.load_videos(out)}
     assert sorted(videos) == sorted(r["video_id"] for r in rows[:4])
     for v in videos.values():
