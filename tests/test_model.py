@@ -233,6 +233,24 @@ def test_boundary_lstm_keeps_its_parameters():
     assert keys == [f"shots.{k}" for k in shapes]
 
 
+def test_boundary_lstm_without_grad_and_under_autocast():
+    """no_grad gives the same outputs; bf16 autocast (the GPU recipe's; CPU here) runs and trains the parameters."""
+    torch.manual_seed(2)
+    lstm = BoundaryLSTM(8)
+    x, mask = torch.randn(3, 6, 8), torch.arange(6)[None, :] < torch.tensor([6, 4, 1])[:, None]
+    with_grad = lstm(x, mask)
+    with torch.no_grad():
+        for a, b in zip(lstm(x, mask), with_grad, strict=True):
+            assert torch.equal(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v_global, s, omega = lstm(x, mask)
+    assert s.dtype == torch.bfloat16  # the recurrence ran in the autocast dtype
+    assert set(s.unique().tolist()) <= {0.0, 1.0} and (s[~mask] == 0).all() and torch.isfinite(v_global).all()
+    v_global.float().sum().backward()
+    for name, param in lstm.named_parameters():
+        assert param.grad is not None and param.grad.dtype == torch.float32, name
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_boundary_lstm_on_cuda_matches_cpu():
     torch.manual_seed(3)
