@@ -209,9 +209,9 @@ class _BoundaryRecurrence(torch.autograd.Function):
     """Eqs. 4-6 over all T steps as one autograd node, for speed: the maths of stepping the cell under autograd
     (tests/test_model.py keeps that loop and holds the two equal) in about half the ops. The forward keeps, per
     step, the local derivatives the backward needs (computed while the step's tensors are in cache); the backward
-    runs the steps in reverse at one matmul and ~12 small ops each and finds the weight gradients in one matmul
+    runs the steps in reverse at one matmul and ~14 small ops each and finds the weight gradients in one matmul
     over all steps. Per-step tensors stay small: whole-sequence work buffers cost more in page faults than they
-    save in ops.
+    save in ops. First derivatives only (once_differentiable: a double backward raises).
 
     gate_x (B, T, 4H) = W_y x_t + b, boundary_x (B, T) = vᵀ(W_si x_t + b_s), w_gates (4H, H) = W_h,
     w_boundary (H,) = W_shᵀv, mask (B, T) bool, keep_grad: whether to keep what backward needs
