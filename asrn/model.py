@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from asrn.errors import AsrnError
 from asrn.store import MODALITIES
@@ -167,7 +168,8 @@ class BoundaryLSTM(nn.Module):
     The hidden state that closes each shot (the step before a boundary, and the last valid step) is a shot feature
     F_s; V_g = Σ_s ω_s F_s with ω a learned softmax over the shots of a video (eq. 7). Padding steps carry the state
     through unchanged and never end a shot. The cell is the standard LSTM (g_t through tanh, o_t through σ), which
-    the extracted eq. 4 garbles.
+    the extracted eq. 4 garbles. The steps run in `_BoundaryRecurrence`, one autograd node with its own backward:
+    an autograd loop cost ~2.4x nn.LSTM forward + backward on CPU (benchmarks/bdlstm.py).
     """
 
     def __init__(self, hidden: int):
@@ -180,30 +182,17 @@ class BoundaryLSTM(nn.Module):
         self.shot_score = nn.Linear(hidden, 1)  # the logit of ω_s (eq. 7)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        B, T, H = x.shape
-        # input terms of the gates and of the boundary detector for every step at once
-        inputs = F.linear(x, torch.cat([self.gate_input.weight, self.boundary_input.weight]),
-                          torch.cat([self.gate_input.bias, self.boundary_input.bias]))  # (B, T, 5H)
-        w_hidden = torch.cat([self.gate_hidden.weight, self.boundary_hidden.weight])  # (5H, H)
-        h, c = x.new_zeros(B, H), x.new_zeros(B, H)  # (B, H)
-        gate_in, boundary_in = inputs.split([4 * H, H], dim=-1)  # (B, T, 4H), (B, T, H)
-        # per-step views made once: indexing inside the loop would cost a full-size gradient buffer per step
-        steps = zip(gate_in.unbind(1), boundary_in.unbind(1), mask.to(x.dtype).unbind(1), mask.unsqueeze(-1).unbind(1),
-                    strict=True)
-        hs, ss = [], []
-        for gate_x, boundary_x, valid, step in steps:  # (B, 4H), (B, H), (B,), (B, 1)
-            gate_h, boundary_h = F.linear(h, w_hidden).split([4 * H, H], dim=1)  # the one matmul of the step
-            s = straight_through_step((boundary_x + boundary_h) @ self.boundary_v) * valid  # (B,)  eq. 5
-            keep = (1.0 - s).unsqueeze(1)  # (B, 1)  eq. 6: h_{t-1} <- h_{t-1}(1 - s_t), c_{t-1} <- c_{t-1}(1 - s_t)
-            gates = gate_x + keep * gate_h  # (B, 4H)  W_h (h_{t-1}(1 - s_t)) = (1 - s_t) W_h h_{t-1}
-            i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each
-            c_new = torch.sigmoid(f) * (keep * c) + torch.sigmoid(i) * torch.tanh(g)  # eq. 4
-            h_new = torch.sigmoid(o) * torch.tanh(c_new)  # (B, H)
-            h, c = torch.where(step, h_new, h), torch.where(step, c_new, c)  # padding carries the state through
-            hs.append(h)
-            ss.append(s)
-        h_seq = torch.stack(hs, dim=1)  # (B, T, H)
-        s = torch.stack(ss, dim=1)  # (B, T)
+        gate_x = self.gate_input(x)  # (B, T, 4H)  W_y x_t + b of every step at once
+        # eq. 5 is linear inside τ: vᵀ(W_si x_t + W_sh h_{t-1} + b_s) = (W_siᵀv)ᵀx_t + (W_shᵀv)ᵀh_{t-1} + vᵀb_s, so the
+        # boundary detector costs one dot product per step instead of an (H, H) matmul
+        v = self.boundary_v  # (H,)
+        boundary_x = x @ (self.boundary_input.weight.t() @ v) + self.boundary_input.bias @ v  # (B, T)
+        boundary_w = self.boundary_hidden.weight.t() @ v  # (H,)  W_shᵀv
+        # eqs. 4-6 step by step, as one autograd node; under autocast the recurrence runs in gate_x's dtype, as the
+        # per-step matmuls of an autograd loop would
+        dtype = gate_x.dtype
+        h_seq, s = _BoundaryRecurrence.apply(gate_x, boundary_x.to(dtype), self.gate_hidden.weight.to(dtype),
+                                             boundary_w.to(dtype), mask.bool(), torch.is_grad_enabled())
         # a shot ends at t when step t+1 opens a new one, or when t is the last valid step
         next_valid = F.pad(mask[:, 1:], (0, 1), value=False)  # (B, T)
         ends = F.pad(s[:, 1:], (0, 1)) + (mask & ~next_valid).to(x.dtype)  # (B, T) in {0, 1}, gradient via s
@@ -214,6 +203,110 @@ class BoundaryLSTM(nn.Module):
         omega = weights / weights.sum(1, keepdim=True).clamp(min=1e-12)  # (B, T)  ω_s at the shot ends
         v_global = (omega.unsqueeze(-1) * h_seq).sum(1)  # (B, H)  eq. 7: V_g = Σ_s ω_s F_s
         return v_global, s, omega
+
+
+class _BoundaryRecurrence(torch.autograd.Function):
+    """Eqs. 4-6 over all T steps as one autograd node, for speed: the maths of stepping the cell under autograd
+    (tests/test_model.py keeps that loop and holds the two equal) in about half the ops. The forward keeps, per
+    step, the local derivatives the backward needs (computed while the step's tensors are in cache); the backward
+    runs the steps in reverse at one matmul and ~14 small ops each and finds the weight gradients in one matmul
+    over all steps. Per-step tensors stay small: whole-sequence work buffers cost more in page faults than they
+    save in ops. First derivatives only (once_differentiable: a double backward raises).
+
+    gate_x (B, T, 4H) = W_y x_t + b, boundary_x (B, T) = vᵀ(W_si x_t + b_s), w_gates (4H, H) = W_h,
+    w_boundary (H,) = W_shᵀv, mask (B, T) bool, keep_grad: whether to keep what backward needs
+    -> h (B, T, H), s (B, T).
+    """
+
+    @staticmethod
+    def forward(ctx, gate_x: Tensor, boundary_x: Tensor, w_gates: Tensor, w_boundary: Tensor, mask: Tensor,
+                keep_grad: bool) -> tuple[Tensor, Tensor]:
+        B, H = gate_x.shape[0], w_gates.shape[1]
+        full, some = mask.all(0).tolist(), mask.any(0).tolist()  # per step: every video valid, any video valid
+        h = c = gate_x.new_zeros(B, H)  # (B, H)
+        zero, one = gate_x.new_zeros(()), gate_x.new_ones(())
+        w_gates_t, w_boundary_col = w_gates.t(), w_boundary.unsqueeze(1)  # (H, 4H), (H, 1)
+        hs, keeps, saved = [], [], []
+        steps = zip(gate_x.unbind(1), boundary_x.unsqueeze(2).unbind(1), mask.unsqueeze(2).unbind(1), strict=True)
+        with torch.autocast(gate_x.device.type, enabled=False):  # everything in gate_x.dtype
+            for t, (x_t, b_t, valid) in enumerate(steps):  # (B, 4H), (B, 1), (B, 1)
+                if not some[t]:  # every video padded: the state carries through
+                    hs.append(h)
+                    keeps.append(one.expand(B, 1))
+                    saved.append(None)
+                    continue
+                u = torch.addmm(b_t, h, w_boundary_col)  # (B, 1)  eq. 5 inside τ
+                fire = u > 0 if full[t] else (u > 0) & valid  # τ: σ(x) > 0.5 iff x > 0, as straight_through_step
+                keep = torch.where(fire, zero, one)  # (B, 1)  1 - s_t; padding never opens a shot
+                kept_h, kept_c = keep * h, keep * c  # (B, H)  eq. 6: h_{t-1}(1 - s_t), c_{t-1}(1 - s_t)
+                gates = torch.addmm(x_t, kept_h, w_gates_t)  # (B, 4H)  W_y x_t + b + W_h h_{t-1}: the one matmul
+                sig = torch.sigmoid(gates)  # (B, 4H)  σ of every gate (the g block unused)
+                tanh_g = torch.tanh(gates[:, 2 * H:3 * H])  # (B, H)
+                i, f, _, o = sig.chunk(4, dim=1)  # (B, H) each
+                c_new = torch.addcmul(i * tanh_g, f, kept_c)  # eq. 4
+                tanh_c = torch.tanh(c_new)
+                h_new = o * tanh_c  # (B, H)
+                if keep_grad:
+                    # ∂c_t/∂(i, f, g) and ∂h_t/∂o (pre-activations): [tanh g σ'(i), c_{t-1}(1 - s_t) σ'(f),
+                    # i (1 - tanh² g), tanh c_t σ'(o)]
+                    d_gates = torch.addcmul(sig, sig, sig, value=-1.0)  # (B, 4H)  σ' = σ - σ²
+                    torch.addcmul(one, tanh_g, tanh_g, value=-1.0, out=d_gates[:, 2 * H:3 * H])
+                    d_gates *= torch.cat([tanh_g, kept_c, i, tanh_c], dim=1)
+                    dh_dc = torch.addcmul(o, h_new, tanh_c, value=-1.0)  # (B, H)  ∂h_t/∂c_t = o (1 - tanh² c_t)
+                    saved.append((u, keep, kept_h, c, f, dh_dc, d_gates.view(B, 4, H)))
+                if full[t]:
+                    h, c = h_new, c_new
+                else:  # padding carries the state through
+                    h, c = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+                hs.append(h)
+                keeps.append(keep)
+        h_seq, s_seq = torch.stack(hs, dim=1), 1.0 - torch.cat(keeps, dim=1)  # (B, T, H), (B, T)
+        ctx.saved, ctx.full = saved, full
+        ctx.save_for_backward(w_gates, w_boundary, mask, h_seq)
+        return h_seq, s_seq
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h: Tensor, grad_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
+        w_gates, w_boundary, mask, h_seq = ctx.saved_tensors
+        B, T, H = h_seq.shape
+        zero = h_seq.new_zeros(B, H)
+        # straight-through, as straight_through_step: ∂s_t/∂u_t = σ'(u_t) on valid steps, for every step at once
+        sig_u = torch.sigmoid(torch.cat([zero[:, :1] if step is None else step[0] for step in ctx.saved], dim=1))
+        du_ds = sig_u * (1.0 - sig_u) * mask  # (B, T)
+        grad_gates = h_seq.new_empty(B, T, 4 * H)  # ∂L/∂gates_t (pre-activation) of every step
+        grad_boundary = h_seq.new_empty(B, T)  # ∂L/∂u_t
+        kept_h = [zero] * T  # h_{t-1}(1 - s_t)
+        dh, dc = zero, zero  # ∂L/∂h_t, ∂L/∂c_t from the steps after t  (B, H)
+        h_prev = F.pad(h_seq[:, :-1], (0, 0, 1, 0))  # (B, T, H)  h_{t-1}
+        steps = list(zip(grad_h.unbind(1), grad_s.unsqueeze(2).unbind(1), du_ds.unsqueeze(2).unbind(1),
+                         mask.unsqueeze(2).unbind(1), h_prev.unbind(1), grad_gates.unbind(1),
+                         grad_gates.view(B, T, 4, H).unbind(1), grad_boundary.unsqueeze(2).unbind(1), strict=True))
+        for t in reversed(range(T)):
+            grad_h_t, grad_s_t, du_ds_t, valid, h_prev_t, grad_t, grad_4_t, grad_u_t = steps[t]
+            dh = dh + grad_h_t  # (B, H)
+            if ctx.saved[t] is None:  # every video padded
+                grad_t.zero_()
+                grad_u_t.zero_()
+                continue
+            _, keep, kept_h[t], c_prev, f, dh_dc, d_gates = ctx.saved[t]
+            dh_t, dc_t = (dh, dc) if ctx.full[t] else (dh * valid, dc * valid)
+            dc_t = torch.addcmul(dc_t, dh_t, dh_dc)  # (B, H)  ∂L/∂c_t
+            torch.mul(torch.stack([dc_t, dc_t, dc_t, dh_t], dim=1), d_gates, out=grad_4_t)  # (B, 4, H)
+            dc_kept = dc_t * f  # (B, H)  ∂L/∂(c_{t-1}(1 - s_t))
+            dh_kept = torch.mm(grad_t, w_gates)  # (B, H)  ∂L/∂(h_{t-1}(1 - s_t))
+            d_keep = torch.addcmul(dh_kept * h_prev_t, dc_kept, c_prev).sum(1, keepdim=True)  # (B, 1)  ∂L/∂(1 - s_t)
+            du = torch.mul(grad_s_t - d_keep, du_ds_t, out=grad_u_t)  # (B, 1)
+            dh_prev = torch.addcmul(keep * dh_kept, du, w_boundary)  # (B, H)
+            dc_prev = keep * dc_kept
+            if ctx.full[t]:
+                dh, dc = dh_prev, dc_prev
+            else:  # padding passes the gradient straight to the step before
+                dh, dc = torch.where(valid, dh_prev, dh), torch.where(valid, dc_prev, dc)
+        # weight gradients summed over every step at once: Σ_t ∂L/∂gates_tᵀ h_{t-1}(1 - s_t) and Σ_t ∂L/∂u_t h_{t-1}
+        grad_w_gates = grad_gates.view(B * T, 4 * H).t() @ torch.stack(kept_h, dim=1).view(B * T, H)  # (4H, H)
+        grad_w_boundary = grad_boundary.view(B * T) @ h_prev.view(B * T, H)  # (H,)
+        return grad_gates, grad_boundary, grad_w_gates, grad_w_boundary, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from asrn.model import (
     ASRN,
@@ -11,6 +12,7 @@ from asrn.model import (
     ModelConfig,
     ModelConfigError,
     asrn_loss,
+    straight_through_step,
 )
 from asrn.store import MODALITIES
 
@@ -144,6 +146,121 @@ def test_boundaries_reset_the_state_and_close_shots():
     _, _, omega_changed = lstm(changed, mask)
     _close(omega_changed[:, 2:] / omega_changed[:, 2:].sum(1, keepdim=True),
            omega[:, 2:] / omega[:, 2:].sum(1, keepdim=True))
+
+
+def _autograd_loop(lstm, x, mask):
+    """BoundaryLSTM.forward as it was before issue 14, kept as the reference: eqs. 4-7 as autograd ops, step by
+    step. Returns (V_g, s, ω, h)."""
+    B, T, H = x.shape
+    inputs = F.linear(x, torch.cat([lstm.gate_input.weight, lstm.boundary_input.weight]),
+                      torch.cat([lstm.gate_input.bias, lstm.boundary_input.bias]))  # (B, T, 5H)
+    w_hidden = torch.cat([lstm.gate_hidden.weight, lstm.boundary_hidden.weight])  # (5H, H)
+    h, c = x.new_zeros(B, H), x.new_zeros(B, H)
+    gate_in, boundary_in = inputs.split([4 * H, H], dim=-1)
+    hs, ss = [], []
+    for t in range(T):
+        valid, step = mask[:, t].to(x.dtype), mask[:, t].unsqueeze(1)  # (B,), (B, 1)
+        gate_h, boundary_h = F.linear(h, w_hidden).split([4 * H, H], dim=1)
+        s = straight_through_step((boundary_in[:, t] + boundary_h) @ lstm.boundary_v) * valid  # eq. 5
+        keep = (1.0 - s).unsqueeze(1)  # eq. 6
+        i, f, g, o = (gate_in[:, t] + keep * gate_h).chunk(4, dim=1)
+        c_new = torch.sigmoid(f) * (keep * c) + torch.sigmoid(i) * torch.tanh(g)  # eq. 4
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        h, c = torch.where(step, h_new, h), torch.where(step, c_new, c)
+        hs.append(h)
+        ss.append(s)
+    h_seq, s = torch.stack(hs, dim=1), torch.stack(ss, dim=1)
+    next_valid = F.pad(mask[:, 1:], (0, 1), value=False)
+    ends = F.pad(s[:, 1:], (0, 1)) + (mask & ~next_valid).to(x.dtype)
+    score = lstm.shot_score(h_seq).squeeze(-1)
+    top = torch.nan_to_num(score.masked_fill(ends <= 0, float("-inf")).amax(1, keepdim=True).detach(), neginf=0.0)
+    weights = ends * torch.exp(score - top)
+    omega = weights / weights.sum(1, keepdim=True).clamp(min=1e-12)
+    return (omega.unsqueeze(-1) * h_seq).sum(1), s, omega, h_seq  # eq. 7
+
+
+def _with_hidden(lstm, x, mask):
+    """BoundaryLSTM's outputs and the h_t it computed (what shot_score was applied to)."""
+    seen = []
+    hook = lstm.shot_score.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    try:
+        return (*lstm(x, mask), seen[0])
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("lengths", [[7, 7, 7], [7, 5, 1, 3], [5, 2, 0]], ids=["full", "padded", "empty-steps"])
+def test_boundary_lstm_matches_the_autograd_loop(lengths):
+    """Same V_g, s, ω, h and the same gradients (x and every parameter, straight-through included) as the autograd
+    loop, in float64, with boundaries firing and padding (T = 7: [5, 2, 0] leaves steps where no video is valid).
+    gradcheck does not apply: s is a step function whose gradient is, by design, σ' (straight_through_step)."""
+    torch.manual_seed(1)
+    lstm = BoundaryLSTM(6).double()
+    with torch.no_grad():
+        lstm.boundary_v.mul_(8.0)  # |vᵀ(...)| well away from 0: boundaries fire at about half of the steps
+    B, T = len(lengths), 7
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    x = torch.randn(B, T, 6, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(B, 6), torch.randn(B, T), torch.randn(B, T), torch.randn(B, T, 6)]  # of V_g, s, ω, h
+
+    def outputs_and_grads(forward):
+        out = forward(lstm, x, mask)
+        loss = sum((o * w.double()).sum() for o, w in zip(out, weights, strict=True))
+        return out, torch.autograd.grad(loss, [x, *lstm.parameters()])
+
+    (v_global, s, omega, h), grads = outputs_and_grads(_with_hidden)
+    (v_ref, s_ref, omega_ref, h_ref), grads_ref = outputs_and_grads(_autograd_loop)
+    assert 0 < s[mask].sum() < mask.sum() and (s[~mask] == 0).all()
+    assert torch.equal(s, s_ref)
+    for name, a, b in [("V_g", v_global, v_ref), ("omega", omega, omega_ref), ("h", h, h_ref)]:
+        assert torch.allclose(a, b, rtol=0.0, atol=1e-12), name
+    for b, length in enumerate(lengths):  # padding carries the state through: h stays at the last valid step's
+        assert (h[b, length:] == (h[b, length - 1] if length else 0.0)).all()
+    names = ["x", *(name for name, _ in lstm.named_parameters())]
+    for name, a, b in zip(names, grads, grads_ref, strict=True):
+        assert a.abs().max() > 0 or name.startswith("shot_score.bias"), name  # every gradient is exercised
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), f"{name}: max |a - b| = {(a - b).abs().max():.3g}"
+
+
+def test_boundary_lstm_keeps_its_parameters():
+    """Old checkpoints load: the BDLSTM's state_dict keys and shapes are those it always had."""
+    H = 5
+    shapes = {k: tuple(v.shape) for k, v in BoundaryLSTM(H).state_dict().items()}
+    assert shapes == {"gate_input.weight": (4 * H, H), "gate_input.bias": (4 * H,), "gate_hidden.weight": (4 * H, H),
+                      "boundary_input.weight": (H, H), "boundary_input.bias": (H,), "boundary_hidden.weight": (H, H),
+                      "boundary_v": (H,), "shot_score.weight": (1, H), "shot_score.bias": (1,)}
+    keys = [k for k in _model().state_dict() if k.startswith("shots.")]
+    assert keys == [f"shots.{k}" for k in shapes]
+
+
+def test_boundary_lstm_without_grad_and_under_autocast():
+    """no_grad gives the same outputs; bf16 autocast (the GPU recipe's; CPU here) runs and trains the parameters."""
+    torch.manual_seed(2)
+    lstm = BoundaryLSTM(8)
+    x, mask = torch.randn(3, 6, 8), torch.arange(6)[None, :] < torch.tensor([6, 4, 1])[:, None]
+    with_grad = lstm(x, mask)
+    with torch.no_grad():
+        for a, b in zip(lstm(x, mask), with_grad, strict=True):
+            assert torch.equal(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v_global, s, omega = lstm(x, mask)
+    assert s.dtype == torch.bfloat16  # the recurrence ran in the autocast dtype
+    assert set(s.unique().tolist()) <= {0.0, 1.0} and (s[~mask] == 0).all() and torch.isfinite(v_global).all()
+    v_global.float().sum().backward()
+    for name, param in lstm.named_parameters():
+        assert param.grad is not None and param.grad.dtype == torch.float32, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_boundary_lstm_on_cuda_matches_cpu():
+    torch.manual_seed(3)
+    lstm = BoundaryLSTM(6).double()
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 3, 1])[:, None]
+    on_cpu = lstm(x, mask)
+    on_cuda = lstm.cuda()(x.cuda(), mask.cuda())
+    for a, b in zip(on_cuda, on_cpu, strict=True):
+        assert torch.allclose(a.cpu(), b, rtol=0.0, atol=1e-10)
 
 
 def test_overfits_a_planted_signal():
