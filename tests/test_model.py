@@ -251,18 +251,6 @@ def test_boundary_lstm_without_grad_and_under_autocast():
         assert param.grad is not None and param.grad.dtype == torch.float32, name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_boundary_lstm_on_cuda_matches_cpu():
-    torch.manual_seed(3)
-    lstm = BoundaryLSTM(6).double()
-    x = torch.randn(3, 5, 6, dtype=torch.float64)
-    mask = torch.arange(5)[None, :] < torch.tensor([5, 3, 1])[:, None]
-    on_cpu = lstm(x, mask)
-    on_cuda = lstm.cuda()(x.cuda(), mask.cuda())
-    for a, b in zip(on_cuda, on_cpu, strict=True):
-        assert torch.allclose(a.cpu(), b, rtol=0.0, atol=1e-10)
-
-
 def test_overfits_a_planted_signal():
     torch.manual_seed(0)
     B, T, C = 16, 6, 8
