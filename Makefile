@@ -1,8 +1,9 @@
-# Each target builds the environment from nothing: uv (installed with pip if absent) then `uv sync`.
+# Each target builds the environment from nothing: uv (a standalone `uv` on PATH if there is one, else
+# `python3 -m uv`, installed with pip if absent) then `uv sync` from the frozen uv.lock.
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 PYTHON ?= python3
-UV := $(PYTHON) -m uv
+UV ?= $(shell uv --version >/dev/null 2>&1 && echo uv || echo "$(PYTHON) -m uv")
 # the venv's own executables, not `uv run`: under `uv run`, Ray 2.60 rebuilds a uv environment for every worker
 BIN := .venv/bin
 

@@ -44,6 +44,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from machine import machine  # noqa: E402
 
+from asrn import synth_features  # noqa: E402
 from asrn.labels import task_labels  # noqa: E402
 from asrn.loop import RECIPES, Recipe, build_optimizer, evaluate, train_epoch  # noqa: E402
 from asrn.metrics import choose_thresholds, compute_metrics  # noqa: E402
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tasks", default="sub,obj")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--short-run", action="store_true")
+    p.add_argument("--cue-amplitude", type=float, default=None,
+                   help="the generator's CUE_AMPLITUDE (default: synth_features'; recorded in the results)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--jobs", type=int, default=1, help="(seed, task) jobs run in parallel processes")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ablation.json")
@@ -309,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.render.with_suffix(".md").write_text(markdown(result))
         return result
     torch.set_num_threads(args.threads)
+    if args.cue_amplitude is not None:  # before the jobs fork
+        synth_features.CUE_AMPLITUDE = args.cue_amplitude
     recipe = RECIPES[args.recipe]
     for item in args.set:
         key, value = item.split("=", 1)
