@@ -9,7 +9,8 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from asrn.errors import AsrnError
@@ -19,9 +20,30 @@ from asrn.model import VARIANTS
 
 
 def _config_from_args(config_cls, args: argparse.Namespace):
-    """Build a config dataclass from the parsed flags that share its field names."""
+    """Build a config dataclass from the parsed flags that share its field names; a flag left at None leaves the
+    dataclass's own default (the recipe's value, for the recipe's fields)."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     return config_cls(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Ends an option's help with "(default: X)" when it has a default value and its help names no default.
+
+    Flags whose default comes from elsewhere (the recipe, an environment variable) default to None and say so in
+    their help; the defaults given here are the config dataclasses' own (tests/test_cli.py checks they agree).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if not action.option_strings or "default:" in text or "%(default)" in text or default is None \
+                or default is False or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _parser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_HelpWithDefaults)
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
@@ -29,118 +51,146 @@ def _add_address(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster to join (e.g. auto, ray://host:10001); default: start a local one")
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", default=False,
+                   help="show Ray's own console lines too (per report, checkpoint, dataset execution); without it "
+                        "they stay in Ray's log files only")
+
+
 def _add_synth_arguments(sub) -> None:
-    synth = sub.add_parser("synth", help="make synthetic data").add_subparsers(dest="what", required=True)
-    videos = synth.add_parser("videos", help="mp4 files + boxes JSON + manifest.csv")
-    videos.add_argument("--out", type=Path, required=True)
-    videos.add_argument("--num-videos", type=int, default=60)
-    videos.add_argument("--seed", type=int, default=0)
-    features = synth.add_parser("features", help="a feature store with planted signals")
-    features.add_argument("--out", type=Path, required=True)
-    features.add_argument("--num-videos", type=int, default=400)
-    features.add_argument("--seed", type=int, default=0)
+    synth = _parser(sub, "synth", "make synthetic data").add_subparsers(dest="what", required=True)
+    videos = _parser(synth, "videos", "mp4 files + boxes JSON + manifest.csv")
+    videos.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    videos.add_argument("--num-videos", type=int, default=60, metavar="N", help="videos to write")
+    videos.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
+    features = _parser(synth, "features", "a feature store with planted signals")
+    features.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    features.add_argument("--num-videos", type=int, default=400, metavar="N", help="videos to write")
+    features.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
 
 
 def _add_extract_arguments(sub) -> None:
-    p = sub.add_parser("extract", help="videos -> per-frame features (Ray Data) -> Parquet")
-    p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--preset", choices=["paper", "lite"], default=None)
-    p.add_argument("--fps", type=float, default=None, help="sampling rate of time steps")
-    p.add_argument("--num-workers", type=int, default=None, help="encoder actors")
-    p.add_argument("--gpus-per-worker", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="videos per map_batches batch")
-    p.add_argument("--weights-dir", type=Path, default=None, help="folder of pretrained weight files")
-    p.add_argument("--overwrite", action="store_true", default=None, help="redo videos already in --out")
+    p = _parser(sub, "extract", "videos -> per-frame features (Ray Data) -> Parquet")
+    p.add_argument("--manifest", type=Path, required=True, metavar="CSV",
+                   help="video_id,path,split,labels[,boxes] per video")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the feature store to write")
+    p.add_argument("--preset", choices=["paper", "lite"], default="lite",
+                   help="encoders: the paper's backbones, or small ones for CPUs")
+    p.add_argument("--fps", type=float, default=2.0, help="sampling rate of time steps")
+    p.add_argument("--num-workers", type=int, default=1, help="encoder actors")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="per encoder actor; 0: on the CPU")
+    p.add_argument("--batch-size", type=int, default=4, help="videos per map_batches batch")
+    p.add_argument("--weights-dir", type=Path, default=None,
+                   help="folder of pretrained weight files; default: torchvision's cache, else random init")
+    p.add_argument("--overwrite", action="store_true", default=False, help="redo videos already in --out")
+    _add_verbose(p)
     _add_address(p)
 
 
-def _add_mlflow_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", "--mlflow-uri", dest="mlflow_uri", default=None,
+def _add_mlflow_arguments(p: argparse.ArgumentParser, registers: str) -> None:
+    p.add_argument("--tracking-uri", "--mlflow-uri", dest="mlflow_uri", default=None, metavar="URI",
                    help="MLflow tracking URI, or none (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
-    p.add_argument("--experiment-name", "--experiment", dest="experiment", default=None,
+    p.add_argument("--experiment-name", "--experiment", dest="experiment", default=None, metavar="NAME",
                    help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else asrn)")
+    p.add_argument("--register-model", metavar="NAME", default=None,
+                   help=f"register {registers} in the MLflow model registry as NAME (default: logged, not registered)")
+
+
+def _recipe_default(field: str) -> str:
+    """Help text naming each recipe's value of `field`."""
+    values = ", ".join(f"{r.name} {getattr(r, field):g}" for r in RECIPES.values())
+    return f"default: from --recipe: {values}"
 
 
 def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    recipes = "; ".join(f"{r.name}: {r.optimizer} lr {r.lr:g}, weight decay {r.weight_decay:g}, batch {r.batch_size}, "
+    recipes = "; ".join(f"{r.name} = {r.optimizer} lr {r.lr:g}, weight decay {r.weight_decay:g}, batch {r.batch_size}, "
                         f"dropout {r.dropout:g}, hidden {r.hidden}, {r.epochs} epochs, patience {r.patience}"
                         for r in RECIPES.values())
-    p.add_argument("--recipe", choices=list(RECIPES), default=None,
-                   help=f"optimisation settings, each overridable by its own flag ({recipes}); default: default")
-    p.add_argument("--variant", choices=list(VARIANTS), default=None, help="model or ablation (default: asrn)")
-    p.add_argument("--hidden", type=int, default=None, help="model width (default: the recipe's)")
+    p.add_argument("--recipe", choices=list(RECIPES), default="default",
+                   help=f"optimisation settings, each overridable by its own flag ({recipes}); default: %(default)s")
+    p.add_argument("--variant", choices=list(VARIANTS), default="asrn", help="model or ablation")
+    p.add_argument("--hidden", type=int, default=None, help=f"model width ({_recipe_default('hidden')})")
+
+
+def _add_inputs(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--features", type=Path, required=True, metavar="DIR", help="feature store (asrn extract's --out)")
+    p.add_argument("--task", choices=list(TASKS), required=True, help="relation group(s) to predict")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help=out)
 
 
 def _add_train_arguments(sub) -> None:
-    p = sub.add_parser("train", help="train ASRN with Ray Train, recorded in MLflow")
-    p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--task", choices=list(TASKS), required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p = _parser(sub, "train", "train ASRN with Ray Train, recorded in MLflow")
+    _add_inputs(p, "run folder: best.pt, metrics.json, predictions.parquet, plots")
     _add_recipe_arguments(p)
-    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default: 1)")
-    p.add_argument("--use-gpu", action="store_true", default=None)
-    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
-    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
-    p.add_argument("--weight-decay", type=float, default=None, help="default: the recipe's")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: the recipe's)")
-    p.add_argument("--dropout", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--use-gpu", action="store_true", default=False, help="one GPU per worker")
+    p.add_argument("--epochs", type=int, default=None, help=_recipe_default("epochs"))
+    p.add_argument("--lr", type=float, default=None, help=_recipe_default("lr"))
+    p.add_argument("--weight-decay", type=float, default=None, help=_recipe_default("weight_decay"))
+    p.add_argument("--batch-size", type=int, default=None, help=f"global batch ({_recipe_default('batch_size')})")
+    p.add_argument("--dropout", type=float, default=None, help=_recipe_default("dropout"))
     p.add_argument("--patience", type=int, default=None,
-                   help="epochs without val mAP gain before stopping (default: the recipe's)")
-    p.add_argument("--checkpoint-every", type=int, default=None,
-                   help="epochs between checkpoints besides improvements (default: 5)")
-    p.add_argument("--seed", type=int, default=None, help="default: 0")
-    p.add_argument("--storage", default=None, help="checkpoint storage (local folder or s3://, gs://)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run in --out")
-    _add_mlflow_arguments(p)
+                   help=f"epochs without val mAP gain before stopping ({_recipe_default('patience')})")
+    p.add_argument("--checkpoint-every", type=int, default=5,
+                   help="epochs between checkpoints besides improvements and the last epoch")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the model and the shuffles")
+    p.add_argument("--storage", default=None,
+                   help="checkpoint storage (local folder or s3://, gs://); default: OUT/ray_results")
+    p.add_argument("--resume", action="store_true", default=False, help="continue an interrupted run in --out")
+    _add_mlflow_arguments(p, "best.pt's MLflow model")
+    _add_verbose(p)
     _add_address(p)
 
 
 def _add_tune_arguments(sub) -> None:
-    p = sub.add_parser("tune", help="sweep dropout, lr, batch size with Ray Tune + Optuna")
-    p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--task", choices=list(TASKS), required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--num-samples", type=int, required=True)
-    p.add_argument("--max-concurrent", type=int, default=None)
-    p.add_argument("--space", type=Path, default=None, help="search space YAML (default tuning/spaces/default.yaml)")
-    p.add_argument("--scheduler", choices=["asha", "none"], default=None)
-    p.add_argument("--workers-per-trial", type=int, default=None)
-    p.add_argument("--use-gpu", action="store_true", default=None)
+    p = _parser(sub, "tune", "sweep dropout, lr, batch size with Ray Tune + Optuna")
+    _add_inputs(p, "sweep folder: best_config.json, best.pt, trials.csv, sweep.png")
+    p.add_argument("--num-samples", type=int, required=True, help="trials")
+    p.add_argument("--max-concurrent", type=int, default=2, help="trials at once, at most (lowered to fit the cluster)")
+    p.add_argument("--space", type=Path, default=None, help="search space YAML; default: tuning/spaces/default.yaml")
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
+                   help="asha stops weak trials early; none runs every trial to the end")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
+    p.add_argument("--use-gpu", action="store_true", default=False, help="one GPU per Train worker")
     _add_recipe_arguments(p)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per trial at most (default: 30)")
-    p.add_argument("--grace-period", type=int, default=None,
-                   help="ASHA: epochs every trial runs before it can be stopped (default: 3)")
-    p.add_argument("--reduction-factor", type=int, default=None,
-                   help="ASHA: keep the top 1/reduction-factor at each rung (default: 3)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--storage", default=None)
-    p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted sweep in --out")
-    _add_mlflow_arguments(p)
+    p.add_argument("--epochs", type=int, default=30, help="epochs per trial at most")
+    p.add_argument("--grace-period", type=int, default=3,
+                   help="ASHA: epochs every trial runs before it can be stopped")
+    p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep the top 1/reduction-factor at each rung")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the search and the trials")
+    p.add_argument("--storage", default=None, help="Tune and Train storage (folder, s3://, gs://); default: OUT")
+    p.add_argument("--resume", action="store_true", default=False, help="continue an interrupted sweep in --out")
+    _add_mlflow_arguments(p, "the best trial's MLflow model (logged on the sweep's parent run)")
+    _add_verbose(p)
     _add_address(p)
 
 
 def _add_predict_arguments(sub) -> None:
-    p = sub.add_parser("predict", help="a video's relations, with attention.png")
+    p = _parser(sub, "predict", "a video's relations, with attention.png (in this process, without Ray)")
     p.add_argument("videos", nargs="*", type=Path, help="video files (or use --manifest)")
-    p.add_argument("--manifest", type=Path, default=None)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--boxes", type=Path, default=None, help="person/face tracks JSON for a single video")
-    p.add_argument("--weights-dir", type=Path, default=None)
-    p.add_argument("--threshold", type=float, default=None)
-    _add_address(p)
+    p.add_argument("--manifest", type=Path, default=None, metavar="CSV",
+                   help="videos (asrn extract's manifest format) instead of VIDEO paths; default: the VIDEO paths")
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt of asrn train or asrn tune")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="scores.json, attention.json, attention.png (a folder per video for several)")
+    p.add_argument("--boxes", type=Path, default=None, metavar="JSON",
+                   help="person/face tracks of a single video; default: detect them as asrn extract does")
+    p.add_argument("--weights-dir", type=Path, default=None,
+                   help="folder of pretrained weight files; default: torchvision's cache, else random init")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="one decision threshold for every class; default: the per-class ones chosen on val")
 
 
 def _add_demo_arguments(sub) -> None:
-    p = sub.add_parser("demo", help="the whole pipeline on synthetic data, locally")
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--num-videos", type=int, default=None)
+    p = _parser(sub, "demo", "the whole pipeline on synthetic data, locally")
+    p.add_argument("--out", type=Path, default=Path("demo-output"), metavar="DIR", help="output folder")
+    p.add_argument("--num-videos", type=int, default=120, metavar="N", help="synthetic videos")
     _add_address(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asrn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="asrn", description=__doc__.splitlines()[0],
+                                     formatter_class=_HelpWithDefaults)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth_arguments(sub)
     _add_extract_arguments(sub)
@@ -162,7 +212,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"videos written to {args.out}; manifest: {manifest}")
     elif args.command == "extract":
         from asrn.extract import ExtractConfig, extract_features
-        extract_features(_config_from_args(ExtractConfig, args))
+        config = _config_from_args(ExtractConfig, args)
+        with _verbose_ray(args):
+            extract_features(config)
     elif args.command == "train":
         from asrn.train import TrainConfig, train
         train(_config_from_args(TrainConfig, args))
@@ -177,8 +229,20 @@ def run(args: argparse.Namespace) -> None:
         run_demo(_config_from_args(DemoConfig, args))
 
 
-def _given(flag: str, argv: Sequence[str]) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
+@contextmanager
+def _verbose_ray(args: argparse.Namespace) -> Iterator[None]:
+    """With --verbose, the Ray session `asrn extract` would start, with Ray's console lines (it then starts here,
+    before extract's input checks; extract joins it); without it extract starts its own, quiet one."""
+    if not args.verbose:
+        yield
+        return
+    from asrn.train import ray_session
+    with ray_session(args.address, verbose=True):
+        yield
+
+
+def _given(flags: Sequence[str], argv: Sequence[str]) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv for flag in flags)
 
 
 def job_argv(command: str, argv: Sequence[str]) -> list[str]:
@@ -189,11 +253,11 @@ def job_argv(command: str, argv: Sequence[str]) -> list[str]:
     """
     args = [command, *argv]
     address = os.environ.get("RAY_ADDRESS", "")
-    if address and not address.startswith(("http://", "https://")) and not _given("--address", argv):
+    if address and not address.startswith(("http://", "https://")) and not _given(["--address"], argv):
         args += ["--address", address]
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if command in ("train", "tune") and uri and not _given("--mlflow-uri", argv):
-        args += ["--mlflow-uri", uri]
+    if command in ("train", "tune") and uri and not _given(["--tracking-uri", "--mlflow-uri"], argv):
+        args += ["--tracking-uri", uri]
     return args
 
 

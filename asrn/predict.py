@@ -20,8 +20,8 @@ fails, listed in --out/errors.json, and at the end `PredictFailures` (a PredictE
 that succeeded) is raised, so `asrn predict` exits 1. A video without any person is not an error: it is predicted
 from image and motion, and the warning is printed and written to scores.json.
 
-No Ray here: a video is small work for one process, so `--address` is accepted (every command takes it) and
-ignored; the checkpoint is read by asrn.checkpoint, which is Ray-free too.
+No Ray here: a video is small work for one process, so `asrn predict` takes no `--address` (the other commands
+join a Ray cluster with it); the checkpoint is read by asrn.checkpoint, which is Ray-free too.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class PredictFailures(PredictError):
 
 @dataclass
 class PredictConfig:
-    """`asrn predict` flags (same names). `address` is accepted and ignored: predict runs in this process."""
+    """`asrn predict` flags (same names); no Ray cluster: predict runs in this process."""
 
     checkpoint: Path
     out: Path

@@ -17,9 +17,14 @@ loss_curves.png, per_class.png, mlflow_run.json, ray_run.json (Ray run name and 
 default the Ray checkpoints under `out/ray_results/`. Rank 0 checkpoints when val mAP improves, every
 `checkpoint_every` epochs, and at the last epoch.
 
-MLflow: the driver creates the run and logs parameters; per-epoch metrics are logged by a Ray Train `UserCallback`
-in the Train controller (one process), once per epoch even when a restarted worker group repeats epochs since its
-last checkpoint; the driver logs test metrics and artifacts after `fit()`.
+MLflow: the driver creates the run and logs parameters (the config, the store's URI and provenance); per-epoch
+metrics are logged by a Ray Train `UserCallback` in the Train controller (one process), once per epoch even when a
+restarted worker group repeats epochs since its last checkpoint; the driver logs the machine's system metrics while
+it runs (where psutil is installed), and after `fit()` the test metrics, the artifacts and best.pt as an MLflow
+PyTorch model (asrn.mlflow_runs.log_best_model), registered under `--register-model NAME` when given.
+
+Console: the driver prints how far loading the store has got, the Train controller one line per epoch with elapsed
+time and ETA; Ray's routine lines stay in its log files unless `verbose` (asrn.console).
 
 Fault injection, for tests only: ASRN_FAULT_EXIT="<rank>:<epoch>:<marker file>" makes that worker exit hard
 (os._exit) after training that epoch, before reporting it, once (the marker file records that it happened).
@@ -32,7 +37,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -49,6 +54,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from asrn import mlflow_runs
 from asrn.checkpoint import load_training_state, save_training_state, write_checkpoint
+from asrn.console import quiet_ray_console, ray_runtime_env
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
@@ -69,6 +75,7 @@ from asrn.store import (
     MODALITIES,
     FeatureStoreError,
     StoreInfo,
+    VideoFeatures,
     feature_statistics,
     load_videos,
     part_files,
@@ -119,7 +126,9 @@ class TrainConfig:
     resume: bool = False
     mlflow_uri: str | None = None  # default MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; "none": off
     experiment: str | None = None  # default MLFLOW_EXPERIMENT_NAME, else "asrn"
+    register_model: str | None = None  # register best.pt's MLflow model under this name
     address: str | None = None
+    verbose: bool = False  # Ray's routine console lines too (asrn.console)
     max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
     num_to_keep: int = 2  # Ray checkpoints kept: the best by val mAP (the latest is always kept too)
     checkpoint_every: int = 5  # besides improvements and the last epoch
@@ -147,6 +156,8 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise TrainConfigError(f"{name} = {getattr(self, name)!r}: must be {rules.get(name, '>= 1')}")
+        if self.register_model is not None and not self.register_model.strip():
+            raise TrainConfigError("--register-model: the registered model's name is empty")
 
     def to_dict(self) -> dict:
         return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
@@ -173,6 +184,7 @@ class LoopConfig:
     input_stats: dict[str, tuple[np.ndarray, np.ndarray]]  # the train split's per-dimension (mean, std)
     checkpoint_every: int
     fault: str | None = None  # FAULT_ENV's value on the driver (tests only)
+    verbose: bool = False  # Ray's routine lines on the console too
 
 
 def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
@@ -197,6 +209,7 @@ class TrainResult:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    model_uri: str | None = None  # best.pt as an MLflow model (models:/<model id>)
 
 
 # ---------------------------------------------------------------- checking the store before Ray starts
@@ -238,25 +251,34 @@ def _count_part(path: Path, counts: dict[str, int], info: StoreInfo, seen: dict[
         check_videos(table_to_videos(pa.Table.from_batches([first])), info.dims, str(path))
 
 
-def check_store(features: Path, task: str) -> tuple[StoreInfo, dict[str, int]]:
+def check_store(features: Path, task: str, say: Callable[[str], None] | None = None,
+                every: float = 5.0) -> tuple[StoreInfo, dict[str, int]]:
     """Refuse a store training cannot use; return its info and the number of videos per split.
 
-    Reads only the schema, the video_id/split/labels columns and the first row of each part file.
+    Reads only the schema, the video_id/split/labels columns and the first row of each part file. `say` (e.g.
+    print) hears how far it has got, at most every `every` seconds, and the totals.
     """
+    started = last = time.monotonic()
     info = read_info(features)
     files = part_files(features)
     if not files:
         raise FeatureStoreError(f"{features}: holds no Parquet data files")
     counts = dict.fromkeys(SPLITS, 0)
     seen: dict[str, Path] = {}
-    for path in files:
+    for i, path in enumerate(files, 1):
         _count_part(path, counts, info, seen)
+        if say and i < len(files) and time.monotonic() - last >= every:
+            say(f"store {features}: checked {i}/{len(files)} part files ({len(seen)} videos so far)")
+            last = time.monotonic()
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
         raise EmptySplitError(f"{features}: no videos in split {', '.join(empty)} "
                               f"(counts: {', '.join(f'{s} {n}' for s, n in counts.items())}); "
                               "training needs train, val and test videos")
     task_labels(task)
+    if say:
+        say(f"store {features}: {len(seen)} videos ({' / '.join(f'{n} {s}' for s, n in counts.items())}) in "
+            f"{len(files)} part file(s), preset {info.preset}, checked in {time.monotonic() - started:.1f} s")
     return info, counts
 
 
@@ -328,12 +350,14 @@ def train_loop_per_worker(config: LoopConfig) -> None:
 
     Reports REPORTED_METRICS plus lr, best_epoch, best_val_map, epoch_seconds and train_samples_per_s.
     """
+    quiet_ray_console(not config.verbose)  # after Ray Train configured this worker's logging (asrn.console)
     torch.manual_seed(config.seed)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     autocast = config.use_gpu and device.type == "cuda"  # bf16 autocast on GPU only
     net = ASRN(config.model)
-    net.set_input_stats(config.input_stats)
+    # copies: arrays that come out of Ray's object store are read-only, which torch.as_tensor warns about
+    net.set_input_stats({m: (np.array(mean), np.array(std)) for m, (mean, std) in config.input_stats.items()})
     model = ray.train.torch.prepare_model(net)  # DDP over gloo (CPU) or NCCL (GPU); `net` stays the plain module
     optimizer, scheduler = build_optimizer(model, config.recipe)
     progress = _restore(net, optimizer, scheduler)
@@ -376,22 +400,27 @@ class EpochLogger(ray.train.UserCallback):
 
     An epoch is logged once: a worker group restarted from its last checkpoint repeats the epochs after it, and a
     resumed run those its killed driver had logged (`logged`, read from MLflow); the first report stands.
+    Elapsed time counts from the driver's start; the ETA (to the last epoch; early stopping may come sooner)
+    extrapolates the pace since this controller's first report, so that starting the workers does not count.
     """
 
     def __init__(self, epochs: int, tracking_uri: str | None = None, run_id: str | None = None,
                  logged: set[int] | None = None):
         self.epochs, self.tracking_uri, self.run_id = epochs, tracking_uri, run_id
         self.logged = set(logged or ())
-        self.started = time.monotonic()
+        self.started = time.time()  # wall-clock: the controller may run on another node than the driver
+        self.first: tuple[float, int] | None = None  # (time, epoch) of the first report seen here
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         m = metrics[0]  # rank 0's; every worker reports the same validation figures
-        if int(m["epoch"]) in self.logged:
-            print(f"epoch {m['epoch']}/{self.epochs}: repeated after a restart (logged before)", flush=True)
+        epoch, now = int(m["epoch"]), time.time()
+        if epoch in self.logged:
+            print(f"epoch {epoch}/{self.epochs}: repeated after a restart (logged before)", flush=True)
             return
-        self.logged.add(int(m["epoch"]))
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / m["epoch"] * (self.epochs - m["epoch"]) if m["epoch"] else 0.0
+        self.logged.add(epoch)
+        self.first = self.first or (now, epoch)
+        pace = (now - self.first[0]) / (epoch - self.first[1]) if epoch > self.first[1] else m["epoch_seconds"]
+        elapsed, eta = now - self.started, pace * (self.epochs - epoch)
         print(f"epoch {m['epoch']}/{self.epochs}: train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
               f"val mAP {m['val_map']:.4f}  F1 macro {m['val_f1_macro']:.4f}  ({m['epoch_seconds']:.1f} s; "
               f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s)", flush=True)
@@ -406,7 +435,7 @@ def loop_config_for(config: TrainConfig, info: StoreInfo, input_stats: dict | No
                       batch_size=max(1, config.batch_size // config.num_workers), seed=config.seed,
                       use_gpu=config.use_gpu, checkpoint_every=config.checkpoint_every,
                       input_stats=input_stats or feature_statistics(config.features, "train"),
-                      fault=os.environ.get(FAULT_ENV))
+                      fault=os.environ.get(FAULT_ENV), verbose=config.verbose)
 
 
 def storage_path(config: TrainConfig) -> str:
@@ -414,16 +443,33 @@ def storage_path(config: TrainConfig) -> str:
 
 
 def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.train.UserCallback] = (),
-                  info: StoreInfo | None = None, input_stats: dict | None = None) -> TorchTrainer:
+                  info: StoreInfo | None = None, input_stats: dict | None = None,
+                  counts: dict[str, int] | None = None, say: Callable[[str], None] | None = None) -> TorchTrainer:
     """A TorchTrainer for `config`: Ray Data over the store's parts, checkpoints under `storage_path(config)`.
 
     A second trainer with the same `run_name` and storage continues from that run's last checkpoint
     (Ray Train V2 restores its checkpoint manager from storage): that is how `--resume` works.
+    `say` (e.g. print) hears each step of loading the store (`counts`: videos per split, for those lines).
     """
+    say = say or (lambda message: None)
+    started = time.monotonic()
     info = info or read_info(config.features)
     files = [str(f.resolve()) for f in part_files(config.features)]
+    steps = 2 if input_stats is not None else 3
     # materialized once, so that epochs re-split blocks in the object store rather than re-read the files
-    datasets = {s: ray.data.read_parquet(files).filter(expr=col("split") == s).materialize() for s in ("train", "val")}
+    ray.data.DataContext.get_current().enable_progress_bars = config.verbose
+    datasets, took = {}, ""
+    for step, split in enumerate(("train", "val"), 1):
+        videos = f" ({counts[split]} videos)" if counts else ""
+        say(f"store [{step}/{steps}]: reading the {split} split{videos} into Ray's object store{took}")
+        begun = time.monotonic()
+        datasets[split] = ray.data.read_parquet(files).filter(expr=col("split") == split).materialize()
+        took = f" ({split}: {time.monotonic() - begun:.1f} s)"
+    if input_stats is None:
+        say(f"store [3/3]: input statistics of the train split{took}")
+        input_stats, took = feature_statistics(config.features, "train"), ""
+    say(f"store: loaded in {time.monotonic() - started:.1f} s{took}; starting {config.num_workers} Ray Train "
+        "worker(s)")
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config_for(config, info, input_stats),
@@ -437,6 +483,9 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
                                                          checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             callbacks=list(callbacks),
+            # Ray Train's INFO lines (worker group started, checkpoint created, ...) off the console unless verbose;
+            # its system log files keep every level
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if config.verbose else "WARNING"),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -444,11 +493,16 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
 
 
 @contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Connect to `address` (or start a local Ray) unless Ray is already up; shut down only what we started."""
+def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
+    """Connect to `address` (or start a local Ray) unless Ray is already up; shut down only what we started.
+
+    Unless `verbose`, Ray's routine lines stay off the console of this process and of the job's workers
+    (asrn.console); a session already up keeps the console it was started with.
+    """
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=ray_runtime_env(verbose))
+        quiet_ray_console(not verbose)
     try:
         yield
     finally:
@@ -493,6 +547,7 @@ class BestModelReport:
     metrics: dict
     predictions: Path
     per_class_plot: Path
+    example: VideoFeatures  # a val video, for the input example of the MLflow model
 
 
 def _write_predictions(columns: dict[str, list], labels: list[str], path: Path) -> Path:
@@ -514,8 +569,10 @@ def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: Pa
     model.eval()
     columns: dict[str, list] = {"video_id": [], "split": [], "labels": [], **{name: [] for name in labels}}
     scored = {}
+    example = None
     for split in ("val", "test"):
         videos = load_videos(config.features, splits=[split])
+        example = example or videos[0]
         scored[split] = (np.stack([encode(v.labels, config.task) for v in videos]),
                          predict_scores(model, videos, config.task, config.batch_size))
         columns["video_id"] += [v.video_id for v in videos]
@@ -533,7 +590,7 @@ def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: Pa
     per_class = plot_per_class(metrics["test"]["per_class"], out / "per_class.png",
                                title=f"test F1 and accuracy per class (epoch {state['epoch']})")
     return BestModelReport(checkpoint, metrics, _write_predictions(columns, labels, out / "predictions.parquet"),
-                           per_class)
+                           per_class, example)
 
 
 def summary_line(metrics: dict) -> str:
@@ -543,14 +600,19 @@ def summary_line(metrics: dict) -> str:
             f"{tuned['f1_macro']:.4f}  F1 micro {tuned['f1_micro']:.4f}")
 
 
-def _fit(config: TrainConfig, run_name: str, info: StoreInfo, tracking_uri: str | None, run_id: str | None):
+def _fit(config: TrainConfig, run_name: str, info: StoreInfo, counts: dict[str, int], tracking_uri: str | None,
+         run_id: str | None):
     """Run the TorchTrainer; mark the MLflow run FAILED if it raises."""
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
     logged = mlflow_runs.logged_steps(tracking_uri, run_id, "train_loss") if run_id and config.resume else set()
     try:
-        with ray_session(config.address):
+        if not ray.is_initialized():
+            where = f"joining the Ray cluster at {config.address}" if config.address else "starting a local Ray"
+            print(f"ray: {where}", flush=True)
+        with ray_session(config.address, config.verbose):
             logger = EpochLogger(config.epochs, tracking_uri, run_id, logged)
-            return build_trainer(config, run_name, [logger], info).fit()
+            trainer = build_trainer(config, run_name, [logger], info, counts=counts,
+                                    say=lambda message: print(message, flush=True))
+            return trainer.fit()
     except BaseException as e:
         if run_id:
             mlflow_runs.finish_run(tracking_uri, run_id, "FAILED")
@@ -573,21 +635,31 @@ def _non_finite_loss(error: BaseException) -> str | None:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train, write the outputs listed in the module docstring, and print where they and the MLflow run are."""
-    info, counts = check_store(config.features, config.task)  # bad input stops here, before Ray starts
+    tracking_uri, run_id = mlflow_runs.tracking_uri_for(config.mlflow_uri), None
+    if config.register_model and not tracking_uri:
+        raise TrainConfigError(f"--register-model {config.register_model}: MLflow is off (tracking URI "
+                               f"{mlflow_runs.NO_MLFLOW!r}); registering needs a tracking store")
+    # bad input stops here, before Ray starts
+    info, counts = check_store(config.features, config.task, say=lambda message: print(message, flush=True))
     config.out.mkdir(parents=True, exist_ok=True)
     run_name = _run_name(config)
     write_json(config.out / "config.json", config.to_dict())
-    tracking_uri, run_id = mlflow_runs.tracking_uri_for(config.mlflow_uri), None
     if tracking_uri:
         run_id, tracking_uri = mlflow_runs.open_run(
             tracking_uri, mlflow_runs.experiment_for(config.experiment), config.out.name,
             {"asrn.command": "train", "asrn.task": config.task}, config.out / "mlflow_run.json", config.resume)
-        mlflow_runs.log_params(tracking_uri, run_id, {**config.to_dict(), **mlflow_runs.store_params(info),
-                                                      **{f"num_{s}_videos": n for s, n in counts.items()}})
-    print(f"training {config.variant} ({config.recipe} recipe) on {config.features} ({counts['train']} train / "
-          f"{counts['val']} val / {counts['test']} test videos), task {config.task}, {config.num_workers} worker(s)",
-          flush=True)
-    result = _fit(config, run_name, info, tracking_uri, run_id)
+        mlflow_runs.log_params(tracking_uri, run_id, {**config.to_dict(),
+                                                      **mlflow_runs.store_params(info, config.features, counts)})
+    print(f"training {config.variant} ({config.recipe} recipe), task {config.task}, {config.num_workers} worker(s), "
+          f"{config.epochs} epochs at most", flush=True)
+    with mlflow_runs.system_metrics(tracking_uri, run_id, resume=config.resume):
+        return _train_and_report(config, run_name, info, counts, tracking_uri, run_id)
+
+
+def _train_and_report(config: TrainConfig, run_name: str, info: StoreInfo, counts: dict[str, int],
+                      tracking_uri: str | None, run_id: str | None) -> TrainResult:
+    """`train` once the run is open: fit, then best.pt, its scores and plots, the MLflow model and metrics."""
+    result = _fit(config, run_name, info, counts, tracking_uri, run_id)
 
     with result.checkpoint.as_directory() as folder:
         history = load_training_state(folder)["history"]
@@ -600,18 +672,22 @@ def train(config: TrainConfig) -> TrainResult:
     files = {"config": config.out / "config.json", "checkpoint": best.checkpoint,
              "metrics": config.out / "metrics.json", "predictions": best.predictions, "loss_curves": loss_curves,
              "per_class": best.per_class_plot}
+    model_info = None
     if run_id:
         test = {f"test_{k}": best.metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
         test["test_f1_macro_at_val_thresholds"] = best.metrics["test_at_val_thresholds"]["f1_macro"]
         test.update(mlflow_runs.per_class_metrics("test", best.metrics["test"]))
+        model_info = mlflow_runs.log_best_model(tracking_uri, run_id, best.checkpoint, best.example,
+                                                config.register_model)
         mlflow_runs.log_metrics(tracking_uri, run_id, test, step=best_state["epoch"],
-                                tags={"best_epoch": best_state["epoch"]})
+                                tags={"best_epoch": best_state["epoch"], "asrn.model_uri": model_info.model_uri})
         mlflow_runs.finish_run(tracking_uri, run_id, "FINISHED",
                                [files[k] for k in ("config", "metrics", "loss_curves", "per_class")])
     print(f"best epoch {best_state['epoch']}; {summary_line(best.metrics)}")
     print(f"outputs in {config.out}: best.pt, metrics.json, predictions.parquet, loss_curves.png, per_class.png")
     if run_id:
         print(f"MLflow run {run_id} in {tracking_uri}; open it with: mlflow ui --backend-store-uri {tracking_uri}")
+        print(mlflow_runs.model_line(model_info, config.register_model))
     return TrainResult(out=config.out, checkpoint=best.checkpoint, best_epoch=best_state["epoch"],
                        metrics=best.metrics, history=history, mlflow_run_id=run_id, tracking_uri=tracking_uri,
-                       files=files)
+                       files=files, model_uri=model_info.model_uri if model_info else None)

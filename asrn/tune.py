@@ -13,10 +13,12 @@ Ray 2.60 runs Train V2, where `tune.Tuner` no longer takes a trainer: each Tune 
 - The train split's input statistics are computed once on the driver and handed to every trial.
 
 MLflow (written only by the Tune driver, through `SweepRecorder`): one parent run for the sweep and one nested
-child run per trial (tag `mlflow.parentRunId`) with the trial's hyperparameters and the sweep's fixed settings
-(variant, task, epochs, recipe, features), per-epoch metrics (step = epoch), tag `status`
-(completed | stopped_early | failed) and metric `best_val_map`; the parent carries tags best_trial_id /
-best_run_id, metric best_val_map, the best trial's test metrics and the sweep plot.
+child run per trial (tag `mlflow.parentRunId`; user, source and git tags as on the parent) with the trial's
+hyperparameters and the sweep's fixed settings (variant, task, epochs, recipe, features, the store's URI and
+provenance), per-epoch metrics (step = epoch), tag `status` (completed | stopped_early | failed) and metric
+`best_val_map`; the parent carries tags best_trial_id / best_run_id, metric best_val_map, the best trial's test
+metrics, the sweep plot, the machine's system metrics (where psutil is installed), and the best trial's best.pt as
+an MLflow PyTorch model (registered under `--register-model NAME` when given).
 
 Outputs in `out/`: tune_config.json, best_config.json, best.pt (the best trial's best epoch, in `asrn train`'s
 format, with val-chosen thresholds), metrics.json and predictions.parquet of that model, trials.csv, sweep.png,
@@ -103,7 +105,9 @@ class TuneConfig:
     resume: bool = False
     mlflow_uri: str | None = None  # default MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; "none": off
     experiment: str | None = None  # default MLFLOW_EXPERIMENT_NAME, else "asrn" (where `asrn train` logs too)
+    register_model: str | None = None  # register the best trial's MLflow model under this name
     address: str | None = None
+    verbose: bool = False  # Ray's routine console lines too (asrn.console)
     hidden: int | None = None
     patience: int | None = None  # a trial's own early stopping (epochs without val mAP gain)
     grace_period: int = 3  # ASHA: epochs every trial runs before it can be stopped
@@ -127,6 +131,8 @@ class TuneConfig:
                 raise TuneConfigError(f"{name} = {value!r}: must be an integer >= 1")
         if self.reduction_factor < 2:
             raise TuneConfigError(f"reduction_factor = {self.reduction_factor!r}: must be >= 2")
+        if self.register_model is not None and not self.register_model.strip():
+            raise TuneConfigError("--register-model: the registered model's name is empty")
 
     def to_dict(self) -> dict:
         return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
@@ -136,7 +142,7 @@ class TuneConfig:
         return TrainConfig(features=self.features, task=self.task, out=self.out / "trials", variant=self.variant,
                            recipe=self.recipe, num_workers=self.workers_per_trial, use_gpu=self.use_gpu,
                            epochs=self.epochs, hidden=self.hidden, patience=self.patience, seed=self.seed,
-                           storage=f"{storage}/trials", mlflow_uri=mlflow_runs.NO_MLFLOW)
+                           storage=f"{storage}/trials", mlflow_uri=mlflow_runs.NO_MLFLOW, verbose=self.verbose)
 
 
 @dataclass
@@ -179,6 +185,7 @@ class TuneResult:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    model_uri: str | None = None  # the best trial's best.pt as an MLflow model, logged on the parent run
 
 
 # ---------------------------------------------------------------- the trial: a TorchTrainer inside Tune
@@ -191,7 +198,6 @@ def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, in
     Ray Train checkpoint instead of starting over. `fault`: the driver's FAULT_ENV (tests only), handed on to
     the trial's Train workers.
     """
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one trial's bars would flood the sweep's log
     if fault:
         os.environ[FAULT_ENV] = fault
     config = TrainConfig(**{**trial_defaults, **trial_hyperparameters(hyperparameters, {})})
@@ -242,15 +248,17 @@ class SweepRecorder(ray.tune.Callback):
         if not self.parent_run_id:
             return
         from mlflow import MlflowClient
+        from mlflow.tracking.context.registry import resolve_tags
 
         client, trial_id = MlflowClient(self.tracking_uri), trial.trial_id
         if trial_id in self._runs:  # restarted by --resume: same child run
             client.update_run(self._runs[trial_id], status="RUNNING")
             client.set_tag(self._runs[trial_id], "status", "running")
             return
+        # resolve_tags adds what mlflow.start_run would: user, source, and the git commit when run from a checkout
         run = client.create_run(self._experiment_id, run_name=f"trial-{trial_id}",
-                                tags={"mlflow.parentRunId": self.parent_run_id, "asrn.trial_id": trial_id,
-                                      "asrn.command": "tune-trial", "status": "running"})
+                                tags=resolve_tags({"mlflow.parentRunId": self.parent_run_id, "asrn.trial_id": trial_id,
+                                                   "asrn.command": "tune-trial", "status": "running"}))
         self._runs[trial_id] = run.info.run_id
         mlflow_runs.log_params(self.tracking_uri, run.info.run_id,
                                {**self.context, **trial_hyperparameters(trial.config, self.untuned)})
@@ -446,13 +454,18 @@ class Sweep:
 
     @property
     def context(self) -> dict:
-        return {**{k: self.trial_defaults[k] for k in CONTEXT}, **mlflow_runs.store_params(self.info)}
+        """What every run of the sweep logs besides its own hyperparameters: the fixed settings and the store."""
+        return {**{k: self.trial_defaults[k] for k in CONTEXT},
+                **mlflow_runs.store_params(self.info, self.config.features, self.counts)}
 
 
 def _check_sweep(config: TuneConfig) -> Sweep:
     """Bad input stops here, before Ray starts or any folder is made."""
     space = load_search_space(config.space or DEFAULT_SPACE)
-    info, counts = check_store(config.features, config.task)
+    if config.register_model and not mlflow_runs.tracking_uri_for(config.mlflow_uri):
+        raise TuneConfigError(f"--register-model {config.register_model}: MLflow is off (tracking URI "
+                              f"{mlflow_runs.NO_MLFLOW!r}); registering needs a tracking store")
+    info, counts = check_store(config.features, config.task, say=lambda message: print(message, flush=True))
     storage = _tune_storage(config)
     sweep = Sweep(config, space, info, counts, storage, config.train_config(storage).to_dict())
     if "://" not in storage:
@@ -482,7 +495,8 @@ def _open_parent_run(sweep: Sweep) -> None:
 def _run_tuner(sweep: Sweep, max_concurrent: int):
     """Start or restore the Tune experiment and run it to the end; the ResultGrid."""
     config = sweep.config
-    input_stats = feature_statistics(config.features, "train")  # once for all trials
+    print("store: input statistics of the train split (once, for every trial)", flush=True)
+    input_stats = feature_statistics(config.features, "train")
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(train_trial, trial_defaults=sweep.trial_defaults, info=sweep.info,
                                  input_stats=input_stats, fault=os.environ.get(FAULT_ENV)),
@@ -500,7 +514,10 @@ def tune(config: TuneConfig) -> TuneResult:
     sweep = _check_sweep(config)
     config.out.mkdir(parents=True, exist_ok=True)
     write_json(config.out / "tune_config.json", config.to_dict())
-    with ray_session(config.address):
+    if not ray.is_initialized():
+        print(f"ray: {f'joining the Ray cluster at {config.address}' if config.address else 'starting a local Ray'}",
+              flush=True)
+    with ray_session(config.address, config.verbose):
         per_trial = ray.train.ScalingConfig(num_workers=config.workers_per_trial, use_gpu=config.use_gpu)
         max_concurrent, note = fit_concurrency(config.max_concurrent, per_trial.total_resources,
                                                ray.cluster_resources())
@@ -512,7 +529,8 @@ def tune(config: TuneConfig) -> TuneResult:
               f"worker(s) each; {sweep.counts['train']} train / {sweep.counts['val']} val videos, task {config.task}",
               flush=True)
         try:
-            results = _run_tuner(sweep, max_concurrent)
+            with mlflow_runs.system_metrics(sweep.tracking_uri, sweep.parent_run_id, resume=config.resume):
+                results = _run_tuner(sweep, max_concurrent)
         except BaseException:
             if sweep.parent_run_id:
                 mlflow_runs.finish_run(sweep.tracking_uri, sweep.parent_run_id, "FAILED")
@@ -538,11 +556,14 @@ def _collect_trials(sweep: Sweep, results) -> list[TrialRecord]:
     return trials
 
 
-def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], metrics: dict, files: dict,
-               unfinished: bool) -> None:
-    """The parent run's summary: the best trial, its test scores, the sweep's files."""
+def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], report, files: dict,
+               unfinished: bool):
+    """The parent run's summary: the best trial, its test scores, its model, the sweep's files; the ModelInfo."""
+    metrics = report.metrics
+    model_info = mlflow_runs.log_best_model(sweep.tracking_uri, sweep.parent_run_id, report.checkpoint, report.example,
+                                            sweep.config.register_model)
     tags = {"best_trial_id": best.trial_id, "best_run_id": best.mlflow_run_id or "",
-            **{f"best.{k}": v for k, v in best.hyperparameters.items()}}
+            "asrn.model_uri": model_info.model_uri, **{f"best.{k}": v for k, v in best.hyperparameters.items()}}
     test = {f"best_test_{k}": metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
     test["best_test_f1_macro_at_val_thresholds"] = metrics["test_at_val_thresholds"]["f1_macro"]
     test.update(mlflow_runs.per_class_metrics("best_test", metrics["test"]))
@@ -550,6 +571,7 @@ def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], metri
                             {"best_val_map": best.best_val_map, "num_trials": len(trials), **test}, 0, tags)
     mlflow_runs.finish_run(sweep.tracking_uri, sweep.parent_run_id, "KILLED" if unfinished else "FINISHED",
                            [files[k] for k in ("trials", "best_config", "sweep_plot", "metrics")])
+    return model_info
 
 
 def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
@@ -570,8 +592,7 @@ def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
                  "metrics": best.metrics, "mlflow_run_id": best.mlflow_run_id, "checkpoint": str(report.checkpoint),
                  "train_config": {**best_train.to_dict(), "out": str(config.out / "best"), "mlflow_uri": None}})}
     unfinished = [t.trial_id for t in trials if t.status == "unfinished"]
-    if sweep.parent_run_id:
-        _log_sweep(sweep, best, trials, report.metrics, files, bool(unfinished))
+    model_info = _log_sweep(sweep, best, trials, report, files, bool(unfinished)) if sweep.parent_run_id else None
     print(_summary(trials, names))
     print(f"best trial {best.trial_id}: {METRIC} {best.best_val_map:.4f} at epoch {best.best_epoch} with "
           f"{', '.join(f'{k}={v:.4g}' for k, v in best.hyperparameters.items())}; {summary_line(report.metrics)}")
@@ -582,6 +603,8 @@ def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
     if sweep.parent_run_id:
         print(f"MLflow parent run {sweep.parent_run_id} in {sweep.tracking_uri}; open it with: "
               f"mlflow ui --backend-store-uri {sweep.tracking_uri}")
+        print(mlflow_runs.model_line(model_info, config.register_model))
     return TuneResult(out=config.out, best=best, trials=trials, checkpoint=report.checkpoint,
                       max_concurrent=max_concurrent, metrics=report.metrics, mlflow_run_id=sweep.parent_run_id,
-                      tracking_uri=sweep.tracking_uri, files=files)
+                      tracking_uri=sweep.tracking_uri, files=files,
+                      model_uri=model_info.model_uri if model_info else None)

@@ -155,7 +155,7 @@ def planted_store(tmp_path_factory) -> Path:
 def trained(ray_cluster, planted_store, tmp_path_factory):
     """The issue's short run (ASRN with every default, two CPU workers, DDP over gloo, 8 epochs), interrupted twice:
     `asrn train` is SIGKILLed once epoch 2 is reported, then `--resume` finishes it while rank 1 exits hard once
-    after training epoch 4 (ASRN_FAULT_EXIT)."""
+    after training epoch 4 (ASRN_FAULT_EXIT). The first driver's console is kept in first-driver.log."""
     import signal
     import subprocess
     import sys
@@ -164,17 +164,20 @@ def trained(ray_cluster, planted_store, tmp_path_factory):
     uri, out = f"sqlite:///{root / 'mlflow.db'}", root / "out"
     flags = ["--features", str(planted_store), "--task", "sub", "--out", str(out), "--num-workers", "2",
              "--epochs", str(SHORT_RUN_EPOCHS), "--tracking-uri", uri, "--experiment-name", "test-train",
-             "--address", ray_cluster.get_runtime_context().gcs_address]
+             "--register-model", "asrn-short-run", "--address", ray_cluster.get_runtime_context().gcs_address]
     driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "train", *flags], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    console = []
     for line in driver.stdout:  # the Train controller's line, forwarded to the driver
+        console.append(line)
         if f"epoch 2/{SHORT_RUN_EPOCHS}:" in line:
             os.killpg(driver.pid, signal.SIGKILL)
             break
     driver.wait(timeout=120)
+    (root / "first-driver.log").write_text("".join(console))
     config = TrainConfig(features=planted_store, task="sub", out=out, num_workers=2, epochs=SHORT_RUN_EPOCHS,
-                         mlflow_uri=uri, experiment="test-train", resume=True)
+                         mlflow_uri=uri, experiment="test-train", register_model="asrn-short-run", resume=True)
     os.environ["ASRN_FAULT_EXIT"] = f"1:4:{root / 'fault-fired'}"
     try:
         return config, train(config), driver.returncode
@@ -271,3 +274,40 @@ def test_mlflow_holds_params_and_epoch_metrics(trained):
     assert run.data.metrics["test_f1_macro"] == pytest.approx(result.metrics["test"]["f1_macro"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "loss_curves.png", "per_class.png"} <= artifacts
+
+
+@pytest.mark.ray
+def test_the_console_shows_the_projects_lines_not_rays(trained):
+    """`asrn train` without --verbose: loading steps and epoch lines, not Ray's per-report, checkpoint and dataset
+    lines (with --verbose they come back: tests/test_tune.py's first driver)."""
+    config, _, _ = trained
+    console = (config.out.parent / "first-driver.log").read_text()
+    assert "store [1/3]: reading the train split (" in console and "store: loaded in" in console
+    assert f"epoch 1/{SHORT_RUN_EPOCHS}:" in console and "ETA" in console
+    for ray_line in ("Reporting training result", "Checkpoint successfully created", "execution finished"):
+        assert ray_line not in console, ray_line
+
+
+@pytest.mark.ray
+def test_the_best_model_is_logged_registered_and_scores_as_best_pt(trained, planted_store):
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    from asrn.mlflow_runs import pack_videos, using_tracking_uri
+    from asrn.store import load_videos, read_info
+
+    config, result, _ = trained
+    run = MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id)
+    assert result.model_uri and run.data.tags["asrn.model_uri"] == result.model_uri
+    assert run.data.params["store.uri"] == planted_store.resolve().as_uri()
+    assert {"store.weights.rgb", "store.detector", "store.num_test_videos", "epochs", "task"} <= set(run.data.params)
+    with using_tracking_uri(result.tracking_uri):
+        version = MlflowClient().get_model_version("asrn-short-run", "1")
+        model = mlflow.pytorch.load_model("models:/asrn-short-run/1")
+    assert version.run_id == result.mlflow_run_id
+    test = load_videos(planted_store, splits=["test"])
+    table = pq.read_table(config.out / "predictions.parquet").to_pandas().set_index("video_id")
+    expected = table.loc[[v.video_id for v in test], list(task_labels("sub"))].to_numpy()
+    with torch.no_grad():
+        scores = model(torch.from_numpy(pack_videos(test, read_info(planted_store).dims))).numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)

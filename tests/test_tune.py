@@ -55,9 +55,9 @@ def _cli_flags(tmp, features, ray) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, features, tmp_path_factory):
-    """The shared sweep, interrupted twice: `asrn tune` is SIGKILLed once its first trial has ended, then `--resume`
-    finishes it; and one trial's Train worker exits hard once after its epoch 2 (ASRN_FAULT_EXIT, in whichever of
-    the two drivers reaches it)."""
+    """The shared sweep, interrupted twice: `asrn tune --verbose` is SIGKILLed once its first trial has ended (its
+    console kept in first-driver.log), then `--resume` finishes it; and one trial's Train worker exits hard once
+    after its epoch 2 (ASRN_FAULT_EXIT, in whichever of the two drivers reaches it)."""
     import signal
     import subprocess
     import sys
@@ -65,17 +65,20 @@ def sweep(ray_cluster, features, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     started = time.perf_counter()
     fault = {"ASRN_FAULT_EXIT": f"0:2:{tmp / 'fault-fired'}"}
-    driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "tune", *_cli_flags(tmp, features, ray_cluster)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    console = (tmp / "first-driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "tune", *_cli_flags(tmp, features, ray_cluster),
+                               "--verbose", "--register-model", "asrn-sweep"],
+                              stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, **fault})
     deadline = time.monotonic() + 600
     while not (tmp / "out" / "trial_status.json").is_file() and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)  # the first trial's end is recorded there
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=60)
+    console.close()
     os.environ.update(fault)
     try:
-        result = tune(_config(tmp, features, resume=True))
+        result = tune(_config(tmp, features, resume=True, register_model="asrn-sweep"))
     finally:
         del os.environ["ASRN_FAULT_EXIT"]
     print(f"sweep of {NUM_TRIALS} trials took {time.perf_counter() - started:.0f} s")
@@ -148,8 +151,9 @@ def test_mlflow_holds_a_parent_and_one_child_run_per_trial(sweep):
     rows = {r["trial_id"]: r for r in _trials_csv(tmp / "out")}
     for child in children:
         row = rows[child.data.tags["asrn.trial_id"]]
-        assert {"dropout", "lr", "batch_size", "variant", "task", "epochs", "recipe", "features"} <= set(
-            child.data.params)
+        assert {"dropout", "lr", "batch_size", "variant", "task", "epochs", "recipe", "features", "store.uri",
+                "store.preset", "store.weights.rgb", "store.detector"} <= set(child.data.params)
+        assert child.data.tags["mlflow.user"] and child.data.tags["mlflow.source.name"]
         assert float(child.data.params["lr"]) == pytest.approx(float(row["lr"]))
         assert child.data.tags["status"] == row["status"]
         assert child.data.metrics["best_val_map"] == pytest.approx(float(row["best_val_map"]))
@@ -161,6 +165,17 @@ def test_mlflow_holds_a_parent_and_one_child_run_per_trial(sweep):
     assert parent.data.metrics["best_val_map"] == pytest.approx(result.best.best_val_map)
     assert parent.data.metrics["best_test_map"] == pytest.approx(result.metrics["test"]["map"])  # scored on test
     assert "sweep.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent.data.tags["asrn.model_uri"] == result.model_uri  # the best trial's model, on the parent
+    assert client.get_model_version("asrn-sweep", "1").run_id == parent.info.run_id
+
+
+@pytest.mark.ray
+def test_verbose_brings_rays_lines_back(sweep):
+    """`asrn tune --verbose` shows Ray Train's per-report and checkpoint lines (without it they stay in Ray's logs:
+    tests/test_train.py's first driver)."""
+    tmp, _, _ = sweep
+    console = (tmp / "first-driver.log").read_text()
+    assert "Reporting training result" in console and "Checkpoint successfully created" in console
 
 
 @pytest.mark.ray
