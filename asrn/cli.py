@@ -83,6 +83,8 @@ def _add_extract_arguments(sub) -> None:
     p.add_argument("--weights-dir", type=Path, default=None,
                    help="folder of pretrained weight files; default: torchvision's cache, else random init")
     p.add_argument("--overwrite", action="store_true", default=False, help="redo videos already in --out")
+    p.add_argument("--allow-random-init", action="store_true", default=False,
+                   help="--preset paper: extract even when pretrained weights are missing (random-init encoders)")
     _add_verbose(p)
     _add_address(p)
 
@@ -188,6 +190,19 @@ def _add_demo_arguments(sub) -> None:
     _add_address(p)
 
 
+def _add_weights_arguments(sub) -> None:
+    weights = sub.add_parser("weights", help="pretrained encoder weights").add_subparsers(dest="what", required=True)
+    fetch = _parser(weights, "fetch", "download the torchvision weights a preset's encoders need")
+    fetch.add_argument("--preset", choices=["paper", "lite"], default="paper")
+    fetch.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                       help="where to put them (default: torchvision's cache, $TORCH_HOME/hub/checkpoints, where "
+                            "extract and predict look; pass another folder to them as --weights-dir)")
+    fetch.add_argument("--detector", action="store_true", default=False,
+                       help="also Faster R-CNN's (person detection)")
+    fetch.add_argument("--mirror", default=None, metavar="URL",
+                       help="base URL serving torchvision's weight files by name (default: download.pytorch.org)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asrn", description=__doc__.splitlines()[0],
                                      formatter_class=_HelpWithDefaults)
@@ -198,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune_arguments(sub)
     _add_predict_arguments(sub)
     _add_demo_arguments(sub)
+    _add_weights_arguments(sub)
     return parser
 
 
@@ -224,6 +240,10 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "predict":
         from asrn.predict import PredictConfig, predict
         predict(_config_from_args(PredictConfig, args))
+    elif args.command == "weights" and args.what == "fetch":
+        from asrn.encoders import fetch_weights
+        paths = fetch_weights(args.preset, args.dir, detector=args.detector, mirror=args.mirror)
+        print(f"weights for preset {args.preset}: {', '.join(map(str, paths)) or 'none to download'}")
     elif args.command == "demo":
         from asrn.demo import DemoConfig, run_demo
         run_demo(_config_from_args(DemoConfig, args))

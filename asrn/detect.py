@@ -1,6 +1,7 @@
 """Person and face boxes per sampled step; the largest of each is kept (paper §4.2).
 
-Detection must be real even offline (DESIGN.md "Detection"), so `build_detector` picks, in order:
+Detection must be real even offline (random-init boxes would make body and face noise), so `build_detector`
+picks, in order:
   1. precomputed boxes (the manifest's `boxes` JSON)                  -> TracksDetector, name "tracks"
   2. torchvision Faster R-CNN for persons when its trained weights are on disk, Haar cascades for faces
                                                                        -> FasterRCNNDetector, "<model>+haar"

@@ -1,6 +1,6 @@
 """One encoder per modality behind one small interface: `preprocess(images)` then `encode(batch) -> (N, D)`.
 
-Presets (DESIGN.md "Features", paper §4.2):
+Presets (paper §4.2; README.md "Pretrained weights"):
   paper: rgb ResNet101 @224 -> 2048; motion ResNet101 with a 10-channel conv1 (TSN temporal stream,
          cross-modality init) @224 -> 2048; body VGG19 fc7 @224x112 (person aspect) -> 4096;
          face DeepID-style @55x47 -> 260.

@@ -1,6 +1,6 @@
 """`asrn extract`: videos -> per-step features of the four modalities -> the feature store, as a Ray Data job.
 
-Pipeline (DESIGN.md "Data flow"), one row per video throughout:
+Pipeline, one row per video throughout:
   from_items(manifest rows, one block per video)
     -> map(_prepare_row, num_cpus=1)              CPU tasks: decode at --fps (decord, or PyAV where decord does
                                                     not import: the same frames; asrn.video), person/face boxes

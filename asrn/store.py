@@ -1,6 +1,6 @@
 """The feature store: Parquet files of one row per video, `features.json`, and an `errors/` table.
 
-Layout of a store folder DIR (DESIGN.md "Feature store"):
+Layout of a store folder DIR:
   DIR/part-*.parquet   one row per video: video_id, split, labels, timestamp (T,),
                        rgb/motion/body/face (T, D), has_body/has_face (T,) detected,
                        body_tracked/face_tracked (T,) carried across a miss by tracking

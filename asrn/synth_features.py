@@ -1,6 +1,6 @@
 """A synthetic feature store with planted relation cues, so training can be tested without videos or weights.
 
-It stands in for SRIV (DESIGN.md "Synthetic data"): it rewards what the paper's model does (§3) and nothing else.
+It stands in for SRIV, which is not public: it rewards what the paper's model does (§3) and nothing else.
 - labels (`draw_labels`): each class independently at its SRIV Table 1 rate (count / 3,124), at least one `sub:*`
   and one `obj:*` per video; the Bernoulli rates are scaled down per group so that, after an empty group is given
   one class (drawn in proportion to its rate), every class's marginal rate is exactly Table 1's (~2.9 sub and

@@ -1,4 +1,4 @@
-"""Where pretrained weights come from, without touching the network (DESIGN.md "Features"); and `asrn weights fetch`.
+"""Where pretrained weights come from, never hanging on the network (README.md "Pretrained weights"); fetching.
 
 Order for a model name such as "resnet101", "vgg19", "fasterrcnn_resnet50_fpn" or "deepid":
   1. a file in `weights_dir`: `<name>.pth` / `<name>.pt`, or any file whose name starts with the stem of

@@ -59,6 +59,7 @@ def _help_flags(parser: argparse.ArgumentParser) -> set[str]:
 
 def _readme_commands() -> dict[str, set[str]]:
     """The flags of each command in the README's "## Commands" block (continuation lines are indented)."""
+    groups = {name.split()[0] for name in _commands() if " " in name}  # synth, weights: commands of two words
     section = README.read_text().split("\n## Commands\n", 1)[1]
     block = section.split("```\n", 2)[1]
     commands: dict[str, str] = {}
@@ -68,7 +69,7 @@ def _readme_commands() -> dict[str, set[str]]:
         if line.startswith("asrn "):
             words = line.split()[1:]
             name = " ".join(w for w in words[:2] if re.fullmatch(r"[a-z]+", w) and not w.startswith("-"))
-            if name.split()[0] != "synth":
+            if name.split()[0] not in groups:
                 name = name.split()[0]
             commands[name] = line
         elif line.strip() and name:

@@ -120,3 +120,14 @@ def test_fetched_files_are_where_extract_looks(served, offline, monkeypatch):
     assert provenance == "pretrained:ResNet18_Weights.IMAGENET1K_V1"
     torch.testing.assert_close(loaded["conv1.weight"], state["conv1.weight"])
     assert [str(m) for m in missing_weights("lite", offline)] == ["face (deepid.pth)"]
+
+
+def test_cli_weights_fetch_offline_is_one_line_and_exit_1(offline, closed_port, no_proxy, capsys):
+    from asrn.cli import main
+
+    code = main(["weights", "fetch", "--preset", "lite", "--dir", str(offline),
+                 "--mirror", f"http://127.0.0.1:{closed_port}/models"])
+    err = capsys.readouterr().err
+    assert code == 1
+    line = [x for x in err.splitlines() if x.startswith("asrn weights")]
+    assert len(line) == 1 and "cannot reach" in line[0] and "Traceback" not in err
