@@ -1,17 +1,24 @@
-# Each target builds the environment from nothing: uv (a standalone `uv` on PATH if there is one, else
-# `python3 -m uv`, installed with pip if absent) then `uv sync` from the frozen uv.lock.
+# Each target builds the environment from nothing: uv, then `uv sync --frozen` from uv.lock.
+# uv: a standalone `uv` on PATH, else `python3 -m uv`, else installed with pip, else (a PEP 668 system Python that
+# refuses pip) into a private venv, .uv-tool/.
+# Python: any installed 3.10-3.12 (uv's choice; PYTHON_VERSION=3.12 picks one), or, with none, one that uv
+# downloads. CI pins 3.11 and forbids downloads (.ci/run sets PYTHON_VERSION and UV_PYTHON_DOWNLOADS).
 SHELL := /bin/bash
-export UV_PYTHON_DOWNLOADS := never
 PYTHON ?= python3
-UV ?= $(shell uv --version >/dev/null 2>&1 && echo uv || echo "$(PYTHON) -m uv")
+PYTHON_VERSION ?=
+UV = $(shell if uv --version >/dev/null 2>&1; then echo uv; \
+                elif [ -x .uv-tool/bin/uv ]; then echo .uv-tool/bin/uv; else echo "$(PYTHON) -m uv"; fi)
 # the venv's own executables, not `uv run`: under `uv run`, Ray 2.60 rebuilds a uv environment for every worker
 BIN := .venv/bin
 
-.PHONY: env test test-unit test-ray demo lint bench clean
+.PHONY: env uv test test-unit test-ray demo lint bench clean
 
-env:
-	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
-	$(UV) sync --frozen --python 3.11
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv 2>/dev/null || \
+		{ $(PYTHON) -m venv .uv-tool && .uv-tool/bin/pip install --quiet uv; }
+
+env: uv
+	$(UV) sync --frozen $(if $(PYTHON_VERSION),--python $(PYTHON_VERSION))
 
 test: env
 	$(BIN)/python -m pytest -q --durations=15

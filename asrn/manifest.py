@@ -111,7 +111,11 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
     if not manifest_path.is_file():
         raise ManifestError(f"{manifest_path}: manifest not found")
     base_dir = manifest_path.resolve().parent
-    reader = csv.DictReader(io.StringIO(_read_text(manifest_path), newline=""))
+    text = _read_text(manifest_path)
+    if "\x00" in text:  # Python 3.10's csv module stops at a NUL; 3.11's reads it: refuse it the same way on both
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ManifestError(f"{manifest_path}:{line}: a NUL byte (a control character is not allowed)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     _check_header(manifest_path, header)
     problems: list[str] = []
