@@ -78,7 +78,8 @@ def test_a_repeated_header_column_is_refused(tmp_path):
 def test_video_ids_that_are_paths_are_refused(tmp_path, video_id):
     path = tmp_path / "manifest.csv"  # written by hand: Python 3.10's csv module cannot write a NUL
     path.write_text(f'video_id,path,split,labels\n"{video_id}",a.mp4,train,sub:warm\n', newline="")
-    with pytest.raises(ManifestError, match="path separator, '..' or a control character|empty video_id|control character is not"):
+    with pytest.raises(ManifestError, match="path separator, '..' or a control character|empty video_id|"
+                                            "control character is not"):
         read_manifest(path)
 
 
