@@ -80,6 +80,7 @@ from asrn.manifest import ManifestEntry, read_manifest
 from asrn.store import (
     ERRORS_DIR,
     INFO_FILE,
+    INPUT_STATS_KEY,
     MODALITIES,
     PART_PREFIX,
     FeatureStoreError,
@@ -88,6 +89,7 @@ from asrn.store import (
     commit_staging,
     done_video_ids,
     foreign_data_files,
+    input_stats_record,
     part_files,
     read_info,
     recover_staging,
@@ -425,8 +427,13 @@ class _StoreWriter:
             detector=", ".join(sorted(self.detectors)), decoder=", ".join(sorted(self.decoders)), dtype=STORE_DTYPE,
             extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items()))})
 
-    def write_info(self) -> None:
-        write_info(self.target, self.info())
+    def write_info(self, final: bool = False) -> None:
+        """features.json; the final one also caches the train split's input statistics (store.input_stats_record),
+        read by training instead of recomputing them every run."""
+        info = self.info()
+        if final:
+            info.extra[INPUT_STATS_KEY] = input_stats_record(self.target)
+        write_info(self.target, info)
         self.info_written = True
 
     def flush(self, full_only: bool = False) -> None:
@@ -515,7 +522,7 @@ def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _Sto
         writer.flush()
         writer.flush_errors()
         if writer.info_written or writer.existing is not None:
-            writer.write_info()  # final: every detector seen
+            writer.write_info(final=True)  # final: every detector seen, the train split's statistics
         _drop_error_records(writer.target, old_error_files, {e.video_id for e in todo}, run_id)
     finally:
         ray_log.removeHandler(handler)
@@ -545,6 +552,9 @@ def _update_changed_videos(out: Path, entries: Sequence[ManifestEntry]) -> None:
     if not changes:
         return
     update_splits_labels(out, changes)
+    info = read_info(out)  # the train split may have changed: its cached input statistics too
+    info.extra[INPUT_STATS_KEY] = input_stats_record(out)
+    write_info(out, info)
     for video_id, (split, labels) in sorted(changes.items()):
         old_split, old_labels = stored[video_id]
         print(f"extract: {video_id}: split/labels changed in the manifest, updated in the store: "

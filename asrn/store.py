@@ -5,7 +5,9 @@ Layout of a store folder DIR:
                        rgb/motion/body/face (T, D), has_body/has_face (T,) detected,
                        body_tracked/face_tracked (T,) carried across a miss by tracking
   DIR/features.json    StoreInfo: preset, encoders, dims, fps, weights provenance, detector
-                       (extra["detection"]: each detector's settings and tracking gap limit)
+                       (extra["detection"]: each detector's settings and tracking gap limit;
+                       extra["input_stats"]: the train split's per-dimension mean/std and which videos
+                       they were computed over, `split_fingerprint`)
   DIR/errors/*.parquet video_id, path, stage, error, message
   DIR/.lock            while a writer runs: {"pid", "host", "token", "since"} (`writer_lock`)
   DIR/_staging/        a whole new store being built by `asrn extract --overwrite`, swapped in when complete
@@ -16,6 +18,7 @@ files named `part-*.parquet` (data and errors), features.json, .lock and _stagin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -355,6 +358,58 @@ def feature_statistics(store_dir: str | os.PathLike, split: str = "train") -> di
     """`input_statistics` of one split of a store, streaming the part files one at a time."""
     return input_statistics(video for f in part_files(store_dir)
                             for video in table_to_videos(pq.read_table(f, filters=[("split", "=", split)])))
+
+
+INPUT_STATS_KEY = "input_stats"  # StoreInfo.extra[INPUT_STATS_KEY]: the train split's statistics, cached
+
+
+def split_fingerprint(store_dir: str | os.PathLike, split: str = "train") -> dict:
+    """What cached statistics were computed over: the split's video count and a sha256 of its sorted video ids.
+
+    A store whose split changed (rows moved between splits, videos added by a resumed extract) has another one.
+    """
+    ids: list[str] = []
+    for f in part_files(store_dir):
+        table = pq.read_table(f, columns=["video_id"], filters=[("split", "=", split)])
+        ids += table.column("video_id").to_pylist()
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    return {"split": split, "num_videos": len(ids), "video_ids_sha256": digest}
+
+
+def input_stats_record(store_dir: str | os.PathLike, split: str = "train") -> dict:
+    """The split's `feature_statistics` with its `split_fingerprint`, as JSON for features.json."""
+    stats = feature_statistics(store_dir, split)
+    return {**split_fingerprint(store_dir, split),
+            "stats": {m: {"mean": mean.tolist(), "std": std.tolist()} for m, (mean, std) in sorted(stats.items())}}
+
+
+def cached_input_statistics(store_dir: str | os.PathLike, info: StoreInfo | None = None,
+                            split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """The statistics cached in features.json when they were computed over the split as it is now, else None."""
+    info = info or read_info(store_dir)
+    record = info.extra.get(INPUT_STATS_KEY)
+    if not isinstance(record, dict) or record.get("split") != split:
+        return None
+    fingerprint = split_fingerprint(store_dir, split)
+    if any(record.get(k) != v for k, v in fingerprint.items()):
+        return None
+    try:
+        stats = {m: (np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32))
+                 for m, s in record["stats"].items()}
+    except (KeyError, TypeError, ValueError):
+        return None
+    shapes_ok = set(stats) == set(info.dims) and all(
+        mean.shape == std.shape == (info.dims[m],) for m, (mean, std) in stats.items())
+    return stats if shapes_ok else None
+
+
+def train_input_statistics(store_dir: str | os.PathLike,
+                           info: StoreInfo | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
+    """The train split's input statistics and whether they came from features.json (else computed now)."""
+    cached = cached_input_statistics(store_dir, info, "train")
+    if cached is not None:
+        return cached, True
+    return feature_statistics(store_dir, "train"), False
 
 
 # ---------------------------------------------------------------- writers: ownership, lock, staging, relabeling

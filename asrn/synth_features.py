@@ -36,10 +36,12 @@ from asrn.errors import AsrnError
 from asrn.labels import ALL_LABELS, SRIV_COUNTS
 from asrn.store import (
     INFO_FILE,
+    INPUT_STATS_KEY,
     MODALITIES,
     FeatureStoreError,
     StoreInfo,
     VideoFeatures,
+    input_stats_record,
     read_info,
     write_info,
     write_videos,
@@ -349,6 +351,7 @@ def synthesize_feature_store(out: str | os.PathLike, num_videos: int = 400, seed
     write_info(out, StoreInfo(
         preset=PRESET, dims=dims, fps=float(fps),
         encoders={m: "planted" for m in MODALITIES}, weights={m: "synthetic" for m in MODALITIES},
-        detector="synthetic", extra={"seed": seed, "num_videos": num_videos, "planting": generator_parameters()},
+        detector="synthetic", extra={"seed": seed, "num_videos": num_videos, "planting": generator_parameters(),
+                                     INPUT_STATS_KEY: input_stats_record(out)},
     ))
     return out

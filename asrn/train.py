@@ -1,8 +1,13 @@
 """Train ASRN with Ray Train (TorchTrainer, DDP) on a feature store; record the run in MLflow.
 
-Flow, as in Ray's own Train examples: `train(config)` checks the store on the driver before Ray starts; Ray Data
-reads the Parquet parts and `get_dataset_shard("train")` shards them over the workers (val is read whole by every
-worker, so all take the same early-stopping decision); each worker runs `train_loop_per_worker`, which calls
+Flow, as in Ray's own Train examples: `train(config)` checks the store on the driver before Ray starts. A store of
+at most `direct_read_max_mb` (default 1024) is read by each worker itself with pyarrow, its shard of train and all
+of val, collated once and kept on its device (asrn.shards): a Ray Data pipeline costs tens of seconds per run,
+pyarrow reads such a store in well under one. A larger store goes through Ray Data: the driver reads and
+materializes the Parquet parts and `get_dataset_shard("train")` shards them over the workers. Either way val is read
+whole by every worker, so all take the same early-stopping decision. The train split's input statistics come from
+features.json's cache when it matches the train split (asrn.store.train_input_statistics), else are computed.
+Each worker runs `train_loop_per_worker`, which calls
 `asrn.loop.train_epoch` and `asrn.loop.evaluate` and reports every epoch; afterwards the driver turns the best
 checkpoint into `best.pt` with per-class thresholds chosen on val, and scores val and test with it.
 
@@ -37,7 +42,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -71,18 +76,19 @@ from asrn.loop import (
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
 from asrn.plots import plot_loss_curves, plot_per_class
-from asrn.sequence import collate
+from asrn.sequence import Batch, collate
+from asrn.shards import ResidentSplit, read_split, store_megabytes
 from asrn.store import (
     MODALITIES,
     FeatureStoreError,
     StoreInfo,
     VideoFeatures,
-    feature_statistics,
     load_videos,
     part_files,
     read_info,
     row_schema,
     table_to_videos,
+    train_input_statistics,
 )
 
 SPLITS = ("train", "val", "test")
@@ -133,6 +139,8 @@ class TrainConfig:
     max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
     num_to_keep: int = 2  # Ray checkpoints kept: the best by val mAP (the latest is always kept too)
     checkpoint_every: int = 5  # besides improvements and the last epoch
+    direct_read_max_mb: int = 1024  # stores up to this size: each worker reads its shard itself (asrn.shards);
+    # larger ones stream through Ray Data; 0: always Ray Data
 
     def __post_init__(self) -> None:
         self.features, self.out = Path(self.features), Path(self.out)
@@ -150,10 +158,10 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1, "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1,
             "num_workers": self.num_workers >= 1, "hidden": self.hidden >= 1, "patience": self.patience >= 1,
             "max_failures": self.max_failures >= -1, "num_to_keep": self.num_to_keep >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1, "direct_read_max_mb": self.direct_read_max_mb >= 0,
         }
         rules = {"lr": "> 0", "dropout": "in [0, 1)", "weight_decay": "in [0, 1)",
-                 "max_failures": ">= -1 (-1: no limit)"}
+                 "max_failures": ">= -1 (-1: no limit)", "direct_read_max_mb": ">= 0 (0: always Ray Data)"}
         for name, ok in checks.items():
             if not ok:
                 raise TrainConfigError(f"{name} = {getattr(self, name)!r}: must be {rules.get(name, '>= 1')}")
@@ -186,6 +194,7 @@ class LoopConfig:
     checkpoint_every: int
     fault: str | None = None  # FAULT_ENV's value on the driver (tests only)
     verbose: bool = False  # Ray's routine lines on the console too
+    store: str | None = None  # direct reads (asrn.shards): the store's folder; None: Ray Data's dataset shards
 
 
 def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
@@ -291,6 +300,27 @@ def _batches(iterator, batch_size: int, task: str, **kwargs):
         yield collate(table_to_videos(table), task)
 
 
+def _worker_data(config: LoopConfig, rank: int, device: torch.device) -> tuple[Callable[[int], Iterable[Batch]],
+                                                                                list[Batch]]:
+    """This worker's train batches per epoch (a function of the epoch) and its val batches (the whole val split).
+
+    Direct reads (`config.store`): its shard of train and all of val read with pyarrow, collated once, resident on
+    `device` (asrn.shards). Else Ray Data's shard of the materialized train dataset, shuffled in a local buffer.
+    Either way `config.batch_size` videos per step on every worker.
+    """
+    if config.store:
+        world = ray.train.get_context().get_world_size()
+        train_split = ResidentSplit.of(read_split(config.store, "train", rank, world), config.task, device)
+        val = ResidentSplit.of(read_split(config.store, "val"), config.task, device).fixed_batches(config.batch_size)
+        return lambda epoch: train_split.epoch_batches(config.batch_size, config.seed, epoch), val
+    train_shard = ray.train.get_dataset_shard("train")
+    # the val set is small and read whole by every worker: read it once, score it every epoch
+    val = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task))
+    return lambda epoch: _batches(train_shard, config.batch_size, config.task,
+                                  local_shuffle_buffer_size=4 * config.batch_size,
+                                  local_shuffle_seed=config.seed + epoch), val
+
+
 def _all_reduce_sum(values: list[float]) -> list[float]:
     """Sum over workers (a no-op for one worker)."""
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
@@ -362,17 +392,14 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     model = ray.train.torch.prepare_model(net)  # DDP over gloo (CPU) or NCCL (GPU); `net` stays the plain module
     optimizer, scheduler = build_optimizer(model, config.recipe)
     progress = _restore(net, optimizer, scheduler)
-    train_shard = ray.train.get_dataset_shard("train")
-    # the val set is small and read whole by every worker: read it once, score it every epoch
-    val_batches = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task))
+    epoch_batches, val_batches = _worker_data(config, rank, device)
     labels = list(task_labels(config.task))
     if progress.history and (progress.epoch >= config.recipe.epochs or progress.stale >= config.recipe.patience):
         ray.train.report(progress.history[-1])  # resumed after the end: report where it ended (Tune needs one)
         return
     for epoch in range(progress.epoch + 1, config.recipe.epochs + 1):
         started = time.perf_counter()
-        batches = _batches(train_shard, config.batch_size, config.task,
-                           local_shuffle_buffer_size=4 * config.batch_size, local_shuffle_seed=config.seed + epoch)
+        batches = epoch_batches(epoch)
         loss_sum, seen = _all_reduce_sum(list(train_epoch(model, batches, optimizer, device, autocast, epoch)))
         _inject_fault(config.fault, rank, epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -431,11 +458,12 @@ class EpochLogger(ray.train.UserCallback):
 
 
 def loop_config_for(config: TrainConfig, info: StoreInfo, input_stats: dict | None = None) -> LoopConfig:
-    """The worker config of a TrainConfig; `input_stats` is computed from the store when not given."""
+    """The worker config of a TrainConfig; `input_stats`, when not given, come from features.json's cache (or are
+    computed from the store when it has none for this train split)."""
     return LoopConfig(task=config.task, model=config.model_config(info.dims), recipe=config.effective_recipe(),
                       batch_size=max(1, config.batch_size // config.num_workers), seed=config.seed,
                       use_gpu=config.use_gpu, checkpoint_every=config.checkpoint_every,
-                      input_stats=input_stats or feature_statistics(config.features, "train"),
+                      input_stats=input_stats or train_input_statistics(config.features, info)[0],
                       fault=os.environ.get(FAULT_ENV), verbose=config.verbose)
 
 
@@ -446,8 +474,11 @@ def storage_path(config: TrainConfig) -> str:
 def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.train.UserCallback] = (),
                   info: StoreInfo | None = None, input_stats: dict | None = None,
                   counts: dict[str, int] | None = None, say: Callable[[str], None] | None = None) -> TorchTrainer:
-    """A TorchTrainer for `config`: Ray Data over the store's parts, checkpoints under `storage_path(config)`.
+    """A TorchTrainer for `config`, checkpoints under `storage_path(config)`.
 
+    A store of at most `config.direct_read_max_mb` is read by the workers themselves (asrn.shards: no datasets);
+    a larger one goes through Ray Data, read, filtered by split and materialized here. Input statistics come from
+    features.json when cached for the store's train split as it is (store.train_input_statistics).
     A second trainer with the same `run_name` and storage continues from that run's last checkpoint
     (Ray Train V2 restores its checkpoint manager from storage): that is how `--resume` works.
     `say` (e.g. print) hears each step of loading the store (`counts`: videos per split, for those lines).
@@ -455,25 +486,40 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
     say = say or (lambda message: None)
     started = time.monotonic()
     info = info or read_info(config.features)
-    files = [str(f.resolve()) for f in part_files(config.features)]
-    steps = 2 if input_stats is not None else 3
-    # materialized once, so that epochs re-split blocks in the object store rather than re-read the files
-    ray.data.DataContext.get_current().enable_progress_bars = config.verbose
-    datasets, took = {}, ""
-    for step, split in enumerate(("train", "val"), 1):
+    megabytes = store_megabytes(config.features)
+    direct = 0 < config.direct_read_max_mb and megabytes <= config.direct_read_max_mb
+    splits = () if direct else ("train", "val")
+    steps = len(splits) + (input_stats is None) + direct
+    datasets, took, step = {}, "", 0
+    if direct:
+        step += 1
+        say(f"store [{step}/{steps}]: {megabytes:.1f} MB, at most --direct-read-max-mb {config.direct_read_max_mb}: "
+            "each worker reads its train shard and the val split itself")
+    else:
+        files = [str(f.resolve()) for f in part_files(config.features)]
+        # materialized once, so that epochs re-split blocks in the object store rather than re-read the files
+        ray.data.DataContext.get_current().enable_progress_bars = config.verbose
+    for split in splits:
+        step += 1
         videos = f" ({counts[split]} videos)" if counts else ""
         say(f"store [{step}/{steps}]: reading the {split} split{videos} into Ray's object store{took}")
         begun = time.monotonic()
         datasets[split] = ray.data.read_parquet(files).filter(expr=col("split") == split).materialize()
         took = f" ({split}: {time.monotonic() - begun:.1f} s)"
     if input_stats is None:
-        say(f"store [3/3]: input statistics of the train split{took}")
-        input_stats, took = feature_statistics(config.features, "train"), ""
+        step += 1
+        input_stats, cached = train_input_statistics(config.features, info)
+        say(f"store [{step}/{steps}]: input statistics of the train split "
+            f"{'cached in features.json' if cached else 'computed (features.json has none for this train split)'}"
+            f"{took}")
+        took = ""
     say(f"store: loaded in {time.monotonic() - started:.1f} s{took}; starting {config.num_workers} Ray Train "
         "worker(s)")
+    loop_config = loop_config_for(config, info, input_stats)
+    loop_config.store = str(config.features.resolve()) if direct else None
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config_for(config, info, input_stats),
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
         run_config=ray.train.RunConfig(
@@ -488,8 +534,8 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
             # its system log files keep every level
             logging_config=ray.train.LoggingConfig(log_level="INFO" if config.verbose else "WARNING"),
         ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=datasets or None,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
 
 

@@ -55,7 +55,7 @@ from asrn.labels import TASKS, UnknownTaskError
 from asrn.loop import RECIPES
 from asrn.plots import plot_sweep
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
-from asrn.store import StoreInfo, feature_statistics
+from asrn.store import StoreInfo, train_input_statistics
 from asrn.train import (
     FAULT_ENV,
     SELECT_METRIC,
@@ -495,8 +495,9 @@ def _open_parent_run(sweep: Sweep) -> None:
 def _run_tuner(sweep: Sweep, max_concurrent: int):
     """Start or restore the Tune experiment and run it to the end; the ResultGrid."""
     config = sweep.config
-    print("store: input statistics of the train split (once, for every trial)", flush=True)
-    input_stats = feature_statistics(config.features, "train")
+    input_stats, cached = train_input_statistics(config.features, sweep.info)  # once, for every trial
+    print(f"store: input statistics of the train split {'cached in features.json' if cached else 'computed'} "
+          "(once, for every trial)", flush=True)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(train_trial, trial_defaults=sweep.trial_defaults, info=sweep.info,
                                  input_stats=input_stats, fault=os.environ.get(FAULT_ENV)),

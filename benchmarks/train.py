@@ -2,6 +2,8 @@
 
     python benchmarks/train.py [--num-videos 400] [--epochs 6] [--recipe default] [--rounds 2]
                                [--runs plain_1t,ray_1w_1t,plain_2t,ray_2w_1t] [--lstm-threads 1,2] [--out ...]
+    (run names: plain_<T>t; ray_<W>w_<T>t reads the store as `asrn train` does for it, i.e. directly in each worker
+    below TrainConfig.direct_read_max_mb; raydata_<W>w_<T>t forces the Ray Data path, direct_read_max_mb = 0)
 
 Method (GitHub issue 14, point 4):
 - One synthetic feature store (asrn synth features, seed 0; 70% of the videos are train) for every run.
@@ -13,16 +15,17 @@ Method (GitHub issue 14, point 4):
   here. Early stopping is off (patience = epochs + 1) so every run trains every epoch.
 - Equal threads: plain_<t>t sets torch.set_num_threads(t); ray_<w>w_<t>t gives each of w workers CPU=t and a
   wrapper around `train_loop_per_worker` calls torch.set_num_threads(t) first and records what it found and set.
-  ray_1w_1t is compared with plain_1t, ray_2w_1t and ray_1w_2t with plain_2t.
+  ray_1w_1t (and raydata_1w_1t) is compared with plain_1t, ray_2w_1t and ray_1w_2t with plain_2t.
 - Two spans, both reported:
   steady    videos / seconds of the train pass over epochs 2..N (the first epoch, with its warm-up, left out).
             Ray: the loop's own `epoch_seconds` of rank 0 (Ray Data shard iteration, collate, forward, backward,
             DDP all-reduce, optimizer and scheduler step, loss all-reduce); plain: the same span around
             `train_epoch` + `scheduler.step()` over in-memory videos shuffled each epoch. Neither holds validation.
   whole run start to trained model. run_s, timed inside the run's process after its imports: plain = load the
-            store + input statistics + all epochs with validation; Ray = ray.init + build_trainer (Parquet read,
-            filter, materialize, input statistics) + fit (controller, worker group, process group, all epochs
-            with validation, checkpoints and reports) + reading the last checkpoint's history + ray.shutdown.
+            store + input statistics + all epochs with validation; Ray = ray.init + build_trainer (raydata:
+            Parquet read, filter, materialize; both: input statistics, cached in features.json) + fit (controller,
+            worker group, process group, for ray_ the workers' direct reads of their shards, all epochs with
+            validation, checkpoints and reports) + reading the last checkpoint's history + ray.shutdown.
             process_wall_s, timed by this script, adds interpreter start and imports (torch; Ray for Ray runs).
             fixed_s = run_s - the sum of all epochs' epoch_seconds: what a run costs besides training itself.
 - CPU time beside wall time. plain: the process's user+system time over run_s (getrusage, every torch thread)
@@ -73,7 +76,7 @@ from asrn.store import feature_statistics, load_videos, read_info  # noqa: E402
 
 # asrn.train imports Ray: it is imported only where Ray is used, so that plain runs never import Ray.
 
-RUN_NAME = re.compile(r"^(?:plain_(\d+)t|ray_(\d+)w_(\d+)t)$")
+RUN_NAME = re.compile(r"^(?:plain_(\d+)t|(ray|raydata)_(\d+)w_(\d+)t)$")
 
 
 def process_cpu() -> float:
@@ -243,7 +246,8 @@ def loop_with_threads(config: ThreadedLoop) -> None:
     Path(config.record, f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def run_ray(store: Path, spec: Spec, workers: int, threads: int, work: Path, ray_cpus: int) -> dict:
+def run_ray(store: Path, spec: Spec, workers: int, threads: int, work: Path, ray_cpus: int,
+            ray_data: bool = False) -> dict:
     import ray
     import ray.data
     import ray.train
@@ -264,9 +268,10 @@ def run_ray(store: Path, spec: Spec, workers: int, threads: int, work: Path, ray
             t1 = time.perf_counter()
             config = TrainConfig(features=store, task=spec.task, out=work / "out", variant=spec.variant,
                                  recipe=spec.recipe.name, num_workers=workers, epochs=spec.recipe.epochs,
-                                 patience=spec.recipe.patience, seed=spec.seed, mlflow_uri=NO_MLFLOW)
+                                 patience=spec.recipe.patience, seed=spec.seed, mlflow_uri=NO_MLFLOW,
+                                 **({"direct_read_max_mb": 0} if ray_data else {}))
             config.out.mkdir(parents=True)
-            base = build_trainer(config, "bench", info=read_info(store))  # reads, materializes, input statistics
+            base = build_trainer(config, "bench", info=read_info(store))  # (raydata: reads, materializes), statistics
             loop = base.train_loop_config
             same = loop.model == spec.model and loop.recipe == spec.recipe
             trainer = TorchTrainer(
@@ -293,6 +298,7 @@ def run_ray(store: Path, spec: Spec, workers: int, threads: int, work: Path, ray
     epoch_total = sum(e["epoch_seconds"] for e in epochs)
     return {
         "workers": workers, "threads_per_worker": threads, "batch_per_worker": loop.batch_size,
+        "data_path": "ray_data" if base.datasets else "direct",
         "same_model_and_recipe_as_plain": same, **steady(epochs),
         "run_s": round(t5 - t0, 2), "epochs_s": round(epoch_total, 2), "fixed_s": round(t5 - t0 - epoch_total, 2),
         "parts_s": {"ray_init": round(t1 - t0, 2), "build_trainer": round(t2 - t1, 2), "fit": round(t3 - t2, 2),
@@ -312,8 +318,8 @@ def run_one(args) -> None:
     if m.group(1):
         out = run_plain(args.store, spec, int(m.group(1)))
     else:
-        out = run_ray(args.store, spec, int(m.group(2)), int(m.group(3)), args.record.parent / args.one,
-                      args.ray_cpus)
+        out = run_ray(args.store, spec, int(m.group(3)), int(m.group(4)), args.record.parent / args.one,
+                      args.ray_cpus, ray_data=m.group(2) == "raydata")
     args.record.write_text(json.dumps(out))
 
 
@@ -387,7 +393,7 @@ def ratios(summary: dict) -> dict:
     out = {}
     for name, s in summary.items():
         m = RUN_NAME.match(name)
-        plain = f"plain_{int(m.group(2)) * int(m.group(3))}t" if m.group(2) else None
+        plain = f"plain_{int(m.group(3)) * int(m.group(4))}t" if m.group(2) else None
         if plain in summary:
             p = summary[plain]
             out[f"{name}/{plain}"] = {
@@ -417,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="asrn")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--runs", default="plain_1t,ray_1w_1t,plain_2t,ray_2w_1t",
-                   help="one round, in order: plain_<T>t and ray_<W>w_<T>t, comma-separated")
+                   help="one round, in order: plain_<T>t, ray_<W>w_<T>t and raydata_<W>w_<T>t, comma-separated")
     p.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs of the local Ray (default 2x cores)")
     p.add_argument("--lstm-threads", default="1,2", help="torch threads of the BDLSTM/nn.LSTM runs; '' skips")
     p.add_argument("--lstm-repeats", type=int, default=30)
@@ -440,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.runs.split(",") if n]
     bad = [n for n in names if not RUN_NAME.match(n)]
     if bad:
-        p.error(f"--runs: {', '.join(bad)} not of the form plain_<T>t or ray_<W>w_<T>t")
+        p.error(f"--runs: {', '.join(bad)} not of the form plain_<T>t, ray_<W>w_<T>t or raydata_<W>w_<T>t")
 
     from asrn.synth_features import synthesize_feature_store
     from asrn.train import TrainConfig, loop_config_for

@@ -95,6 +95,7 @@ def test_cli_prints_the_reason_and_exits_1(small_store, tmp_path, capsys):
     ("lr", 0.0, "lr = 0.0"), ("lr", -1.0, "lr = -1.0"), ("batch_size", 0, "batch_size = 0"),
     ("dropout", 1.0, "dropout = 1.0"), ("dropout", -0.1, "dropout"), ("epochs", 0, "epochs = 0"),
     ("variant", "gru", "unknown variant 'gru'"), ("task", "both", "unknown task 'both'"),
+    ("direct_read_max_mb", -1, "direct_read_max_mb = -1"),
 ])
 def test_bad_hyperparameter_is_named(tmp_path, field, value, message):
     kwargs = {"features": tmp_path, "task": "sub", "out": tmp_path / "run", field: value}
@@ -130,6 +131,23 @@ def test_train_into_a_folder_holding_a_run_is_refused_before_touching_it(small_s
 def test_resume_without_a_previous_run_is_refused(small_store, tmp_path):
     with pytest.raises(TrainConfigError, match="--resume"):
         train(TrainConfig(features=small_store, task="sub", out=tmp_path / "run", resume=True, mlflow_uri="none"))
+
+
+def test_a_small_store_is_read_by_the_workers_with_cached_statistics(small_store, tmp_path):
+    """Below direct_read_max_mb no Ray Data dataset is built (so no Ray is needed to build the trainer); the
+    workers get the store's folder, the per-worker batch and features.json's statistics."""
+    from asrn.store import feature_statistics
+    from asrn.train import build_trainer
+
+    lines = []
+    config = TrainConfig(features=small_store, task="sub", out=tmp_path / "run", num_workers=2, batch_size=8)
+    trainer = build_trainer(config, "direct", say=lines.append)
+    loop = trainer.train_loop_config
+    assert trainer.datasets == {} and loop.store == str(small_store.resolve()) and loop.batch_size == 4
+    fresh = feature_statistics(small_store, "train")
+    assert all(np.array_equal(loop.input_stats[m][0], fresh[m][0]) and
+               np.array_equal(loop.input_stats[m][1], fresh[m][1]) for m in fresh)
+    assert "each worker reads its train shard" in lines[0] and "cached in features.json" in lines[1]
 
 
 def test_load_checkpoint_refuses_other_files(tmp_path):
@@ -282,7 +300,9 @@ def test_the_console_shows_the_projects_lines_not_rays(trained):
     lines (with --verbose they come back: tests/test_tune.py's first driver)."""
     config, _, _ = trained
     console = (config.out.parent / "first-driver.log").read_text()
-    assert "store [1/3]: reading the train split (" in console and "store: loaded in" in console
+    assert "store [1/2]: " in console and "each worker reads its train shard and the val split itself" in console
+    assert "store [2/2]: input statistics of the train split cached in features.json" in console
+    assert "store: loaded in" in console
     assert f"epoch 1/{SHORT_RUN_EPOCHS}:" in console and "ETA" in console
     for ray_line in ("Reporting training result", "Checkpoint successfully created", "execution finished"):
         assert ray_line not in console, ray_line
@@ -311,3 +331,15 @@ def test_the_best_model_is_logged_registered_and_scores_as_best_pt(trained, plan
     with torch.no_grad():
         scores = model(torch.from_numpy(pack_videos(test, read_info(planted_store).dims))).numpy()
     np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+@pytest.mark.ray
+def test_a_store_above_the_threshold_streams_through_ray_data(ray_cluster, small_store, tmp_path, capsys):
+    """direct_read_max_mb = 0: the Ray Data path (read, filter, materialize, dataset shards) on two DDP workers."""
+    config = TrainConfig(features=small_store, task="sub", out=tmp_path / "run", num_workers=2, epochs=2,
+                         batch_size=4, mlflow_uri="none", direct_read_max_mb=0)
+    result = train(config)
+    console = capsys.readouterr().out
+    assert "store [1/3]: reading the train split (" in console and "store [2/3]: reading the val split" in console
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)

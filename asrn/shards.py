@@ -1,0 +1,116 @@
+"""Direct reads of a small feature store by each Ray Train worker: no Ray Data pipeline, no object store.
+
+A store of a few hundred MB is read by pyarrow in well under a second, while building, filtering and materializing
+Ray Data datasets costs tens of seconds per run. So below `TrainConfig.direct_read_max_mb` every worker reads its
+own shard of the train split (and the whole val split) itself, collates it once into padded tensors kept on its
+device, and forms each epoch's batches by indexing them.
+
+Sharding: train videos sorted by video_id; rank r of W takes positions r, r + W, ... of that list extended by
+wrap-around to ceil(N / W) * W, so every rank holds ceil(N / W) videos and runs the same number of optimizer steps
+(DDP's all-reduce would hang otherwise); at most W - 1 videos are seen twice per epoch.
+
+Batches: each epoch shuffles the shard with (seed, epoch), sorts it by length within chunks of BUCKET batches,
+cuts batches and shuffles their order: the same videos per epoch, far less padding than random batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from asrn.sequence import Batch, collate
+from asrn.store import FeatureStoreError, VideoFeatures, part_files, table_to_videos
+
+BUCKET = 8  # batches per length-sorted chunk
+
+
+def store_megabytes(store_dir: str | os.PathLike) -> float:
+    """Size of the store's data files in MB (10^6 bytes): what decides between direct reads and Ray Data."""
+    return sum(f.stat().st_size for f in part_files(store_dir)) / 1e6
+
+
+def shard_positions(n: int, rank: int, world: int) -> np.ndarray:
+    """(ceil(n / world),) positions into n sorted videos for `rank`, wrapping around: equal sizes on every rank."""
+    if n < 1:
+        raise ValueError("no videos to shard")
+    per = -(-n // world)
+    return np.arange(rank, per * world, world, dtype=np.int64) % n
+
+
+def read_split(store_dir: str | os.PathLike, split: str, rank: int = 0, world: int = 1) -> list[VideoFeatures]:
+    """The videos of `split` for `rank` of `world` (`shard_positions` over the ids sorted), read with pyarrow.
+
+    Reads the video_id column first, then only the rows of this shard, one part file at a time (files written
+    before a column was added still read).
+    """
+    files = [str(f) for f in part_files(store_dir)]  # path strings: a filesystem URI later is a small change
+    in_split = [("split", "=", split)]
+    ids = sorted(i for f in files for i in pq.read_table(f, columns=["video_id"], filters=in_split)
+                 .column("video_id").to_pylist())
+    if not ids:
+        raise FeatureStoreError(f"{store_dir}: no videos in split {split}")
+    mine = [ids[p] for p in shard_positions(len(ids), rank, world)]
+    wanted = sorted(set(mine))
+    tables = [pq.read_table(f, filters=[*in_split, ("video_id", "in", wanted)]) for f in files]
+    by_id = {v.video_id: v for v in table_to_videos(pa.concat_tables(tables, promote_options="permissive"))}
+    return [by_id[i] for i in mine]
+
+
+@dataclass
+class ResidentSplit:
+    """Videos collated once (padded to the longest, window 3 as in training) and kept on one device; a batch is an
+    index view padded to its own longest video, which equals `collate` of those videos."""
+
+    padded: Batch  # (N, T_max, D_m) features, (N, T_max) present and mask, (N, C) targets, on the device
+    lengths: np.ndarray  # (N,) kept steps per video, on the host: batch widths need no device sync
+
+    @classmethod
+    def of(cls, videos: Sequence[VideoFeatures], task: str, device: torch.device | str = "cpu") -> ResidentSplit:
+        batch = collate(videos, task)
+        return cls(batch.to(device), np.array([s.size for s in batch.steps], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, rows: np.ndarray, index: torch.Tensor | None = None) -> Batch:
+        """The batch of `rows` (host int array); `index`: the same rows already on the device."""
+        width = int(self.lengths[rows].max())
+        p = self.padded
+        index = torch.as_tensor(rows, device=p.mask.device) if index is None else index
+        return Batch(features={m: x[index, :width] for m, x in p.features.items()},  # (B, T, D_m)
+                     present={m: x[index, :width] for m, x in p.present.items()},  # (B, T)
+                     mask=p.mask[index, :width], targets=p.targets[index],  # (B, T), (B, C)
+                     video_ids=[p.video_ids[i] for i in rows], steps=[p.steps[i] for i in rows])
+
+    def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+        """The epoch's batches as row arrays: shuffled by (seed, epoch), length-sorted within chunks of BUCKET
+        batches, batch order shuffled. ceil(N / batch_size) batches, every epoch."""
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self))
+        chunk = batch_size * BUCKET
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
+        """`epoch_order`'s batches; the epoch's row order goes to the device once, not per batch."""
+        rows = self.epoch_order(batch_size, seed, epoch)
+        on_device = torch.from_numpy(np.concatenate(rows)).to(self.padded.mask.device)
+        start = 0
+        for r in rows:
+            yield self.take(r, on_device[start:start + len(r)])
+            start += len(r)
+
+    def fixed_batches(self, batch_size: int) -> list[Batch]:
+        """Batches in length order, for evaluation (which does not depend on order)."""
+        order = np.argsort(self.lengths, kind="stable")
+        return [self.take(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]

@@ -1,0 +1,73 @@
+"""asrn.shards: each worker's direct read of its shard, resident batches equal to `collate`, equal steps per rank."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from asrn.sequence import collate
+from asrn.shards import ResidentSplit, read_split, shard_positions, store_megabytes
+from asrn.store import load_videos, part_files
+from asrn.synth_features import synthesize_feature_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return synthesize_feature_store(tmp_path_factory.mktemp("shards") / "store", num_videos=60, seed=4)
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 2), (11, 2), (7, 3), (2, 4)])
+def test_shards_are_equal_and_cover_every_video(n, world):
+    shards = [shard_positions(n, rank, world) for rank in range(world)]
+    assert {len(s) for s in shards} == {math.ceil(n / world)}
+    assert set(np.concatenate(shards).tolist()) == set(range(n))
+
+
+def test_read_split_gives_each_rank_its_shard_of_the_sorted_ids(store):
+    train = sorted(v.video_id for v in load_videos(store, splits=["train"]))
+    shards = [read_split(store, "train", rank, 2) for rank in range(2)]
+    assert [v.video_id for v in shards[0]] == [train[p] for p in shard_positions(len(train), 0, 2)]
+    assert {v.video_id for s in shards for v in s} == set(train) and len(shards[0]) == len(shards[1])
+    assert all(v.split == "train" for s in shards for v in s)
+    whole = {v.video_id: v for v in load_videos(store, splits=["train"])}
+    v = shards[1][0]
+    np.testing.assert_array_equal(v.features["rgb"], whole[v.video_id].features["rgb"])
+    assert 0 < store_megabytes(store) == sum(f.stat().st_size for f in part_files(store)) / 1e6
+
+
+def test_a_resident_batch_equals_collate_of_its_videos(store):
+    videos = read_split(store, "val")
+    resident = ResidentSplit.of(videos, "sub")
+    rows = np.array([3, 0, len(videos) - 1])
+    got, want = resident.take(rows), collate([videos[i] for i in rows], "sub")
+    assert got.video_ids == want.video_ids and got.mask.shape == want.mask.shape
+    for m in want.features:
+        assert torch.equal(got.features[m], want.features[m]) and torch.equal(got.present[m], want.present[m])
+    assert torch.equal(got.mask, want.mask) and torch.equal(got.targets, want.targets)
+
+
+def test_epochs_shuffle_deterministically_in_length_buckets(store):
+    resident = ResidentSplit.of(read_split(store, "train"), "sub")
+    n, size = len(resident), 4
+    first = resident.epoch_order(size, seed=0, epoch=1)
+    assert len(first) == math.ceil(n / size)
+    assert sorted(np.concatenate(first).tolist()) == list(range(n))  # each video once
+    assert all(np.array_equal(a, b) for a, b in zip(first, resident.epoch_order(size, 0, 1), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, resident.epoch_order(size, 0, 2), strict=True))
+    lengths = resident.lengths
+    padded = sum(len(b) * lengths[b].max() for b in first)
+    rng = np.random.default_rng(0)
+    unsorted = rng.permutation(n)
+    random_padded = sum(len(b) * lengths[b].max() for b in np.array_split(unsorted, math.ceil(n / size)))
+    assert padded <= random_padded
+    batches = list(resident.epoch_batches(size, 0, 1))
+    assert [b.video_ids for b in batches] == [[resident.padded.video_ids[i] for i in r] for r in first]
+
+
+def test_every_rank_runs_the_same_number_of_steps(store):
+    n_batches = {len(ResidentSplit.of(read_split(store, "train", rank, 3), "sub").epoch_order(5, 0, 1))
+                 for rank in range(3)}
+    assert len(n_batches) == 1
