@@ -135,6 +135,9 @@ def _add_train_arguments(sub) -> None:
                    help=f"epochs without val mAP gain before stopping ({_recipe_default('patience')})")
     p.add_argument("--checkpoint-every", type=int, default=5,
                    help="epochs between checkpoints besides improvements and the last epoch")
+    p.add_argument("--direct-read-max-mb", type=int, default=1024, metavar="MB",
+                   help="stores up to this size are read by each worker itself (pyarrow); larger ones stream "
+                        "through Ray Data; 0: always Ray Data")
     p.add_argument("--seed", type=int, default=0, help="random seed of the model and the shuffles")
     p.add_argument("--storage", default=None,
                    help="checkpoint storage (local folder or s3://, gs://); default: OUT/ray_results")

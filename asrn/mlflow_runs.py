@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -274,6 +275,10 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path, example, re
 
     from asrn.checkpoint import load_checkpoint
 
+    try:
+        os.getcwd()  # MLflow needs a working directory to log a model
+    except FileNotFoundError:  # a Ray job's driver can outlive its working_dir, which Ray reclaims during the run
+        os.chdir(tempfile.gettempdir())
     model, saved = load_checkpoint(checkpoint)
     scorer = ScoringModel(model, saved["task"], saved["labels"])
     width = packed_width(scorer.dims)

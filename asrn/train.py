@@ -54,7 +54,6 @@ import ray
 import ray.data
 import ray.train
 import torch
-from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR  # set by Ray for a job's driver
 from ray.data.expressions import col
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -553,9 +552,7 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
-        # the driver of a Ray job stays connected until it exits: disconnected, Ray reclaims the job's working_dir,
-        # which is this process's working directory (MLflow then fails to log the model from a vanished cwd)
-        if started and RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:
+        if started:
             ray.shutdown()
 
 

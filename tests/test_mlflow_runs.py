@@ -133,6 +133,22 @@ def test_the_model_needs_our_requirements_not_a_project_found_in_the_working_dir
     assert "MLFLOW_UV_AUTO_DETECT" not in os.environ  # switched off only while logging
 
 
+def test_a_model_is_logged_from_a_working_directory_that_is_gone(store, tmp_path, monkeypatch):
+    """A Ray job's driver can outlive its working_dir (Ray reclaims it during the run: seen in
+    tests/test_cluster.py's job); the model is still logged."""
+    from asrn.store import load_videos
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    checkpoint = _best_pt(store, tmp_path / "best.pt")
+    run_id, _ = mlflow_runs.open_run(uri, "exp", "run", {}, tmp_path / "mlflow_run.json", resume=False)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    info = mlflow_runs.log_best_model(uri, run_id, checkpoint, load_videos(store, splits=["test"])[0])
+    assert info.model_uri.startswith("models:/")
+
+
 def test_the_scoring_model_names_a_wrong_input(store, tmp_path):
     from asrn.checkpoint import load_checkpoint
     from asrn.store import load_videos
