@@ -243,21 +243,6 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
-@contextmanager
-def _without_uv_detection() -> Iterator[None]:
-    """MLflow 3 adopts a uv project it finds in the process's working directory when logging a model: whatever
-    project the user happens to stand in. Our requirements are given explicitly, so the search is off meanwhile."""
-    before = os.environ.get("MLFLOW_UV_AUTO_DETECT")
-    os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_UV_AUTO_DETECT", None)
-        else:
-            os.environ["MLFLOW_UV_AUTO_DETECT"] = before
-
-
 def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path, example, registered_name: str | None = None):
     """Log best.pt to the run as an MLflow PyTorch model (`ScoringModel`), with a signature and an input example
     (the first EXAMPLE_STEPS steps of the store video `example`); register it as `registered_name` when given.
@@ -293,8 +278,7 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path, example, re
                 "output": "float32 (videos, classes) probabilities, classes as in labels",
                 "store": {k: saved["store_info"].get(k) for k in ("preset", "fps", "detector", "weights")}}
     # the run active here, so that the model lands in the run's experiment (MLflow takes the active one)
-    with _without_uv_detection(), using_tracking_uri(tracking_uri), \
-            mlflow.start_run(run_id=run_id, log_system_metrics=False):
+    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
         return mlflow.pytorch.log_model(
             scorer, name=MODEL_NAME, signature=signature, serialization_format="pickle",
             input_example=pack_videos([example], scorer.dims, max_steps=EXAMPLE_STEPS),

@@ -110,29 +110,6 @@ def test_the_logged_model_loads_back_and_scores_as_best_pt(store, tmp_path, monk
     assert info.saved_input_example_info is not None and info.metadata["labels"][0] == "sub:dominant"
 
 
-def test_the_model_needs_our_requirements_not_a_project_found_in_the_working_directory(store, tmp_path,
-                                                                                      monkeypatch):
-    """MLflow 3 adopts a uv project it finds in the working directory (uv.lock + pyproject.toml), whatever project
-    the user stands in; the logged model must list asrn's own requirements."""
-    import mlflow.pyfunc
-
-    from asrn.store import load_videos
-
-    project = tmp_path / "someone-elses-project"
-    project.mkdir()
-    (project / "pyproject.toml").write_text('[project]\nname = "other"\nversion = "0"\n')
-    (project / "uv.lock").write_text("version = 1\n")
-    monkeypatch.chdir(project)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    checkpoint = _best_pt(store, tmp_path / "best.pt")
-    run_id, _ = mlflow_runs.open_run(uri, "exp", "run", {}, tmp_path / "mlflow_run.json", resume=False)
-    info = mlflow_runs.log_best_model(uri, run_id, checkpoint, load_videos(store, splits=["test"])[0])
-    with mlflow_runs.using_tracking_uri(uri):
-        requirements = open(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read().split()
-    assert {r.split("==")[0] for r in requirements} == {"torch", "numpy", "pyarrow", "mlflow"}, requirements
-    assert "MLFLOW_UV_AUTO_DETECT" not in os.environ  # switched off only while logging
-
-
 def test_a_model_is_logged_from_a_working_directory_that_is_gone(store, tmp_path, monkeypatch):
     """A Ray job's driver can outlive its working_dir (Ray reclaims it during the run: seen in
     tests/test_cluster.py's job); the model is still logged."""
