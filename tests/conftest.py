@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,27 @@ def rewrite_checkpoint():
         return dst
 
     return rewrite
+
+
+@pytest.fixture(scope="session")
+def astronaut_clip():
+    """Writes 2 s of skimage's astronaut (a real photograph with a real face) at 10 fps, H.264, width x height,
+    shifted a few pixels per frame: `astronaut_clip(path, width, height) -> path`."""
+    import av
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    def write(path: Path, width: int, height: int) -> Path:
+        image = cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_AREA)
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=Fraction(10))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(20):
+                shift = np.float32([[1, 0, (i % 5) - 2], [0, 1, (i % 3) - 1]])
+                frame = cv2.warpAffine(image, shift, (width, height), borderMode=cv2.BORDER_REFLECT)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        return path
+
+    return write

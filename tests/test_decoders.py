@@ -6,15 +6,11 @@ asrn.video's own tests compare the decoded clips; these check what extract and p
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 import pytest
 import torch
-from skimage import data
 
 from asrn import video
 from asrn.checkpoint import write_checkpoint
@@ -29,19 +25,9 @@ AVAILABLE = [d for d in video.DECODERS if d == "pyav" or video.decord is not Non
 
 
 @pytest.fixture(scope="module")
-def talking_photo(tmp_path_factory) -> Path:
-    """2 s of skimage's astronaut (a face) at 10 fps, 400x300 (shrunk to the 360-px step frames), moving a little."""
-    image = cv2.resize(data.astronaut(), (400, 300), interpolation=cv2.INTER_AREA)
-    path = tmp_path_factory.mktemp("decoders") / "astronaut.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(10))
-        stream.width, stream.height, stream.pix_fmt = 400, 300, "yuv420p"
-        for i in range(20):
-            shift = np.float32([[1, 0, (i % 5) - 2], [0, 1, (i % 3) - 1]])
-            frame = cv2.warpAffine(image, shift, (400, 300), borderMode=cv2.BORDER_REFLECT)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+def talking_photo(tmp_path_factory, astronaut_clip) -> Path:
+    """The astronaut clip at 400x300 (shrunk to the 360-px step frames)."""
+    return astronaut_clip(tmp_path_factory.mktemp("decoders") / "astronaut.mp4", 400, 300)
 
 
 @pytest.mark.skipif(video.decord is None, reason="decord does not import here")

@@ -14,12 +14,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from skimage import data
 
 from asrn import extract as extract_module
 from asrn import store, video
@@ -34,19 +32,8 @@ LITE_DIMS = {m: PRESETS["lite"][m].dim for m in MODALITIES}
 
 
 @pytest.fixture(scope="module")
-def astronaut_video(tmp_path_factory) -> Path:
-    """2 s of skimage's astronaut (a real photograph) at 10 fps, shifted a few pixels per frame, H.264."""
-    path = tmp_path_factory.mktemp("astronaut") / "astronaut.mp4"
-    image = cv2.resize(data.astronaut(), (320, 320), interpolation=cv2.INTER_AREA)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(10))
-        stream.width, stream.height, stream.pix_fmt = 320, 320, "yuv420p"
-        for i in range(20):
-            shift = np.float32([[1, 0, (i % 5) - 2], [0, 1, (i % 3) - 1]])
-            frame = cv2.warpAffine(image, shift, (320, 320), borderMode=cv2.BORDER_REFLECT)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+def astronaut_video(tmp_path_factory, astronaut_clip) -> Path:
+    return astronaut_clip(tmp_path_factory.mktemp("astronaut") / "astronaut.mp4", 320, 320)
 
 
 def test_prepare_and_encode_find_the_face_without_boxes(astronaut_video):

@@ -12,12 +12,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from skimage import data
 
 from asrn.checkpoint import CheckpointError, write_checkpoint
 from asrn.cli import main
@@ -89,12 +87,8 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def astronaut_video(tmp_path_factory) -> Path:
-    """2 s of skimage's astronaut (a real photograph) at 10 fps, shifted a few pixels per frame, H.264."""
-    image = cv2.resize(data.astronaut(), (320, 320), interpolation=cv2.INTER_AREA)
-    frames = [cv2.warpAffine(image, np.float32([[1, 0, (i % 5) - 2], [0, 1, (i % 3) - 1]]), (320, 320),
-                             borderMode=cv2.BORDER_REFLECT) for i in range(20)]
-    return _write_video(tmp_path_factory.mktemp("astronaut") / "astronaut.mp4", frames)
+def astronaut_video(tmp_path_factory, astronaut_clip) -> Path:
+    return astronaut_clip(tmp_path_factory.mktemp("astronaut") / "astronaut.mp4", 320, 320)
 
 
 def test_per_class_thresholds_travel_from_best_pt_to_scores_json(trained, tmp_path):
