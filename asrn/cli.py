@@ -9,8 +9,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from asrn.errors import AsrnError
@@ -231,9 +230,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"videos written to {args.out}; manifest: {manifest}")
     elif args.command == "extract":
         from asrn.extract import ExtractConfig, extract_features
-        config = _config_from_args(ExtractConfig, args)
-        with _verbose_ray(args):
-            extract_features(config)
+        extract_features(_config_from_args(ExtractConfig, args))
     elif args.command == "train":
         from asrn.train import TrainConfig, train
         train(_config_from_args(TrainConfig, args))
@@ -250,18 +247,6 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "demo":
         from asrn.demo import DemoConfig, run_demo
         run_demo(_config_from_args(DemoConfig, args))
-
-
-@contextmanager
-def _verbose_ray(args: argparse.Namespace) -> Iterator[None]:
-    """With --verbose, the Ray session `asrn extract` would start, with Ray's console lines (it then starts here,
-    before extract's input checks; extract joins it); without it extract starts its own, quiet one."""
-    if not args.verbose:
-        yield
-        return
-    from asrn.train import ray_session
-    with ray_session(args.address, verbose=True):
-        yield
 
 
 def _given(flags: Sequence[str], argv: Sequence[str]) -> bool:

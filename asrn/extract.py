@@ -135,6 +135,7 @@ class ExtractConfig:
     weights_dir: Path | None = None
     overwrite: bool = False
     allow_random_init: bool = False  # --preset paper refuses encoders without pretrained weights unless this is set
+    verbose: bool = False  # Ray's own console lines (asrn.console)
     address: str | None = None
     cpus_per_worker: float = 1.0  # CPUs reserved per encoder actor (its torch threads on a CPU)
     videos_per_part: int = 16  # videos per Parquet part file the driver writes
@@ -534,7 +535,7 @@ def _run(todo: list[ManifestEntry], config: ExtractConfig, target: Path, existin
     """The Ray part of a run: the pipeline's output into the store in `target`."""
     old_error_files = _error_files(target)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    with ray_session(config.address):
+    with ray_session(config.address, config.verbose):
         _warn_on_resources(config, ray.cluster_resources())
         writer = _StoreWriter(config, target, existing, run_id, len(todo))
         _run_pipeline(todo, config, writer, old_error_files, run_id)

@@ -75,7 +75,7 @@ def test_text_file_error_names_the_file_but_never_quotes_it(tmp_path):
     assert "SECRET" not in str(raised.value) and "1234" not in str(raised.value)
 
 
-def _unreachable_cluster(address):
+def _unreachable_cluster(address, verbose=False):
     raise ConnectionError("cluster unreachable")  # stands in for the Ray work: reached only past the checks
 
 
@@ -152,7 +152,7 @@ def test_overwrite_keeps_the_old_store_until_the_new_one_is_whole(lite_store, mo
     out, manifest = lite_store
     before = _contents(out)
 
-    def unreachable(address):
+    def unreachable(address, verbose=False):
         raise ConnectionError("cluster unreachable")
 
     monkeypatch.setattr(extract_module, "ray_session", unreachable)
