@@ -35,6 +35,10 @@ class NonFiniteLossError(AsrnError):
     """The training loss became NaN or infinite; the message names the epoch and the batch."""
 
 
+class NonFiniteScoresError(AsrnError):
+    """A model gives NaN or infinite scores (a diverged checkpoint); the message names the model and the input."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a model is optimised; `asrn train --recipe NAME` picks one, and single flags override its fields."""
@@ -147,5 +151,5 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device,
 def check_finite_scores(scores: np.ndarray, where: str) -> np.ndarray:
     """Refuse NaN/inf probabilities (a diverged checkpoint) instead of writing them out."""
     if not np.isfinite(scores).all():
-        raise NonFiniteLossError(f"{where}: the model gives non-finite scores; its weights are not usable")
+        raise NonFiniteScoresError(f"{where}: the model gives non-finite scores; its weights are not usable")
     return scores

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import tempfile
 import time
@@ -134,8 +135,6 @@ def finish_run(tracking_uri: str, run_id: str, status: str, artifacts: list[Path
 
 
 def is_number(value) -> bool:
-    import math
-
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -22,6 +22,7 @@ from asrn.cli import main
 from asrn.encoders import PRESETS, build_encoders
 from asrn.features import VideoSettings, encode_prepared, prepare_video, to_video_features
 from asrn.labels import task_labels
+from asrn.loop import NonFiniteScoresError
 from asrn.manifest import read_manifest
 from asrn.model import ASRN, ModelConfig, asrn_loss
 from asrn.predict import (
@@ -108,7 +109,7 @@ def test_nan_weights_are_refused_not_written(trained, tmp_path, rewrite_checkpoi
     bad = rewrite_checkpoint(trained["checkpoint"], tmp_path / "nan.pt",
                               lambda c: c["model_state"]["classifier.bias"].fill_(float("nan")))
     entry = trained["entries"][0]
-    with pytest.raises(ValueError, match="non-finite scores"):
+    with pytest.raises(NonFiniteScoresError, match="non-finite scores"):
         predict(PredictConfig(checkpoint=bad, out=tmp_path / "out", videos=[Path(entry.path)],
                               boxes=Path(entry.boxes)))
     assert not (tmp_path / "out" / "scores.json").exists()
