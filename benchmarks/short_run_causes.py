@@ -9,7 +9,7 @@ one process, one thread, selection on val mAP) with one candidate cause changed:
   0), instead of cosine stepped once per epoch;
 - `attn0`: the attention logits start at 0 (the last Linear of MFA's scoring, GLA's w and the shot weights ω), so
   the model starts as mean pooling over modalities, steps and shots and learns where to look;
-- `ep24`, `v960` (not fixes): 24 epochs on the same videos, 960 videos at 8 epochs: where attention emerges;
+- `ep24`, `v960`, `v2000` (not fixes): 24 epochs on the same videos, 960 or 2000 videos at 8 epochs: where attention emerges;
 - `last`: also scores the last epoch's model (no val selection), to size the noise of selecting on 36 val videos.
 Per seed: test mAP, prevalence, F1 macro at val-chosen thresholds, every-class F1 macro (as short_run_bar.py).
 Writes benchmarks/results/short_run_causes.json.
@@ -62,10 +62,12 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "lr1e-2": ({"lr": 1e-2}, {}),
     "attn0_lr1e-2": ({"lr": 1e-2}, {"attn0": True}),
     "h32": ({"hidden": 32}, {}),
+    "drop0.7": ({"dropout": 0.7}, {}),
     "wd1": ({"weight_decay": 1.0}, {}),
     # not fixes: where attention emerges (more epochs on the same 168 videos; more videos at 8 epochs)
     "ep24": ({"epochs": 24}, {}),
     "v960": ({}, {"num_videos": 960}),
+    "v2000": ({}, {"num_videos": 2000}),
 }
 
 
