@@ -9,7 +9,8 @@ one process, one thread, selection on val mAP) with one candidate cause changed:
   0), instead of cosine stepped once per epoch;
 - `attn0`: the attention logits start at 0 (the last Linear of MFA's scoring, GLA's w and the shot weights ω), so
   the model starts as mean pooling over modalities, steps and shots and learns where to look;
-- `ep24`, `v960`, `v2000` (not fixes): 24 epochs on the same videos, 960 or 2000 videos at 8 epochs: where attention emerges;
+- `ep24`, `v960`, `v2000` (not fixes): 24 epochs on the same videos; 960 or 2000 videos at 8 epochs: where
+  attention emerges;
 - `last`: also scores the last epoch's model (no val selection), to size the noise of selecting on 36 val videos.
 Per seed: test mAP, prevalence, F1 macro at val-chosen thresholds, every-class F1 macro (as short_run_bar.py).
 Writes benchmarks/results/short_run_causes.json.
