@@ -445,15 +445,32 @@ class EpochLogger(ray.train.UserCallback):
             print(f"epoch {epoch}/{self.epochs}: repeated after a restart (logged before)", flush=True)
             return
         self.logged.add(epoch)
+        if self.run_id:  # before the line is printed: a driver killed after printing epoch N has logged it
+            mlflow_runs.log_metrics(self.tracking_uri, self.run_id, epoch_metrics(m), step=epoch)
         self.first = self.first or (now, epoch)
         pace = (now - self.first[0]) / (epoch - self.first[1]) if epoch > self.first[1] else m["epoch_seconds"]
         elapsed, eta = now - self.started, pace * (self.epochs - epoch)
         print(f"epoch {m['epoch']}/{self.epochs}: train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
               f"val mAP {m['val_map']:.4f}  F1 macro {m['val_f1_macro']:.4f}  ({m['epoch_seconds']:.1f} s; "
               f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s)", flush=True)
-        if self.run_id:
-            mlflow_runs.log_metrics(self.tracking_uri, self.run_id, {k: v for k, v in m.items() if k != "epoch"},
-                                    step=int(m["epoch"]))
+
+
+def epoch_metrics(reported: dict) -> dict:
+    """An epoch's report as MLflow metrics (the epoch is the step)."""
+    return {k: v for k, v in reported.items() if k != "epoch"}
+
+
+def log_unlogged_epochs(tracking_uri: str, run_id: str, history: list[dict]) -> list[int]:
+    """Log the epochs of `history` that MLflow lacks; return them.
+
+    A driver killed between an epoch's checkpoint and its MLflow batch leaves that epoch only in the checkpoint,
+    and the resumed run starts after it.
+    """
+    logged = mlflow_runs.logged_steps(tracking_uri, run_id, "train_loss")
+    missing = [h for h in history if int(h["epoch"]) not in logged]
+    for h in missing:
+        mlflow_runs.log_metrics(tracking_uri, run_id, epoch_metrics(h), step=int(h["epoch"]))
+    return [int(h["epoch"]) for h in missing]
 
 
 def loop_config_for(config: TrainConfig, info: StoreInfo, input_stats: dict | None = None) -> LoopConfig:
@@ -709,6 +726,9 @@ def _train_and_report(config: TrainConfig, run_name: str, info: StoreInfo, count
 
     with result.checkpoint.as_directory() as folder:
         history = load_training_state(folder)["history"]
+    if run_id and (backfilled := log_unlogged_epochs(tracking_uri, run_id, history)):
+        print(f"logged epoch(s) {backfilled} to MLflow from the checkpoint (their driver was killed before it "
+              "logged them)", flush=True)
     best_ckpt, _ = max(result.best_checkpoints, key=lambda cm: (cm[1][SELECT_METRIC], -cm[1]["epoch"]))
     with best_ckpt.as_directory() as folder:
         best_state = load_training_state(folder)

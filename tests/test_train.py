@@ -164,6 +164,25 @@ def test_load_checkpoint_refuses_other_files(tmp_path):
 SHORT_RUN_EPOCHS = 8
 
 
+def test_epochs_only_in_the_checkpoint_are_logged_to_mlflow_once(tmp_path):
+    """A driver killed between an epoch's checkpoint and its MLflow batch: the resumed run logs that epoch."""
+    from mlflow import MlflowClient
+
+    from asrn import mlflow_runs
+    from asrn.train import log_unlogged_epochs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id, _ = mlflow_runs.open_run(uri, "exp", "run", {}, tmp_path / "mlflow_run.json", resume=False)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_map": 0.1 * e} for e in (1, 2, 3)]
+    for h in (history[0], history[2]):
+        mlflow_runs.log_metrics(uri, run_id, {"train_loss": h["train_loss"]}, step=h["epoch"])
+    assert log_unlogged_epochs(uri, run_id, history) == [2]
+    assert log_unlogged_epochs(uri, run_id, history) == []
+    client = MlflowClient(uri)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_map")] == [(2, pytest.approx(0.2))]
+
+
 @pytest.fixture(scope="module")
 def planted_store(tmp_path_factory) -> Path:
     return synthesize_feature_store(tmp_path_factory.mktemp("planted") / "store", num_videos=240, seed=11)
