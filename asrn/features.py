@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from asrn.detect import Detector, TracksDetector, build_detector
 from asrn.encoders import PRESETS, Encoder, EncoderError, crop_boxes, resize_image
 from asrn.errors import AsrnError
-from asrn.flow import FLOW_PAIRS, flow_stacks
+from asrn.flow import FLOW_PAIRS, flow_stacks, quantize_flow
 from asrn.store import MODALITIES, VideoFeatures
 from asrn.tracks import load_tracks
 from asrn.video import decode_clip
@@ -54,7 +54,7 @@ class PreparedVideo:
     timestamps: np.ndarray  # (T,) float32 seconds
     frame_indices: np.ndarray  # (T,) int64 source frame of each step
     rgb: np.ndarray  # (T, h, w, 3) uint8, at the rgb encoder's input size
-    flow: np.ndarray  # (T, 2P, h, w) float32 in [-1, 1], at the motion encoder's input size
+    flow: np.ndarray  # (T, 2P, h, w) uint8 levels of [-1, 1] (asrn.flow.quantize_flow), at the motion encoder's size
     body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where not present()
     face: np.ndarray  # (T, h, w, 3) uint8 largest-face crops; zeros where not present()
     has_body: np.ndarray  # (T,) bool: detected
@@ -131,7 +131,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
     except Exception as e:
         raise VideoStageError("detect", e) from e
     try:
-        flow = resize_flow(flow_stacks(clip.flow_windows), motion_size)  # (T, 2P, h, w)
+        flow = quantize_flow(resize_flow(flow_stacks(clip.flow_windows), motion_size))  # (T, 2P, h, w) uint8
     except Exception as e:
         raise VideoStageError("flow", e) from e
     return PreparedVideo(
