@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -23,7 +25,8 @@ from asrn import extract as extract_module
 from asrn import store, video
 from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
-from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video
+from asrn.features import PreparedVideo, VideoSettings, VideoStageError, encode_prepared, prepare_video
+from asrn.flow import dequantize_flow
 from asrn.manifest import ManifestError
 from asrn.store import MODALITIES, StoreInfo, StoreLockedError, VideoFeatures
 from asrn.synth_videos import synthesize_videos
@@ -36,8 +39,13 @@ def astronaut_video(tmp_path_factory, astronaut_clip) -> Path:
     return astronaut_clip(tmp_path_factory.mktemp("astronaut") / "astronaut.mp4", 320, 320)
 
 
-def test_prepare_and_encode_find_the_face_without_boxes(astronaut_video):
-    prepared = prepare_video(str(astronaut_video), None, VideoSettings(preset="lite", fps=4.0))
+@pytest.fixture(scope="module")
+def astronaut_prepared(astronaut_video) -> PreparedVideo:
+    return prepare_video(str(astronaut_video), None, VideoSettings(preset="lite", fps=4.0))
+
+
+def test_prepare_and_encode_find_the_face_without_boxes(astronaut_prepared):
+    prepared = astronaut_prepared
     t = prepared.num_steps
     assert t == 8 and np.all(np.diff(prepared.timestamps) > 0)
     assert prepared.detector == "opencv-haar+hog"  # offline: no Faster R-CNN weights here
@@ -49,6 +57,15 @@ def test_prepare_and_encode_find_the_face_without_boxes(astronaut_video):
     assert all(f.dtype == np.float32 and np.isfinite(f).all() for f in features.values())
     missing = ~prepared.has_face
     assert not features["face"][missing].any()  # zero where no face was found
+
+
+def test_flow_ships_as_uint8_and_a_prepared_video_pickles_much_smaller(astronaut_prepared):
+    prepared = astronaut_prepared
+    assert prepared.flow.dtype == np.uint8 and prepared.flow.shape == (prepared.num_steps, 10, 112, 112)
+    as_float32 = dataclasses.replace(prepared, flow=dequantize_flow(prepared.flow))  # what was shipped before
+    new, old = len(pickle.dumps(prepared, protocol=5)), len(pickle.dumps(as_float32, protocol=5))
+    assert new < 0.4 * old  # flow was 89% of a pickled step: ~190 KB a step instead of ~553 KB
+    assert new / prepared.num_steps < 200_000
 
 
 def test_bad_manifest_and_bad_flags_are_refused_before_any_output(tmp_path):
