@@ -96,12 +96,11 @@ from asrn.store import (
     row_schema,
     staging_dir,
     stored_splits_labels,
-    table_to_videos,
     update_splits_labels,
     videos_to_table,
     write_errors,
     write_info,
-    write_videos,
+    write_table,
     writer_lock,
 )
 from asrn.train import ray_session
@@ -359,12 +358,15 @@ def _merge_provenance(seen: dict[str, set[str]]) -> dict[str, str]:
 
 
 class _StoreWriter:
-    """Driver side: buffers encoded videos and errors, writes part files every `videos_per_part` videos."""
+    """Driver side: buffers encoded videos and errors, writes part files every `videos_per_part` videos.
+
+    The actors' Arrow rows go into the part files as they came (store.write_table): the driver never turns
+    them back into numpy arrays, so their float16 features are neither widened nor narrowed again here."""
 
     def __init__(self, config: ExtractConfig, target: Path, existing: StoreInfo | None, run_id: str, total: int):
         self.config, self.target, self.existing, self.run_id, self.total = config, target, existing, run_id, total
         self.seen: set[str] = set()  # video ids the pipeline returned
-        self.videos: list[VideoFeatures] = []
+        self.rows: list[pa.Table] = []  # good rows of the actors' tables, in the store's row schema
         self.errors: list[dict] = []
         self.parts: list[Path] = []
         self.succeeded = self.failed = 0
@@ -402,7 +404,7 @@ class _StoreWriter:
                 self.detection[described.get("name", "")] = described
             if not self.info_written:
                 self.write_info()  # before the first part file: a reader never finds data without it
-            self.videos.extend(table_to_videos(good.select(row_schema(STORE_DTYPE).names)))
+            self.rows.append(good.select(row_schema(STORE_DTYPE).names))
         self.succeeded += good.num_rows
         self.failed += bad.num_rows
         self.flush(full_only=True)
@@ -440,10 +442,15 @@ class _StoreWriter:
     def flush(self, full_only: bool = False) -> None:
         """Write the buffered videos as part files of `videos_per_part` (the remainder too unless full_only)."""
         k = self.config.videos_per_part
-        while self.videos and (len(self.videos) >= k or not full_only):
+        buffered = sum(t.num_rows for t in self.rows)
+        if not buffered or (full_only and buffered < k):
+            return
+        rows = pa.concat_tables(self.rows)
+        while rows.num_rows and (rows.num_rows >= k or not full_only):
             name = f"part-{self.run_id}-{len(self.parts):05d}"
-            self.parts.append(write_videos(self.target, self.videos[:k], name=name, dtype=STORE_DTYPE))
-            self.videos = self.videos[k:]
+            self.parts.append(write_table(self.target, rows.slice(0, k), name=name, dtype=STORE_DTYPE))
+            rows = rows.slice(k)
+        self.rows = [rows] if rows.num_rows else []
 
     def flush_errors(self) -> None:
         if self.errors:

@@ -236,8 +236,24 @@ def _atomic_write_table(table: pa.Table, path: Path) -> Path:
 def write_videos(store_dir: str | os.PathLike, videos: Sequence[VideoFeatures], name: str | None = None,
                  dtype: str = "float16") -> Path:
     """Write one Parquet part file (atomically) and return its path."""
+    return write_table(store_dir, videos_to_table(videos, dtype), name, dtype)
+
+
+def write_table(store_dir: str | os.PathLike, table: pa.Table, name: str | None = None,
+                dtype: str = "float16") -> Path:
+    """Write rows already in the store's Arrow form (e.g. `videos_to_table`'s, from an encoder actor) as one part
+    file, atomically, without converting them back to numpy. Extra columns are dropped; a missing or differently
+    typed column is refused, naming it."""
+    schema = row_schema(dtype)
+    wrong = [f"{f.name} ({'missing' if f.name not in table.column_names else table.schema.field(f.name).type})"
+             for f in schema if f.name not in table.column_names or table.schema.field(f.name).type != f.type]
+    if wrong:
+        raise FeatureStoreError(f"rows for {name or 'a part file'}: column(s) {', '.join(wrong)} differ from the "
+                                f"store's row schema")
     name = name or f"part-{uuid.uuid4().hex[:12]}"
-    return _atomic_write_table(videos_to_table(videos, dtype), Path(store_dir) / f"{name}.parquet")
+    rows = pa.Table.from_arrays([table.column(f.name) for f in schema], schema=schema)  # no foreign metadata
+    rows = rows.combine_chunks()  # one row group, as videos_to_table gives
+    return _atomic_write_table(rows, Path(store_dir) / f"{name}.parquet")
 
 
 def write_errors(store_dir: str | os.PathLike, rows: Sequence[dict], name: str | None = None) -> Path | None:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -254,6 +255,51 @@ def tiny_videos(tmp_path_factory) -> Path:
     """6 synthetic videos of 2.5 s at 160x120 (boxes JSON given); manifest.csv in the folder."""
     root = tmp_path_factory.mktemp("tiny")
     return synthesize_videos(root, num_videos=6, seed=3, width=160, height=120, fps=10.0, seconds=2.5)
+
+
+def _encoded_batch(tiny_videos: Path, count: int) -> pa.Table:
+    """The first `count` tiny videos through the pipeline's own stage functions, in this process (no Ray): the CPU
+    stage's rows, batched as Ray Data's numpy batches, then one encoder actor's Arrow table."""
+    rows = [{**r, "path": str(tiny_videos.parent / r["path"]), "boxes": str(tiny_videos.parent / r["boxes"])}
+            for r in _manifest_rows(tiny_videos)[:count]]
+    prepared = [extract_module._prepare_row(r, VideoSettings(preset="lite", fps=2.0)) for r in rows]
+    batch = {k: np.array([r[k] for r in prepared], dtype=object) for k in prepared[0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init encoders
+        actor = extract_module.EncodeVideos("lite", None, "cpu", 1)
+    return actor(batch)
+
+
+def test_the_driver_writes_the_actors_rows_and_the_store_reads_back_as_before(tiny_videos, tmp_path, offline):
+    table = _encoded_batch(tiny_videos, 3)  # row schema + path/stage/error/... columns
+    assert table.column("error").to_pylist() == ["", "", ""]
+    config = ExtractConfig(manifest=tiny_videos, out=tmp_path / "new", videos_per_part=2)
+    writer = extract_module._StoreWriter(config, config.out, None, "run", 3)
+    writer.add(table.slice(0, 1))
+    assert writer.parts == []  # 1 < videos_per_part: buffered
+    writer.add(table.slice(1))
+    assert len(writer.parts) == 1  # 2 written, 1 buffered
+    writer.flush()
+    assert [pq.read_metadata(p).num_rows for p in writer.parts] == [2, 1]
+
+    # before: the driver converted the rows to VideoFeatures and wrote those (float16 -> float32 -> float16)
+    old = tmp_path / "old"
+    videos = store.table_to_videos(table.select(store.row_schema().names))
+    store.write_videos(old, videos[:2], name="part-run-00000")
+    store.write_videos(old, videos[2:], name="part-run-00001")
+    for new_part, old_part in zip(writer.parts, store.part_files(old), strict=True):
+        new_rows, old_rows = pq.read_table(new_part), pq.read_table(old_part)
+        assert new_rows.schema == old_rows.schema == store.row_schema()
+        assert new_rows.equals(old_rows)
+        assert pq.read_metadata(new_part).num_row_groups == pq.read_metadata(old_part).num_row_groups
+    store.write_info(old, store.read_info(config.out))
+    for a, b in zip(store.load_videos(config.out), store.load_videos(old), strict=True):
+        assert a.video_id == b.video_id and np.array_equal(a.timestamp, b.timestamp)
+        assert all(np.array_equal(a.features[m], b.features[m]) for m in MODALITIES)
+        assert np.array_equal(a.has_face, b.has_face) and np.array_equal(a.body_tracked, b.body_tracked)
+
+    with pytest.raises(store.FeatureStoreError, match="timestamp"):  # rows not in the store's schema: refused
+        store.write_table(tmp_path / "bad", table.drop_columns(["timestamp"]), name="part-x")
 
 
 @pytest.mark.ray
