@@ -29,6 +29,7 @@ from asrn.extract import ExtractConfig, ExtractError, extract_features
 from asrn.features import PreparedVideo, VideoSettings, VideoStageError, encode_prepared, prepare_video
 from asrn.flow import dequantize_flow
 from asrn.manifest import ManifestError
+from asrn.sequence import collate, select_steps
 from asrn.store import MODALITIES, StoreInfo, StoreLockedError, VideoFeatures
 from asrn.synth_videos import synthesize_videos
 
@@ -257,7 +258,7 @@ def tiny_videos(tmp_path_factory) -> Path:
     return synthesize_videos(root, num_videos=6, seed=3, width=160, height=120, fps=10.0, seconds=2.5)
 
 
-def _encoded_batch(tiny_videos: Path, count: int) -> pa.Table:
+def _encoded_batch(tiny_videos: Path, count: int, window: int | None = None) -> pa.Table:
     """The first `count` tiny videos through the pipeline's own stage functions, in this process (no Ray): the CPU
     stage's rows, batched as Ray Data's numpy batches, then one encoder actor's Arrow table."""
     rows = [{**r, "path": str(tiny_videos.parent / r["path"]), "boxes": str(tiny_videos.parent / r["boxes"])}
@@ -266,7 +267,7 @@ def _encoded_batch(tiny_videos: Path, count: int) -> pa.Table:
     batch = {k: np.array([r[k] for r in prepared], dtype=object) for k in prepared[0]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-init encoders
-        actor = extract_module.EncodeVideos("lite", None, "cpu", 1)
+        actor = extract_module.EncodeVideos("lite", None, "cpu", 1, window)
     return actor(batch)
 
 
@@ -300,6 +301,60 @@ def test_the_driver_writes_the_actors_rows_and_the_store_reads_back_as_before(ti
 
     with pytest.raises(store.FeatureStoreError, match="timestamp"):  # rows not in the store's schema: refused
         store.write_table(tmp_path / "bad", table.drop_columns(["timestamp"]), name="part-x")
+
+
+def test_encode_kept_steps_encodes_exactly_the_steps_training_keeps(tiny_videos, tmp_path, offline):
+    every = store.table_to_videos(_encoded_batch(tiny_videos, 3).select(store.row_schema().names))
+    table = _encoded_batch(tiny_videos, 3, window=3)
+    config = ExtractConfig(manifest=tiny_videos, out=tmp_path / "kept", encode_kept_steps=True)
+    writer = extract_module._StoreWriter(config, config.out, None, "run", 3)
+    writer.add(table)
+    writer.flush()
+    writer.write_info(final=True)
+    info = store.read_info(config.out)
+    assert info.extra["encoded_steps"] == "window-3 kept" and store.encoded_window(info) == 3
+    kept_videos = store.load_videos(config.out)
+    assert [v.video_id for v in kept_videos] == [v.video_id for v in every]
+    for stored, full in zip(kept_videos, every, strict=True):
+        assert stored.num_steps == full.num_steps == 5  # every row, mask and timestamp kept
+        assert np.array_equal(stored.timestamp, full.timestamp) and np.array_equal(stored.has_face, full.has_face)
+        kept = select_steps(stored.present(), 3)
+        assert kept.size == 2  # 5 steps: windows 0-2 and 3-4
+        for m in MODALITIES:
+            encoded = np.flatnonzero(np.abs(stored.features[m]).sum(1) > 0)
+            assert encoded.tolist() == [t for t in kept.tolist() if stored.present()[m][t]], (stored.video_id, m)
+            np.testing.assert_allclose(stored.features[m][kept], full.features[m][kept], atol=2e-3, rtol=2e-3)
+        batch = collate([stored], "sub")  # training's sequence former picks exactly the encoded steps
+        assert batch.steps[0].tolist() == kept.tolist()
+        assert np.abs(batch.features["rgb"][0].numpy()).sum(1).all()
+
+    # the cached input statistics count only the encoded steps, not the zeros between them
+    stats = store.input_stats_record(config.out)["stats"]["rgb"]
+    train = [v for v in kept_videos if v.split == "train"]
+    rows = np.concatenate([v.features["rgb"][select_steps(v.present(), 3)] for v in train])
+    np.testing.assert_allclose(stats["mean"], rows.astype(np.float64).mean(0), rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(store.FeatureStoreError, match="window 1"):  # another window would read zero features
+        store.check_encoded_window(info, 1, str(config.out))
+    store.check_encoded_window(info, 3, str(config.out))
+
+
+def test_a_store_is_not_resumed_with_the_other_encoded_steps_choice(lite_store):
+    out, manifest = lite_store
+    with pytest.raises(ExtractError, match="encoded_steps"):
+        extract_features(ExtractConfig(manifest=manifest, out=out, encode_kept_steps=True))
+
+
+def test_training_refuses_a_store_encoded_for_another_window(lite_store):
+    from asrn.train import check_store
+
+    out, _ = lite_store
+    info = store.read_info(out)
+    store.write_info(out, dataclasses.replace(info, extra={**info.extra, "encoded_steps": "window-3 kept"}))
+    check_store(out, "sub")  # training forms its sequences with window 3: accepted
+    store.write_info(out, dataclasses.replace(info, extra={**info.extra, "encoded_steps": "window-5 kept"}))
+    with pytest.raises(store.FeatureStoreError, match=r"features.json: the store encoded only .* window-5"):
+        check_store(out, "sub")
 
 
 @pytest.mark.ray
