@@ -24,7 +24,8 @@ Method (GitHub issue 14, point 4):
 - CPU time beside wall time: encoders: this thread's CPU time (time.thread_time; one torch thread, so all the CPU
   the encoding used); pipeline: the actors' thread CPU time per batch (the same measure), and this process with
   every descendant (raylet, workers, actors) read from /proc once a second (benchmarks/train.py's DescendantCpu),
-  with the busiest processes by name.
+  less what each process had used before the run (Ray is started once, its processes live across runs), with the
+  busiest processes by name.
 - The CPU stage alone (prepare_video of every video in this process, once, before the rounds) is recorded too; it
   also makes the encoders' inputs.
 - The machine (cores, CPU model, torch) and the 1-minute load average before and after every run are recorded.
@@ -126,10 +127,14 @@ def run_pipeline(manifest: Path, work: Path, workers: int, batch_size: int) -> d
     TimedWriter.rows = []
     config = ExtractConfig(manifest=manifest, out=work / f"feats-{workers}", preset="lite", fps=2.0,
                            num_workers=workers, cpus_per_worker=1.0, batch_size=batch_size, overwrite=True)
+    baseline = DescendantCpu()
+    baseline._read()  # Ray's processes outlive a run (raylet, idle workers): count only what they use in this one
     with DescendantCpu() as cpu:
         wall, start = time.perf_counter(), time.time()
         summary = extract_features(config)
         whole_s = time.perf_counter() - wall
+    for key, (name, seconds) in list(cpu.seen.items()):
+        cpu.seen[key] = (name, seconds - baseline.seen.get(key, (name, 0.0))[1])
     steps = sum(v.num_steps for v in store.load_videos(config.out))
     batches = actor_batches(TimedWriter.rows)  # (end, thread CPU, steps)
     steady_steps = sum(s for _, _, s in batches[1:])
