@@ -84,6 +84,9 @@ def _add_extract_arguments(sub) -> None:
     p.add_argument("--overwrite", action="store_true", default=False, help="redo videos already in --out")
     p.add_argument("--allow-random-init", action="store_true", default=False,
                    help="--preset paper: extract even when pretrained weights are missing (random-init encoders)")
+    p.add_argument("--encode-kept-steps", action="store_true", default=False,
+                   help="encode only the steps training's window-3 sequence former keeps (a third of the work); "
+                        "the others stay zero; recorded in features.json")
     _add_verbose(p)
     _add_address(p)
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from asrn.detect import FASTER_RCNN_MODELS
 from asrn.errors import AsrnError
-from asrn.flow import FLOW_PAIRS
+from asrn.flow import FLOW_PAIRS, FLOW_ZERO
 from asrn.store import MODALITIES
 from asrn.weights import (
     DOWNLOAD_TIMEOUT,
@@ -271,23 +271,34 @@ class Encoder(nn.Module):
         self.modality, self.name, self.dim = modality, _encoder_name(spec), spec.dim
         self.input_size, self.in_channels, self.weights = spec.input_size, spec.in_channels, weights
         self.net = net.eval()
-        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # preprocessing runs on the CPU
-        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        # buffers, so that .to(device) moves them: normalisation runs on the encoder's device
+        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.device = torch.device(device)
         self.to(self.device)
         if self.device.type == "cuda":
             self.to(memory_format=torch.channels_last)
 
+    def upload(self, array: np.ndarray) -> torch.Tensor:
+        """A numpy batch -> a tensor of the same dtype on the encoder's device. uint8 moves a quarter of float32's
+        bytes; on CUDA it is copied from pinned memory without blocking, so the copy overlaps the host's work."""
+        x = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        """(N, H, W, 3) uint8 RGB -> (N, 3, h, w) float, resized to input_size and ImageNet-normalised (CPU)."""
+        """(N, H, W, 3) uint8 RGB -> (N, 3, h, w) float32 on the encoder's device, ImageNet-normalised.
+
+        Resizing (when needed) runs on the CPU in uint8; conversion and normalisation run on the device."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise EncoderError(f"{self.modality}: expected (N, H, W, 3) uint8 RGB, got {images.shape} {images.dtype}")
         h, w = self.input_size
         if images.shape[1:3] != (h, w):
-            images = np.stack([resize_image(im, (h, w)) for im in images])
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, h, w)
+            images = np.stack([resize_image(im, (h, w)) for im in images])  # (N, h, w, 3) uint8
+        x = self.upload(images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, h, w)
         return (x - self._mean) / self._std
 
     @torch.inference_mode()
@@ -305,14 +316,20 @@ class Encoder(nn.Module):
 
 
 class FlowEncoder(Encoder):
-    """The motion stream: (N, 2P, H, W) flow stacks in [-1, 1] (asrn.flow) instead of RGB images."""
+    """The motion stream: (N, 2P, H, W) flow stacks (uint8 levels or float in [-1, 1]; asrn.flow), not RGB images."""
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        """(N, 2P, H, W) float flow in [-1, 1] -> (N, 2P, h, w), resized; values are already centred."""
-        images = np.asarray(images, dtype=np.float32)
+        """(N, 2P, H, W) flow -> (N, 2P, h, w) float32 in [-1, 1] on the encoder's device, resized.
+
+        uint8 stacks (asrn.flow.quantize_flow, as the CPU stage ships them) are dequantised on the device; float
+        stacks are taken as already in [-1, 1]."""
+        images = np.asarray(images)
         if images.ndim != 4 or images.shape[1] != self.in_channels:
             raise EncoderError(f"motion: expected (N, {self.in_channels}, H, W) flow stacks, got {images.shape}")
-        x = torch.from_numpy(images)
+        if images.dtype == np.uint8:
+            x = self.upload(images).float().sub_(FLOW_ZERO).div_(FLOW_ZERO)  # (N, 2P, H, W)
+        else:
+            x = self.upload(images.astype(np.float32, copy=False))
         if x.shape[-2:] != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         return x

@@ -9,10 +9,17 @@ Pipeline, one row per video throughout:
     -> map_batches(EncodeVideos, batch_size=--batch-size, compute=ActorPoolStrategy(size=--num-workers),
                    num_gpus=--gpus-per-worker if > 0, else num_cpus=cpus_per_worker)
                                                     actors: build the encoders once, stack tensors, run the nets
-    -> driver: iter_batches -> store.write_videos / store.write_errors every `videos_per_part` videos
+    -> driver: iter_batches -> store.write_table (the actors' Arrow rows as they came) / store.write_errors
+                                                    every `videos_per_part` videos
 Separate operators let Ray Data's streaming executor overlap decoding with encoding and spread both over a
 cluster's nodes. Prepared videos travel between the stages as one pickled `PreparedVideo` per row (T varies per
 video, and a failed video has none), encoded ones as rows of the store's Arrow schema.
+
+--encode-kept-steps: the actors encode only the steps training's window-3 sequence former keeps
+(asrn.sequence.select_steps, which depends only on the presence masks known after detection), a third of the
+encoder work; the other steps keep their rows, masks and timestamps with zero features. features.json records it
+(extra.encoded_steps = "window-3 kept"); training refuses such a store for another window
+(store.check_encoded_window) and its input statistics count the encoded steps only.
 
 Errors are data: a per-video exception in the CPU stage (decode/detect/flow) or in the actor (encode) becomes a
 row with `stage`, `error`, `message` that flows to the driver, which appends it to the errors table; one bad
@@ -77,7 +84,10 @@ from asrn.features import (
     to_video_features,
 )
 from asrn.manifest import ManifestEntry, read_manifest
+from asrn.sequence import WINDOW
 from asrn.store import (
+    ALL_STEPS,
+    ENCODED_STEPS_KEY,
     ERRORS_DIR,
     INFO_FILE,
     INPUT_STATS_KEY,
@@ -96,12 +106,11 @@ from asrn.store import (
     row_schema,
     staging_dir,
     stored_splits_labels,
-    table_to_videos,
     update_splits_labels,
     videos_to_table,
     write_errors,
     write_info,
-    write_videos,
+    write_table,
     writer_lock,
 )
 from asrn.train import ray_session
@@ -135,6 +144,7 @@ class ExtractConfig:
     weights_dir: Path | None = None
     overwrite: bool = False
     allow_random_init: bool = False  # --preset paper refuses encoders without pretrained weights unless this is set
+    encode_kept_steps: bool = False  # encode only the steps training's window-3 sequence former keeps (a third)
     verbose: bool = False  # Ray's own console lines (asrn.console)
     address: str | None = None
     cpus_per_worker: float = 1.0  # CPUs reserved per encoder actor (its torch threads on a CPU)
@@ -163,6 +173,16 @@ class ExtractConfig:
     @property
     def settings(self) -> VideoSettings:
         return VideoSettings(self.preset, self.fps, self.weights_dir)
+
+    @property
+    def encoded_window(self) -> int | None:
+        """The sequence-former window whose kept steps alone are encoded; None: every step."""
+        return WINDOW if self.encode_kept_steps else None
+
+    @property
+    def encoded_steps(self) -> str:
+        """What features.json records under extra.encoded_steps (store.encoded_window reads it back)."""
+        return f"window-{WINDOW} kept" if self.encode_kept_steps else ALL_STEPS
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -217,7 +237,8 @@ class EncodeVideos:
     features.json.
     """
 
-    def __init__(self, preset: str, weights_dir: str | None, device: str, threads: int):
+    def __init__(self, preset: str, weights_dir: str | None, device: str, threads: int, window: int | None = None):
+        self.window = window  # encode only the steps this sequence-former window keeps (None: all)
         if device == "cpu":
             torch.set_num_threads(threads)
         self.encoders = build_encoders(preset, Path(weights_dir) if weights_dir else None, device)
@@ -231,11 +252,12 @@ class EncodeVideos:
             i: pickle.loads(batch["prepared"][i]) for i in range(num) if not errors[i]["error"]}
         features: dict[int, dict[str, np.ndarray]] = {}
         try:
-            features = dict(zip(prepared, encode_batch(list(prepared.values()), self.encoders), strict=True))
+            encoded = encode_batch(list(prepared.values()), self.encoders, self.window)
+            features = dict(zip(prepared, encoded, strict=True))
         except Exception:  # noqa: BLE001 - find the video that fails, encode the others
             for i, video in prepared.items():
                 try:
-                    features[i] = encode_prepared(video, self.encoders)
+                    features[i] = encode_prepared(video, self.encoders, self.window)
                 except Exception as e:  # noqa: BLE001
                     errors[i] = _error_fields(e, "encode")
         videos, decoders, detectors, detection = [], [], [], []
@@ -286,7 +308,7 @@ def build_dataset(entries: Sequence[ManifestEntry], config: ExtractConfig):
         EncodeVideos,
         fn_constructor_kwargs={"preset": config.preset, "weights_dir": str(config.weights_dir or ""),
                                "device": "cuda" if use_gpu else "cpu",
-                               "threads": max(1, int(config.cpus_per_worker))},
+                               "threads": max(1, int(config.cpus_per_worker)), "window": config.encoded_window},
         batch_size=config.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=config.num_workers),
@@ -322,8 +344,10 @@ def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
         info = read_info(out)
     except FeatureStoreError as e:
         raise ExtractError(f"{e} (use --overwrite to replace the store)") from e
-    wanted = {"preset": config.preset, "fps": config.fps, "dims": expected_dims(config.preset)}
-    have = {"preset": info.preset, "fps": info.fps, "dims": info.dims}
+    wanted = {"preset": config.preset, "fps": config.fps, "dims": expected_dims(config.preset),
+              ENCODED_STEPS_KEY: config.encoded_steps}
+    have = {"preset": info.preset, "fps": info.fps, "dims": info.dims,
+            ENCODED_STEPS_KEY: info.extra.get(ENCODED_STEPS_KEY, ALL_STEPS)}
     differ = [k for k in wanted if (abs(have[k] - wanted[k]) > 1e-9 if k == "fps" else have[k] != wanted[k])]
     if differ:
         raise ExtractError(f"{out / INFO_FILE}: the store there was made with "
@@ -359,12 +383,15 @@ def _merge_provenance(seen: dict[str, set[str]]) -> dict[str, str]:
 
 
 class _StoreWriter:
-    """Driver side: buffers encoded videos and errors, writes part files every `videos_per_part` videos."""
+    """Driver side: buffers encoded videos and errors, writes part files every `videos_per_part` videos.
+
+    The actors' Arrow rows go into the part files as they came (store.write_table): the driver never turns
+    them back into numpy arrays, so their float16 features are neither widened nor narrowed again here."""
 
     def __init__(self, config: ExtractConfig, target: Path, existing: StoreInfo | None, run_id: str, total: int):
         self.config, self.target, self.existing, self.run_id, self.total = config, target, existing, run_id, total
         self.seen: set[str] = set()  # video ids the pipeline returned
-        self.videos: list[VideoFeatures] = []
+        self.rows: list[pa.Table] = []  # good rows of the actors' tables, in the store's row schema
         self.errors: list[dict] = []
         self.parts: list[Path] = []
         self.succeeded = self.failed = 0
@@ -402,7 +429,7 @@ class _StoreWriter:
                 self.detection[described.get("name", "")] = described
             if not self.info_written:
                 self.write_info()  # before the first part file: a reader never finds data without it
-            self.videos.extend(table_to_videos(good.select(row_schema(STORE_DTYPE).names)))
+            self.rows.append(good.select(row_schema(STORE_DTYPE).names))
         self.succeeded += good.num_rows
         self.failed += bad.num_rows
         self.flush(full_only=True)
@@ -426,7 +453,8 @@ class _StoreWriter:
             encoders=_merge_provenance(self.encoders) or (self.existing.encoders if self.existing else {}),
             weights=weights or (self.existing.weights if self.existing else {}),
             detector=", ".join(sorted(self.detectors)), decoder=", ".join(sorted(self.decoders)), dtype=STORE_DTYPE,
-            extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items()))})
+            extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items())),
+                   ENCODED_STEPS_KEY: config.encoded_steps})
 
     def write_info(self, final: bool = False) -> None:
         """features.json; the final one also caches the train split's input statistics (store.input_stats_record),
@@ -440,10 +468,15 @@ class _StoreWriter:
     def flush(self, full_only: bool = False) -> None:
         """Write the buffered videos as part files of `videos_per_part` (the remainder too unless full_only)."""
         k = self.config.videos_per_part
-        while self.videos and (len(self.videos) >= k or not full_only):
+        buffered = sum(t.num_rows for t in self.rows)
+        if not buffered or (full_only and buffered < k):
+            return
+        rows = pa.concat_tables(self.rows)
+        while rows.num_rows and (rows.num_rows >= k or not full_only):
             name = f"part-{self.run_id}-{len(self.parts):05d}"
-            self.parts.append(write_videos(self.target, self.videos[:k], name=name, dtype=STORE_DTYPE))
-            self.videos = self.videos[k:]
+            self.parts.append(write_table(self.target, rows.slice(0, k), name=name, dtype=STORE_DTYPE))
+            rows = rows.slice(k)
+        self.rows = [rows] if rows.num_rows else []
 
     def flush_errors(self) -> None:
         if self.errors:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from asrn.detect import Detector, TracksDetector, build_detector
 from asrn.encoders import PRESETS, Encoder, EncoderError, crop_boxes, resize_image
 from asrn.errors import AsrnError
-from asrn.flow import FLOW_PAIRS, flow_stacks
+from asrn.flow import FLOW_PAIRS, flow_stacks, quantize_flow
+from asrn.sequence import select_steps
 from asrn.store import MODALITIES, VideoFeatures
 from asrn.tracks import load_tracks
 from asrn.video import decode_clip
@@ -54,7 +55,7 @@ class PreparedVideo:
     timestamps: np.ndarray  # (T,) float32 seconds
     frame_indices: np.ndarray  # (T,) int64 source frame of each step
     rgb: np.ndarray  # (T, h, w, 3) uint8, at the rgb encoder's input size
-    flow: np.ndarray  # (T, 2P, h, w) float32 in [-1, 1], at the motion encoder's input size
+    flow: np.ndarray  # (T, 2P, h, w) uint8 levels of [-1, 1] (asrn.flow.quantize_flow), at the motion encoder's size
     body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where not present()
     face: np.ndarray  # (T, h, w, 3) uint8 largest-face crops; zeros where not present()
     has_body: np.ndarray  # (T,) bool: detected
@@ -131,7 +132,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
     except Exception as e:
         raise VideoStageError("detect", e) from e
     try:
-        flow = resize_flow(flow_stacks(clip.flow_windows), motion_size)  # (T, 2P, h, w)
+        flow = quantize_flow(resize_flow(flow_stacks(clip.flow_windows), motion_size))  # (T, 2P, h, w) uint8
     except Exception as e:
         raise VideoStageError("flow", e) from e
     return PreparedVideo(
@@ -143,21 +144,32 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
     )
 
 
-def encode_batch(videos: Sequence[PreparedVideo], encoders: dict[str, Encoder]) -> list[dict[str, np.ndarray]]:
+def encoded_steps(video: PreparedVideo, window: int | None) -> np.ndarray:
+    """(T,) bool: the steps to encode. All of them (window None), or only those the sequence former keeps
+    (asrn.sequence.select_steps with `window`): its choice depends only on the presence masks, known here."""
+    wanted = np.zeros(video.num_steps, bool)
+    wanted[select_steps(video.present(), window) if window is not None else slice(None)] = True
+    return wanted
+
+
+def encode_batch(videos: Sequence[PreparedVideo], encoders: dict[str, Encoder],
+                 window: int | None = None) -> list[dict[str, np.ndarray]]:
     """Encode several prepared videos together (their steps stacked, MAX_IMAGES_PER_FORWARD per pass).
 
-    Returns per video {modality: (T, D) float32}; steps where body/face is missing are not encoded and stay zero.
+    Returns per video {modality: (T, D) float32}; steps where body/face is missing are not encoded and stay zero,
+    and so do the steps `encoded_steps(video, window)` leaves out (window None: none left out).
     """
     missing = [m for m in MODALITIES if m not in encoders]
     if missing:
         raise EncoderError(f"encoders lack modality {', '.join(missing)}")
     counts = [v.num_steps for v in videos]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    wanted = [encoded_steps(v, window) for v in videos]  # (T_i,) bool each
     out: dict[str, np.ndarray] = {}
     for m in MODALITIES:
         encoder = encoders[m]
         inputs = np.concatenate([v.inputs()[m] for v in videos])  # (N, ...) N = sum of T
-        present = np.flatnonzero(np.concatenate([v.present()[m] for v in videos]))
+        present = np.flatnonzero(np.concatenate([v.present()[m] & wanted[i] for i, v in enumerate(videos)]))
         features = np.zeros((offsets[-1], encoder.dim), np.float32)  # (N, D)
         for start in range(0, len(present), MAX_IMAGES_PER_FORWARD):
             rows = present[start:start + MAX_IMAGES_PER_FORWARD]
@@ -166,9 +178,10 @@ def encode_batch(videos: Sequence[PreparedVideo], encoders: dict[str, Encoder]) 
     return [{m: out[m][offsets[i]:offsets[i + 1]] for m in MODALITIES} for i in range(len(videos))]
 
 
-def encode_prepared(prepared: PreparedVideo, encoders: dict[str, Encoder]) -> dict[str, np.ndarray]:
-    """One prepared video -> {modality: (T, D) float32}, zeros where body/face is missing."""
-    return encode_batch([prepared], encoders)[0]
+def encode_prepared(prepared: PreparedVideo, encoders: dict[str, Encoder],
+                    window: int | None = None) -> dict[str, np.ndarray]:
+    """One prepared video -> {modality: (T, D) float32}, zeros where body/face is missing (see encode_batch)."""
+    return encode_batch([prepared], encoders, window)[0]
 
 
 def to_video_features(prepared: PreparedVideo, features: dict[str, np.ndarray], video_id: str, split: str,

@@ -3,6 +3,8 @@
 OpenCV's DIS flow (ships with opencv-python-headless, runs offline, a few ms per pair on a CPU).
 Channels are interleaved per pair, (dx_0, dy_0, dx_1, dy_1, ...), as TSN stacks its x/y flow images;
 displacements are in pixels of the given frames, clipped to +-FLOW_CLIP and scaled to [-1, 1].
+Between the CPU stage and the encoders a stack travels as uint8, as TSN stores its flow images
+(`quantize_flow`: 255 levels over [-1, 1], a step of 2 * FLOW_CLIP / 254 px); the encoder dequantises it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from asrn.errors import AsrnError
 
 FLOW_CLIP = 20.0  # pixels; TSN's flow images are clipped at +-20 too
 FLOW_PAIRS = 5  # TSN: 5 pairs -> 10 channels
+FLOW_ZERO = 127  # uint8 level of zero flow; levels 0..254 cover [-1, 1] (255 is never written)
 
 
 class FlowError(AsrnError):
@@ -56,3 +59,16 @@ def flow_stacks(windows: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FA
     for t in range(windows.shape[0]):
         out[t] = flow_stack(windows[t], preset)
     return out
+
+
+def quantize_flow(stacks: np.ndarray) -> np.ndarray:
+    """(..., H, W) float in [-1, 1] -> uint8 levels 0..254 (FLOW_ZERO at 0): a quarter of float32's bytes."""
+    levels = np.rint(np.clip(stacks, -1.0, 1.0) * FLOW_ZERO) + FLOW_ZERO
+    return levels.astype(np.uint8)
+
+
+def dequantize_flow(levels: np.ndarray) -> np.ndarray:
+    """uint8 levels -> float32 in [-1, 1]; dequantize_flow(quantize_flow(x)) is within 0.5 / FLOW_ZERO of x.
+
+    Encoders do the same on their device (asrn.encoders.FlowEncoder)."""
+    return (np.asarray(levels, np.float32) - FLOW_ZERO) / FLOW_ZERO

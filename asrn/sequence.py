@@ -16,8 +16,10 @@ import torch
 from asrn.labels import check_task, encode
 from asrn.store import MODALITIES, VideoFeatures
 
+WINDOW = 3  # the paper's sequence-former window: training forms every sequence with it
 
-def select_steps(present: dict[str, np.ndarray], window: int = 3) -> np.ndarray:
+
+def select_steps(present: dict[str, np.ndarray], window: int = WINDOW) -> np.ndarray:
     """Indices (T',) of the kept steps, one per non-overlapping window of `window` steps (the last may be short).
 
     In each window the kept step has the most modalities present (all four where any step has them); ties go to
@@ -76,7 +78,7 @@ def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None) -> np.
     return steps
 
 
-def collate(videos: Sequence[VideoFeatures], task: str, window: int = 3, max_steps: int | None = None) -> Batch:
+def collate(videos: Sequence[VideoFeatures], task: str, window: int = WINDOW, max_steps: int | None = None) -> Batch:
     """Form each video's sequence (`select_steps`; `window=1` keeps all), cap it at `max_steps` evenly spaced steps,
     pad to the longest and encode the labels for `task`."""
     check_task(task)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -45,6 +46,8 @@ LOCK_FILE = ".lock"
 STAGING_DIR = "_staging"
 STAGED_FILES = "_complete.json"  # in _staging: the new store's files, written once the new store is whole
 STORE_VERSION = 1
+ENCODED_STEPS_KEY = "encoded_steps"  # StoreInfo.extra: "all", or "window-<w> kept" (see encoded_window)
+ALL_STEPS = "all"
 
 
 class FeatureStoreError(AsrnError):
@@ -236,8 +239,24 @@ def _atomic_write_table(table: pa.Table, path: Path) -> Path:
 def write_videos(store_dir: str | os.PathLike, videos: Sequence[VideoFeatures], name: str | None = None,
                  dtype: str = "float16") -> Path:
     """Write one Parquet part file (atomically) and return its path."""
+    return write_table(store_dir, videos_to_table(videos, dtype), name, dtype)
+
+
+def write_table(store_dir: str | os.PathLike, table: pa.Table, name: str | None = None,
+                dtype: str = "float16") -> Path:
+    """Write rows already in the store's Arrow form (e.g. `videos_to_table`'s, from an encoder actor) as one part
+    file, atomically, without converting them back to numpy. Extra columns are dropped; a missing or differently
+    typed column is refused, naming it."""
+    schema = row_schema(dtype)
+    wrong = [f"{f.name} ({'missing' if f.name not in table.column_names else table.schema.field(f.name).type})"
+             for f in schema if f.name not in table.column_names or table.schema.field(f.name).type != f.type]
+    if wrong:
+        raise FeatureStoreError(f"rows for {name or 'a part file'}: column(s) {', '.join(wrong)} differ from the "
+                                f"store's row schema")
     name = name or f"part-{uuid.uuid4().hex[:12]}"
-    return _atomic_write_table(videos_to_table(videos, dtype), Path(store_dir) / f"{name}.parquet")
+    rows = pa.Table.from_arrays([table.column(f.name) for f in schema], schema=schema)  # no foreign metadata
+    rows = rows.combine_chunks()  # one row group, as videos_to_table gives
+    return _atomic_write_table(rows, Path(store_dir) / f"{name}.parquet")
 
 
 def write_errors(store_dir: str | os.PathLike, rows: Sequence[dict], name: str | None = None) -> Path | None:
@@ -330,16 +349,48 @@ def done_video_ids(store_dir: str | os.PathLike) -> set[str]:
     return ids
 
 
-def input_statistics(videos: Iterable[VideoFeatures]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def encoded_window(info: StoreInfo) -> int | None:
+    """The sequence-former window whose kept steps alone were encoded (`asrn extract --encode-kept-steps`), else
+    None (every step encoded; also stores from before the option)."""
+    value = info.extra.get(ENCODED_STEPS_KEY, ALL_STEPS)
+    if value == ALL_STEPS:
+        return None
+    found = re.fullmatch(r"window-(\d+) kept", str(value))
+    if not found:
+        raise FeatureStoreError(f"features.json: extra.{ENCODED_STEPS_KEY} = {value!r} is neither {ALL_STEPS!r} "
+                                f"nor 'window-<w> kept'")
+    return int(found.group(1))
+
+
+def check_encoded_window(info: StoreInfo, window: int, where: str) -> None:
+    """Refuse to form sequences with `window` from a store that encoded only another window's kept steps: the
+    other steps' features are zeros, and such a window would pick some of them."""
+    encoded = encoded_window(info)
+    if encoded is not None and window != encoded:
+        raise FeatureStoreError(f"{where}: the store encoded only the steps a window-{encoded} sequence former keeps "
+                                f"(asrn extract --encode-kept-steps); forming sequences with window {window} would "
+                                f"read zero features. Use window {encoded}, or re-extract without the option")
+
+
+def input_statistics(videos: Iterable[VideoFeatures],
+                     window: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-dimension (mean, std) of each modality over the steps where it is present, for `ASRN.set_input_stats`.
 
-    Streams: `videos` may be a generator over a large store. A constant dimension gets std 1.
+    Streams: `videos` may be a generator over a large store. A constant dimension gets std 1. `window`: only the
+    steps that window's sequence former keeps count (a store that encoded only those; the others hold zeros).
     """
+    from asrn.sequence import select_steps  # asrn.sequence imports this module
+
+
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for video in videos:
         present = video.present()
+        if window is not None:
+            kept = np.zeros(video.num_steps, bool)
+            kept[select_steps(present, window)] = True
+            present = {m: p & kept for m, p in present.items()}
         for m, features in video.features.items():
             x = np.asarray(features, np.float64)[present[m]]  # (n, D)
             sums[m] = sums.get(m, 0.0) + x.sum(0)
@@ -355,9 +406,11 @@ def input_statistics(videos: Iterable[VideoFeatures]) -> dict[str, tuple[np.ndar
 
 
 def feature_statistics(store_dir: str | os.PathLike, split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """`input_statistics` of one split of a store, streaming the part files one at a time."""
-    return input_statistics(video for f in part_files(store_dir)
-                            for video in table_to_videos(pq.read_table(f, filters=[("split", "=", split)])))
+    """`input_statistics` of one split of a store, streaming the part files one at a time (over the encoded steps
+    only, when features.json says that only some were encoded)."""
+    window = encoded_window(read_info(store_dir)) if (Path(store_dir) / INFO_FILE).is_file() else None
+    return input_statistics((video for f in part_files(store_dir)
+                             for video in table_to_videos(pq.read_table(f, filters=[("split", "=", split)]))), window)
 
 
 INPUT_STATS_KEY = "input_stats"  # StoreInfo.extra[INPUT_STATS_KEY]: the train split's statistics, cached

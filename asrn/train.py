@@ -75,13 +75,15 @@ from asrn.loop import (
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
 from asrn.plots import plot_loss_curves, plot_per_class
-from asrn.sequence import Batch, collate
+from asrn.sequence import WINDOW, Batch, collate
 from asrn.shards import ResidentSplit, read_split, store_megabytes
 from asrn.store import (
+    INFO_FILE,
     MODALITIES,
     FeatureStoreError,
     StoreInfo,
     VideoFeatures,
+    check_encoded_window,
     load_videos,
     part_files,
     read_info,
@@ -269,6 +271,7 @@ def check_store(features: Path, task: str, say: Callable[[str], None] | None = N
     """
     started = last = time.monotonic()
     info = read_info(features)
+    check_encoded_window(info, WINDOW, str(Path(features) / INFO_FILE))  # training forms its sequences with WINDOW
     files = part_files(features)
     if not files:
         raise FeatureStoreError(f"{features}: holds no Parquet data files")

@@ -11,7 +11,18 @@ import pytest
 import torch
 import torchvision
 
-from asrn.encoders import PRESETS, DeepID, EncoderError, build_backbone, build_encoders, crop_boxes
+from asrn.encoders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PRESETS,
+    DeepID,
+    EncoderError,
+    build_backbone,
+    build_encoders,
+    crop_boxes,
+    resize_image,
+)
+from asrn.flow import FLOW_ZERO, dequantize_flow
 from asrn.store import MODALITIES
 from asrn.weights import RANDOM_INIT, WeightsError, resolve_weights
 
@@ -159,3 +170,41 @@ def cv2_resize(image: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.resize(image, (160, 160), interpolation=cv2.INTER_AREA)
+
+
+def old_preprocess(encoder, images: np.ndarray) -> torch.Tensor:
+    """The preprocessing the encoders had before issue 14: float32 ImageNet normalisation on the CPU (RGB), or float
+    flow stacks taken as they are; both resized to the input size."""
+    if encoder.modality == "motion":
+        x = torch.from_numpy(np.asarray(images, np.float32))
+        if x.shape[-2:] != encoder.input_size:
+            x = torch.nn.functional.interpolate(x, size=encoder.input_size, mode="bilinear", align_corners=False,
+                                                antialias=True)
+        return x
+    if images.shape[1:3] != encoder.input_size:
+        images = np.stack([resize_image(im, encoder.input_size) for im in images])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def test_uint8_preprocessing_gives_the_old_float_numbers(offline):
+    encoders = quiet_build("lite", offline)
+    rng = np.random.default_rng(7)
+    inputs = lite_inputs(3, seed=7)  # sizes that need resizing
+    at_size = {m: rng.integers(0, 256, (3, *e.input_size, 3), dtype=np.uint8) for m, e in encoders.items()
+               if m != "motion"}  # already at the input size: no resize
+    levels = rng.integers(0, 2 * FLOW_ZERO + 1, (3, 10, 120, 160), dtype=np.uint8)  # as the CPU stage ships flow
+    cases = [(m, inputs[m]) for m in ("rgb", "body", "face")] + list(at_size.items())
+    for modality, images in cases:
+        encoder = encoders[modality]
+        new = encoder.preprocess(images)
+        assert new.dtype == torch.float32 and new.device == encoder.device
+        assert torch.equal(new, old_preprocess(encoder, images)), modality
+        np.testing.assert_array_equal(encoder.features(images), encoder.encode(old_preprocess(encoder, images)))
+    motion = encoders["motion"]
+    old = old_preprocess(motion, dequantize_flow(levels))  # the old path on the same flow, dequantised in numpy
+    assert torch.equal(motion.preprocess(levels), old)
+    np.testing.assert_array_equal(motion.features(levels), motion.encode(old).numpy())
+    floats = inputs["motion"]  # float stacks are still taken as they are
+    assert torch.equal(motion.preprocess(floats), old_preprocess(motion, floats))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,8 +26,10 @@ from asrn import extract as extract_module
 from asrn import store, video
 from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
-from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video
+from asrn.features import PreparedVideo, VideoSettings, VideoStageError, encode_prepared, prepare_video
+from asrn.flow import dequantize_flow
 from asrn.manifest import ManifestError
+from asrn.sequence import collate, select_steps
 from asrn.store import MODALITIES, StoreInfo, StoreLockedError, VideoFeatures
 from asrn.synth_videos import synthesize_videos
 
@@ -36,8 +41,13 @@ def astronaut_video(tmp_path_factory, astronaut_clip) -> Path:
     return astronaut_clip(tmp_path_factory.mktemp("astronaut") / "astronaut.mp4", 320, 320)
 
 
-def test_prepare_and_encode_find_the_face_without_boxes(astronaut_video):
-    prepared = prepare_video(str(astronaut_video), None, VideoSettings(preset="lite", fps=4.0))
+@pytest.fixture(scope="module")
+def astronaut_prepared(astronaut_video) -> PreparedVideo:
+    return prepare_video(str(astronaut_video), None, VideoSettings(preset="lite", fps=4.0))
+
+
+def test_prepare_and_encode_find_the_face_without_boxes(astronaut_prepared):
+    prepared = astronaut_prepared
     t = prepared.num_steps
     assert t == 8 and np.all(np.diff(prepared.timestamps) > 0)
     assert prepared.detector == "opencv-haar+hog"  # offline: no Faster R-CNN weights here
@@ -49,6 +59,15 @@ def test_prepare_and_encode_find_the_face_without_boxes(astronaut_video):
     assert all(f.dtype == np.float32 and np.isfinite(f).all() for f in features.values())
     missing = ~prepared.has_face
     assert not features["face"][missing].any()  # zero where no face was found
+
+
+def test_flow_ships_as_uint8_and_a_prepared_video_pickles_much_smaller(astronaut_prepared):
+    prepared = astronaut_prepared
+    assert prepared.flow.dtype == np.uint8 and prepared.flow.shape == (prepared.num_steps, 10, 112, 112)
+    as_float32 = dataclasses.replace(prepared, flow=dequantize_flow(prepared.flow))  # what was shipped before
+    new, old = len(pickle.dumps(prepared, protocol=5)), len(pickle.dumps(as_float32, protocol=5))
+    assert new < 0.4 * old  # flow was 89% of a pickled step: ~190 KB a step instead of ~553 KB
+    assert new / prepared.num_steps < 200_000
 
 
 def test_bad_manifest_and_bad_flags_are_refused_before_any_output(tmp_path):
@@ -237,6 +256,105 @@ def tiny_videos(tmp_path_factory) -> Path:
     """6 synthetic videos of 2.5 s at 160x120 (boxes JSON given); manifest.csv in the folder."""
     root = tmp_path_factory.mktemp("tiny")
     return synthesize_videos(root, num_videos=6, seed=3, width=160, height=120, fps=10.0, seconds=2.5)
+
+
+def _encoded_batch(tiny_videos: Path, count: int, window: int | None = None) -> pa.Table:
+    """The first `count` tiny videos through the pipeline's own stage functions, in this process (no Ray): the CPU
+    stage's rows, batched as Ray Data's numpy batches, then one encoder actor's Arrow table."""
+    rows = [{**r, "path": str(tiny_videos.parent / r["path"]), "boxes": str(tiny_videos.parent / r["boxes"])}
+            for r in _manifest_rows(tiny_videos)[:count]]
+    prepared = [extract_module._prepare_row(r, VideoSettings(preset="lite", fps=2.0)) for r in rows]
+    batch = {k: np.array([r[k] for r in prepared], dtype=object) for k in prepared[0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init encoders
+        actor = extract_module.EncodeVideos("lite", None, "cpu", 1, window)
+    return actor(batch)
+
+
+def test_the_driver_writes_the_actors_rows_and_the_store_reads_back_as_before(tiny_videos, tmp_path, offline):
+    table = _encoded_batch(tiny_videos, 3)  # row schema + path/stage/error/... columns
+    assert table.column("error").to_pylist() == ["", "", ""]
+    config = ExtractConfig(manifest=tiny_videos, out=tmp_path / "new", videos_per_part=2)
+    writer = extract_module._StoreWriter(config, config.out, None, "run", 3)
+    writer.add(table.slice(0, 1))
+    assert writer.parts == []  # 1 < videos_per_part: buffered
+    writer.add(table.slice(1))
+    assert len(writer.parts) == 1  # 2 written, 1 buffered
+    writer.flush()
+    assert [pq.read_metadata(p).num_rows for p in writer.parts] == [2, 1]
+
+    # before: the driver converted the rows to VideoFeatures and wrote those (float16 -> float32 -> float16)
+    old = tmp_path / "old"
+    videos = store.table_to_videos(table.select(store.row_schema().names))
+    store.write_videos(old, videos[:2], name="part-run-00000")
+    store.write_videos(old, videos[2:], name="part-run-00001")
+    for new_part, old_part in zip(writer.parts, store.part_files(old), strict=True):
+        new_rows, old_rows = pq.read_table(new_part), pq.read_table(old_part)
+        assert new_rows.schema == old_rows.schema == store.row_schema()
+        assert new_rows.equals(old_rows)
+        assert pq.read_metadata(new_part).num_row_groups == pq.read_metadata(old_part).num_row_groups
+    store.write_info(old, store.read_info(config.out))
+    for a, b in zip(store.load_videos(config.out), store.load_videos(old), strict=True):
+        assert a.video_id == b.video_id and np.array_equal(a.timestamp, b.timestamp)
+        assert all(np.array_equal(a.features[m], b.features[m]) for m in MODALITIES)
+        assert np.array_equal(a.has_face, b.has_face) and np.array_equal(a.body_tracked, b.body_tracked)
+
+    with pytest.raises(store.FeatureStoreError, match="timestamp"):  # rows not in the store's schema: refused
+        store.write_table(tmp_path / "bad", table.drop_columns(["timestamp"]), name="part-x")
+
+
+def test_encode_kept_steps_encodes_exactly_the_steps_training_keeps(tiny_videos, tmp_path, offline):
+    every = store.table_to_videos(_encoded_batch(tiny_videos, 3).select(store.row_schema().names))
+    table = _encoded_batch(tiny_videos, 3, window=3)
+    config = ExtractConfig(manifest=tiny_videos, out=tmp_path / "kept", encode_kept_steps=True)
+    writer = extract_module._StoreWriter(config, config.out, None, "run", 3)
+    writer.add(table)
+    writer.flush()
+    writer.write_info(final=True)
+    info = store.read_info(config.out)
+    assert info.extra["encoded_steps"] == "window-3 kept" and store.encoded_window(info) == 3
+    kept_videos = store.load_videos(config.out)
+    assert [v.video_id for v in kept_videos] == [v.video_id for v in every]
+    for stored, full in zip(kept_videos, every, strict=True):
+        assert stored.num_steps == full.num_steps == 5  # every row, mask and timestamp kept
+        assert np.array_equal(stored.timestamp, full.timestamp) and np.array_equal(stored.has_face, full.has_face)
+        kept = select_steps(stored.present(), 3)
+        assert kept.size == 2  # 5 steps: windows 0-2 and 3-4
+        for m in MODALITIES:
+            encoded = np.flatnonzero(np.abs(stored.features[m]).sum(1) > 0)
+            assert encoded.tolist() == [t for t in kept.tolist() if stored.present()[m][t]], (stored.video_id, m)
+            np.testing.assert_allclose(stored.features[m][kept], full.features[m][kept], atol=2e-3, rtol=2e-3)
+        batch = collate([stored], "sub")  # training's sequence former picks exactly the encoded steps
+        assert batch.steps[0].tolist() == kept.tolist()
+        assert np.abs(batch.features["rgb"][0].numpy()).sum(1).all()
+
+    # the cached input statistics count only the encoded steps, not the zeros between them
+    stats = store.input_stats_record(config.out)["stats"]["rgb"]
+    train = [v for v in kept_videos if v.split == "train"]
+    rows = np.concatenate([v.features["rgb"][select_steps(v.present(), 3)] for v in train])
+    np.testing.assert_allclose(stats["mean"], rows.astype(np.float64).mean(0), rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(store.FeatureStoreError, match="window 1"):  # another window would read zero features
+        store.check_encoded_window(info, 1, str(config.out))
+    store.check_encoded_window(info, 3, str(config.out))
+
+
+def test_a_store_is_not_resumed_with_the_other_encoded_steps_choice(lite_store):
+    out, manifest = lite_store
+    with pytest.raises(ExtractError, match="encoded_steps"):
+        extract_features(ExtractConfig(manifest=manifest, out=out, encode_kept_steps=True))
+
+
+def test_training_refuses_a_store_encoded_for_another_window(lite_store):
+    from asrn.train import check_store
+
+    out, _ = lite_store
+    info = store.read_info(out)
+    store.write_info(out, dataclasses.replace(info, extra={**info.extra, "encoded_steps": "window-3 kept"}))
+    check_store(out, "sub")  # training forms its sequences with window 3: accepted
+    store.write_info(out, dataclasses.replace(info, extra={**info.extra, "encoded_steps": "window-5 kept"}))
+    with pytest.raises(store.FeatureStoreError, match=r"features.json: the store encoded only .* window-5"):
+        check_store(out, "sub")
 
 
 @pytest.mark.ray

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from asrn.flow import FLOW_CLIP, FlowError, flow_stack, flow_stacks
+from asrn.flow import FLOW_CLIP, FLOW_ZERO, FlowError, dequantize_flow, flow_stack, flow_stacks, quantize_flow
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,13 @@ def test_bad_input_is_refused(gray):
         flow_stack(gray)
     with pytest.raises(FlowError, match="uint8"):
         flow_stack(moving_right(gray, 3, 1).astype(np.float32))
+
+
+def test_quantized_flow_is_uint8_and_dequantizes_within_half_a_level(gray):
+    stack = flow_stack(moving_right(gray, 6, 2))  # (10, 160, 160) float32 in [-1, 1]
+    levels = quantize_flow(stack)
+    assert levels.dtype == np.uint8 and levels.shape == stack.shape and levels.nbytes * 4 == stack.nbytes
+    assert np.abs(dequantize_flow(levels) - stack).max() <= 0.5 / FLOW_ZERO + 1e-6
+    edges = quantize_flow(np.array([-1.0, 0.0, 1.0, -3.0, 3.0], np.float32))
+    assert edges.tolist() == [0, FLOW_ZERO, 2 * FLOW_ZERO, 0, 2 * FLOW_ZERO]  # zero flow stays exactly zero
+    assert dequantize_flow(edges).tolist() == [-1.0, 0.0, 1.0, -1.0, 1.0]
