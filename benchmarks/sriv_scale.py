@@ -1,6 +1,6 @@
 """SRIV-scale projection: a training epoch and an extraction step measured here, projected to 200 epochs and 25 h.
 
-    python benchmarks/sriv_scale.py [--fraction 1.0] [--epochs 2] [--threads 2] [--device cpu]
+    python benchmarks/sriv_scale.py [--threads 2,1] [--fraction 0.25,1.0] [--epochs 2] [--device cpu]
                                     [--extract-videos 3] [--cores 16,32] [--out benchmarks/results/sriv_scale.json]
 
 Method (GitHub issue 14, point 5):
@@ -12,13 +12,12 @@ Method (GitHub issue 14, point 5):
   has_body / has_face drawn per step at PRESENT_RATE; labels by asrn.synth_features.draw_labels (SRIV Table 1
   rates); 70/15/15 splits. What matters is size and shape: the values are noise.
 - Training epoch (measured): the paper recipe (asrn.loop.RECIPES['paper']: hidden 256, batch 32, SGD, dropout 0.7),
-  ASRN (variant asrn, task sub), `collate` (window 3, no step cap) and `train_epoch`, on the train split. The store
-  at paper dims is ~3 GB of float16 (~6 GB as float32 in memory), so the epoch streams it: parts are read one at a
-  time in a shuffled order, the videos of a part shuffled, batches formed across part boundaries; only one part
-  (plus one partial batch) is in memory. Reading a part (Parquet -> float32 VideoFeatures) is timed apart and left
-  out of the epoch, as `asrn train` reads its store once before the first epoch. `--fraction` < 1 trains that
-  share of the train videos and scales the epoch linearly (1.0 = the whole train split, the default).
-  Epoch 1 has the warm-up; the last of `--epochs` is reported (all are recorded).
+  ASRN (variant asrn, task sub), `collate` (window 3, no step cap) per batch of shuffled videos and `train_epoch`, on
+  the train split: the plain loop of benchmarks/train.py. The store at paper dims is ~3 GB of float16 Parquet
+  (~6 GB as float32), so the train split is read a part at a time and held as float16 (~2 GB; `collate` converts
+  each batch's rows to float32, a little more work than from float32 rows); reading is timed once, apart, as
+  `asrn train` reads its store before the first epoch. Each run (`--threads`, `--fraction`, paired) trains
+  `--epochs` epochs on a shuffled `fraction` of the train videos and scales the last epoch by 1 / fraction.
 - Counted pass (measured): one more epoch under torch.utils.flop_counter.FlopCounterMode (matmul/conv FLOPs,
   forward + backward) and a dispatch-mode counter of aten ops that launch work (views and empty allocations left
   out), per batch with its padded length T. A least-squares fit ops = a + b T gives b, the ops per recurrent step
@@ -28,7 +27,9 @@ Method (GitHub issue 14, point 5):
     launch  = kernel-launching ops x per-op launch latency   (small kernels: the GPU waits for the host)
     h2d     = bytes of the float32 batches / host-to-device bandwidth
   lower bound max(compute, launch), upper bound compute + launch + h2d; x 200 epochs. Collate runs on the host: its
-  measured CPU time is reported beside (overlappable with the GPU, or avoidable by holding the kept steps on the GPU).
+  measured CPU time is reported beside (overlappable with the GPU). A second projection takes the batches
+  asrn.shards.ResidentSplit forms (the split collated once and held on the GPU, length-bucketed batches: no collate,
+  no copies, less padding): FLOPs x sum(B T) ratio, ops from the fit a x batches + b x sum(T).
   Op counts come from CPU dispatch, where nn.LSTM decomposes into per-step ops (cuDNN fuses them): the launch term
   over-counts GLA's LSTM, so it leans high.
 - Extraction (measured per step, projected to 25 h x fps steps): the CPU stage (asrn.features.prepare_video: decode,
@@ -72,6 +73,7 @@ from asrn.labels import task_labels  # noqa: E402
 from asrn.loop import RECIPES, build_optimizer, train_epoch  # noqa: E402
 from asrn.model import ASRN, ModelConfig  # noqa: E402
 from asrn.sequence import collate  # noqa: E402
+from asrn.shards import ResidentSplit  # noqa: E402
 from asrn.store import (  # noqa: E402
     MODALITIES,
     StoreInfo,
@@ -282,9 +284,20 @@ def counted_epoch(model: ASRN, optimizer, scheduler, train: list[VideoFeatures],
                         "T_min": int(t.min()), "T_median": float(np.median(t)), "T_max": int(t.max())}}
 
 
-def gpu_training_projection(counted: dict, collate_s: float) -> dict:
+def resident_batches(kept: np.ndarray, seed: int, epoch: int = 1) -> dict:
+    """Batch widths of one epoch as asrn.shards.ResidentSplit forms them (length-sorted within chunks of BUCKET
+    batches), from the train videos' kept-step counts alone: no tensors are built."""
+    rows = ResidentSplit(padded=None, lengths=kept).epoch_order(RECIPES["paper"].batch_size, seed, epoch)
+    widths = np.array([kept[r].max() for r in rows])
+    sizes = np.array([len(r) for r in rows])
+    return {"batches": len(rows), "sum_T_over_batches": int(widths.sum()),
+            "sum_BT_over_batches": int((widths * sizes).sum()), "valid_steps": int(kept.sum()),
+            "resident_float32_bytes": int(len(kept) * kept.max() * sum(paper_dims().values()) * 4)}
+
+
+def gpu_training_projection(counted: dict, collate_s: float, resident: dict) -> dict:
     """200 epochs on one H100 from the counted epoch's FLOPs, ops and batch bytes (module docstring); `collate_s`:
-    the host's collate time per epoch, measured here."""
+    the host's collate time per epoch, measured here; `resident`: `resident_batches` of the same train split."""
     scale, epoch = 1.0, {**counted["spans_under_counters"], "collate_s": collate_s}
     compute = scale * counted["flops"] / (H100["bf16_dense_peak_flops"] * H100["train_utilisation"])
     launch = scale * counted["ops"] * H100["launch_latency_s"]
@@ -293,6 +306,12 @@ def gpu_training_projection(counted: dict, collate_s: float) -> dict:
     h2d = scale * epoch["batch_bytes"] / H100["h2d_bytes_per_s"]
     lower, upper = max(compute, launch), compute + launch + h2d
     slow = compute + launch * H100["launch_latency_s_slow_host"] / H100["launch_latency_s"] + h2d
+    fit = counted["ops_fit"]
+    r_compute = counted["flops_per_padded_step"] * resident["sum_BT_over_batches"] \
+        / (H100["bf16_dense_peak_flops"] * H100["train_utilisation"])
+    r_ops = fit["ops_per_batch_fixed"] * resident["batches"] + fit["ops_per_recurrent_step"] * resident[
+        "sum_T_over_batches"]
+    r_launch = r_ops * H100["launch_latency_s"]
     return {
         "per_epoch_s": {"compute": round(compute, 4), "launch_all_ops": round(launch, 4),
                         "launch_recurrent_ops_only": round(recurrent, 4), "h2d": round(h2d, 4),
@@ -305,6 +324,22 @@ def gpu_training_projection(counted: dict, collate_s: float) -> dict:
         "formula": "per epoch: compute = FLOPs / (bf16_dense_peak_flops x train_utilisation); launch = ops x "
                    "launch_latency_s; h2d = float32 batch bytes / h2d_bytes_per_s; lower = max(compute, launch), "
                    "upper = compute + launch + h2d; x 200 epochs",
+        "resident_bucketed": {
+            "what": "the same epoch as asrn train's direct-read path runs it (asrn.shards.ResidentSplit): the train "
+                    "split collated once and kept on the GPU, batches length-sorted within chunks of 8: no host "
+                    "collate, no per-batch copy, less padding. FLOPs scale with sum(B x T), ops with the fit "
+                    "a x batches + b x sum(T). SRIV at paper dims is ~3 GB of Parquet, above the default "
+                    "--direct-read-max-mb 1024: asrn train takes this path with --direct-read-max-mb 4000",
+            **resident, "ops": round(r_ops),
+            "per_epoch_s": {"compute": round(r_compute, 4), "launch": round(r_launch, 4),
+                            "lower_bound": round(max(r_compute, r_launch), 4),
+                            "upper_bound": round(r_compute + r_launch, 4)},
+            "epochs_200_s": {"lower_bound": round(PAPER_EPOCHS * max(r_compute, r_launch), 1),
+                             "upper_bound": round(PAPER_EPOCHS * (r_compute + r_launch), 1),
+                             "upper_bound_at_slow_host_launch_latency": round(PAPER_EPOCHS * (
+                                 r_compute + r_launch * H100["launch_latency_s_slow_host"] / H100["launch_latency_s"]),
+                                 1)},
+        },
     }
 
 
@@ -482,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
                     "already in memory), divided by fraction_trained; x 200 for the 200 epochs",
         },
         "counted_epoch": counted,
-        "h100_projection": gpu_training_projection(counted, collate_s),
+        "h100_projection": gpu_training_projection(
+            counted, collate_s, resident_batches(np.array([-(-v.num_steps // WINDOW) for v in train]), args.seed)),
     }
     if args.device != "cpu":
         device = torch.device(args.device)
