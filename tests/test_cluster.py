@@ -46,14 +46,91 @@ def test_ray_cluster_yaml_passes_ray_validation():
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
     assert gpu["node_config"]["InstanceType"].startswith(("g4dn", "g5", "g6", "p3", "p4", "p5"))
     head_cmds = " ".join(config["head_start_ray_commands"])
-    assert "mlflow server" in head_cmds and "sqlite:///" in head_cmds and "s3://" in head_cmds
+    assert "mlflow server" in head_cmds and "--artifacts-destination s3://" in head_cmds
+    # the MLflow store outlives `ray down`: a database named in SSM, nothing on the head's root disk
+    assert "sqlite" not in head_cmds and "--backend-store-uri" not in head_cmds
+    assert "MLFLOW_BACKEND_STORE_URI=\"$uri\"" in head_cmds and "/asrn/mlflow-backend-store-uri" in head_cmds
     assert "--dashboard-host=127.0.0.1" in head_cmds
     for cmds in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert "RAY_AUTH_MODE=token" in cmds[-1]
-    assert any("uv sync --frozen" in c for c in config["setup_commands"])
+    setup = " ".join(config["setup_commands"])
+    assert "make env PYTHON_VERSION=3.11" in setup and "uv python install" not in setup
     assert "~/.ray/auth_token" in config["file_mounts"]
-    for node_type in config["available_node_types"].values():  # our own group: SSH from one CIDR only
-        assert node_type["node_config"]["SecurityGroupIds"]
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"]["SecurityGroupIds"]  # our own group: SSH from one CIDR only
+        profile = node_type["node_config"]["IamInstanceProfile"]["Arn"]  # S3 from every node, workers too
+        assert profile.endswith(("instance-profile/asrn-ray-head", "instance-profile/asrn-ray-worker")), name
+
+
+def test_the_iam_policies_let_every_node_read_and_write_the_bucket():
+    """cluster/aws/*.json, which cluster/README.md attaches to both roles (the head's also gets EC2 access)."""
+    folder = REPO / "cluster" / "aws"
+    bucket = json.loads((folder / "bucket-policy.json").read_text())["Statement"]
+    granted = {(action, statement["Resource"]) for statement in bucket for action in statement["Action"]
+               if statement["Effect"] == "Allow"}
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert (action, "arn:aws:s3:::REPLACE-WITH-BUCKET/*") in granted
+    assert ("s3:ListBucket", "arn:aws:s3:::REPLACE-WITH-BUCKET") in granted
+    head = {s["Action"]: s["Resource"] for s in json.loads((folder / "head-policy.json").read_text())["Statement"]}
+    assert head["iam:PassRole"].endswith(":role/asrn-ray-worker")
+    assert head["ssm:GetParameter"].endswith(":parameter/asrn/mlflow-backend-store-uri")
+    trust = json.loads((folder / "ec2-trust.json").read_text())["Statement"][0]
+    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+
+
+def _uv_cache_dir() -> str:
+    return subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_ray_cluster_setup_commands_install_the_locked_env_in_a_fresh_copy(tmp_path):
+    """`setup_commands` of ray_cluster.yaml, run as `ray up` runs them on a node: in a copy of the project's
+    tracked files (what `file_mounts` rsyncs; .venv and other ignored paths excluded) under an empty HOME.
+
+    What needs the cloud is not run: installing uv with curl (skipped by the command itself, uv being on PATH
+    here) and `head_setup_commands` (boto3 and psycopg2 from PyPI). To stay off the network, UV_CACHE_DIR is
+    this machine's uv cache (`uv cache dir`) and UV_OFFLINE=1; the Python is this machine's 3.11. Ray runs
+    each command in `bash --login -i`; here it is `bash -c`, as a login shell would reset a root PATH.
+    """
+    if shutil.which("uv") is None or shutil.which("make") is None:
+        pytest.skip("needs uv and make on PATH")
+    config = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    assert config["file_mounts"]["~/asrn-ray"] == "."
+    home = tmp_path / "home"
+    project = home / "asrn-ray"
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, project / name)
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text("0" * 64)  # the token file_mounts copies
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(str(REPO))]
+    env = {"HOME": str(home), "PATH": os.pathsep.join(path), "UV_CACHE_DIR": _uv_cache_dir(), "UV_OFFLINE": "1",
+           "LANG": "C.UTF-8"}
+    if os.environ.get("PYENV_ROOT") or (Path.home() / ".pyenv").is_dir():  # pyenv shims find it without HOME
+        env["PYENV_ROOT"] = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    found = subprocess.run(["uv", "python", "find", "3.11"], env=env, capture_output=True, text=True)
+    if found.returncode != 0:
+        pytest.skip("no Python 3.11 on this machine (a node would download one; this test stays offline)")
+
+    for command in config["setup_commands"]:
+        run = subprocess.run(["bash", "-c", command], cwd=home, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{command}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+
+    python = project / ".venv" / "bin" / "python"
+    probe = ("import json, sys, importlib.metadata as m, asrn; print(json.dumps({'python': sys.version_info[:2], "
+             "'ray': m.version('ray'), 'mlflow': m.version('mlflow'), 'asrn': asrn.__file__}))")
+    check = subprocess.run([str(python), "-c", probe], cwd=home, env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    installed, lock = json.loads(check.stdout), (REPO / "uv.lock").read_text()
+    assert installed["python"] == [3, 11]
+    for name in ("ray", "mlflow"):
+        assert f'name = "{name}"\nversion = "{installed[name]}"' in lock, name
+    module = installed["asrn"]
+    assert module.startswith(str(project))  # the copy's own asrn, installed from the copy
+    assert stat.S_IMODE((home / ".ray" / "auth_token").stat().st_mode) == 0o600
+    bashrc = (home / ".bashrc").read_text()
+    assert "export PATH=$HOME/asrn-ray/.venv/bin:$PATH" in bashrc and "export RAY_AUTH_MODE=token" in bashrc
 
 
 def test_kuberay_manifests_parse_with_the_right_kinds():
@@ -310,3 +387,89 @@ def test_train_job_on_the_local_cluster_logs_to_its_mlflow(local_cluster, tmp_pa
     assert experiment is not None, "the job logged no experiment to the cluster's MLflow server"
     runs = client.search_runs([experiment.experiment_id])
     assert runs and runs[0].info.status == "FINISHED"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """A node's agent and worker ports, free now: two nodes on one host must not share Ray's defaults."""
+    base = _free_port() // 2 * 2  # worker ports: a 100-port range at some free port's neighbourhood
+    base = min(base, 65000)
+    return ["--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+            "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+            "--min-worker-port", str(base), "--max-worker-port", str(base + 100)]
+
+
+@pytest.mark.ray
+def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path):
+    """A fresh autoscaling cluster: a head with `--num-cpus 0` and no workers. `asrn tune` warns and queues its
+    trial (it used to refuse); a worker node joins with `ray start --address` (what the autoscaler would do) and
+    the sweep finishes. Every process here carries a marker in its environment and is stopped by it."""
+    from asrn.cli import main
+
+    features = tmp_path / "features"
+    assert main(["synth", "features", "--out", str(features), "--num-videos", "24", "--seed", "0"]) == 0
+    state = Path(tempfile.mkdtemp(prefix="asrn-q-", dir="/tmp"))  # short: Ray's socket paths live under it
+    gcs = f"127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_"))}
+    env.update(ASRN_LOCAL_CLUSTER=str(state), RAY_USAGE_STATS_ENABLED="0", RAY_enable_metrics_collection="0",
+               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600", RAY_agent_register_timeout_ms="120000",
+               RAY_raylet_start_wait_time_s="120", PATH=f"{VENV_BIN}:{env['PATH']}")
+    common = ["--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--temp-dir", str(state / "ray"),
+              "--num-gpus", "0", "--object-store-memory", "200000000"]
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        log = (state / f"{name}.log").open("w")
+        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        started.append(proc)
+        return proc
+
+    def wait_for(what: str, done, name: str, seconds: float = 600):
+        proc, deadline = started[-1], time.monotonic() + seconds
+        while not done():
+            log = (state / f"{name}.log").read_text()[-3000:]
+            assert proc.poll() is None or done(), f"{what}: {name} exited ({proc.returncode}):\n{log}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log}"
+            time.sleep(1)
+
+    try:
+        start("head", [str(VENV_BIN / "ray"), "start", "--head", "--port", gcs.split(":")[1],
+                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_port()),
+                              "--num-cpus", "0", *common, *_node_ports()])
+        wait_for("the GCS", lambda: socket.socket().connect_ex(("127.0.0.1", int(gcs.split(":")[1]))) == 0, "head")
+        out = tmp_path / "out"
+        driver_log = state / "driver.log"
+        driver = start("driver", [
+            str(VENV_BIN / "asrn"), "tune", "--features", str(features), "--task", "sub", "--out", str(out),
+            "--num-samples", "1", "--max-concurrent", "1", "--epochs", "1", "--hidden", "16",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment-name", "test-queue",
+            "--address", gcs])
+        wait_for("the warning", lambda: "queue until nodes join" in driver_log.read_text(), "driver")
+        assert "the cluster has 0" in driver_log.read_text()
+        start("worker", [str(VENV_BIN / "ray"), "start", "--address", gcs, "--num-cpus", "2", *common,
+                         *_node_ports()])
+        driver.wait(timeout=900)
+        console = driver_log.read_text()
+        assert driver.returncode == 0, console[-4000:]
+        assert (out / "best.pt").is_file() and (out / "trials.csv").is_file()
+    finally:
+        for proc in reversed(started):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+        for proc in started:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+        deadline = time.monotonic() + 30
+        while _our_processes(state) and time.monotonic() < deadline:  # Ray's own workers, in groups of their own
+            time.sleep(1)
+        for line in _our_processes(state):
+            os.kill(int(line.split(":")[0]), 9)
+        shutil.rmtree(state, ignore_errors=True)
