@@ -149,6 +149,97 @@ def test_kuberay_manifests_parse_with_the_right_kinds():
         assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
 
 
+def _kuberay(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((REPO / "cluster" / "kuberay" / f"{name}.yaml").read_text()))
+
+
+def _mlflow_container() -> dict:
+    (cluster,) = _kuberay("raycluster")
+    (mlflow,) = [c for c in cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"] if c["name"] == "mlflow"]
+    return mlflow
+
+
+def test_kuberay_mlflow_server_accepts_the_service_name_the_jobs_use(monkeypatch):
+    """MLflow's own Host check (mlflow.server.security_utils, what its middleware calls) with the manifest's
+    --allowed-hosts, which `mlflow server` hands to the app as MLFLOW_SERVER_ALLOWED_HOSTS."""
+    from mlflow.server.security_utils import (
+        get_allowed_hosts_from_env,
+        get_default_allowed_hosts,
+        is_allowed_host_header,
+    )
+
+    (cluster,) = _kuberay("raycluster")
+    env = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    uri = next(e["value"] for e in env if e["name"] == "MLFLOW_TRACKING_URI")
+    host = uri.removeprefix("http://")
+    assert host == "asrn-head-svc:5000" and cluster["metadata"]["name"] + "-head-svc" == host.split(":")[0]
+    assert not is_allowed_host_header(get_default_allowed_hosts(), host)  # the 403 without --allowed-hosts
+
+    command = _mlflow_container()["command"]
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", command[command.index("--allowed-hosts") + 1])
+    allowed = get_allowed_hosts_from_env()
+    for good in (host, "asrn-head-svc.default.svc.cluster.local:5000", "localhost:5000", "127.0.0.1:5000"):
+        assert is_allowed_host_header(allowed, good), good
+    for bad in ("evil.example.com:5000", "asrn-head-svc.evil.example.com:5000", "asrn-head-svc:5001", ""):
+        assert not is_allowed_host_header(allowed, bad), bad
+
+
+def test_kuberay_token_auth_is_kuberays_own_and_the_submitters_read_the_same_secret():
+    (cluster,) = _kuberay("raycluster")
+    auth = cluster["spec"]["authOptions"]
+    assert auth["mode"] == "token" and auth["secretName"]
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group in groups:  # the operator injects RAY_AUTH_MODE / RAY_AUTH_TOKEN; set by hand they would clash
+        for container in group["template"]["spec"]["containers"]:
+            assert not {e["name"] for e in container.get("env", [])} & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+    for name in ("extract", "train", "tune"):
+        (job,) = _kuberay(f"rayjob-{name}")
+        env = {e["name"]: e for e in job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": auth["secretName"], "key": "auth_token"}
+
+
+def test_kuberay_volumes_are_claims_the_manifests_create():
+    claims = {d["metadata"]["name"]: d for d in _kuberay("storage") if d["kind"] == "PersistentVolumeClaim"}
+    (cluster,) = _kuberay("raycluster")
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group in groups:
+        for volume in group["template"]["spec"]["volumes"]:
+            assert volume["persistentVolumeClaim"]["claimName"] in claims, volume
+    assert claims["asrn-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod mounts it
+    command = _mlflow_container()["command"]
+    assert command[command.index("--backend-store-uri") + 1] == "sqlite:////mnt/mlflow/mlflow.db"
+    assert {"name": "mlflow", "mountPath": "/mnt/mlflow"} in _mlflow_container()["volumeMounts"]
+    for name in ("extract", "train", "tune"):  # outputs on the shared claim (or S3)
+        (job,) = _kuberay(f"rayjob-{name}")
+        paths = [a for a in job["spec"]["entrypoint"].split() if a.startswith(("/", "s3://"))]
+        assert paths and all(p.startswith(("/mnt/shared/", "s3://")) for p in paths), paths
+
+
+def test_dockerfile_installs_with_make_env_from_the_lock():
+    """The image's install is `make env` (CUDA torch by default, `--build-arg TORCH=cpu` for CPU torch): what
+    `make -n` says those two commands run is `uv sync --frozen` from uv.lock. The image is not built here."""
+    text = (REPO / "Dockerfile").read_text()
+    assert "ARG TORCH=\n" in text and "make env TORCH=${TORCH} PYTHON_VERSION=3.11" in text
+    assert text.startswith("#") and "\nFROM python:3.11-" in text
+    assert (REPO / ".dockerignore").read_text().split("\n").count(".venv") == 1
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+
+    def dry_run(torch: str) -> str:
+        run = subprocess.run(["make", "-n", "env", f"TORCH={torch}", "PYTHON_VERSION=3.11"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    lock = (REPO / "uv.lock").read_text()
+    torch = lock.split('name = "torch"\nversion = "')[1].split('"')[0]
+    cuda = dry_run("")
+    assert "sync --frozen --python 3.11" in cuda and "--no-install-package" not in cuda
+    cpu = dry_run("cpu")
+    assert "sync --frozen --python 3.11" in cpu and "--no-install-package torch" in cpu and f"torch=={torch}+cpu" in cpu
+
+
 def _fast_env(state: Path, **extra: str) -> dict[str, str]:
     """The environment of a `local.sh` call that starts nothing: its own state dir and ports."""
     env = {**os.environ, **PORTS, "ASRN_CLUSTER_DIR": str(state), **extra}
@@ -416,7 +507,9 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path):
     state = Path(tempfile.mkdtemp(prefix="asrn-q-", dir="/tmp"))  # short: Ray's socket paths live under it
     gcs = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_"))}
-    env.update(ASRN_LOCAL_CLUSTER=str(state), RAY_USAGE_STATS_ENABLED="0", RAY_enable_metrics_collection="0",
+    (state / "auth_token").write_text(os.urandom(32).hex())
+    env.update(ASRN_LOCAL_CLUSTER=str(state), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(state / "auth_token"),
+               RAY_USAGE_STATS_ENABLED="0", RAY_enable_metrics_collection="0",
                RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600", RAY_agent_register_timeout_ms="120000",
                RAY_raylet_start_wait_time_s="120", PATH=f"{VENV_BIN}:{env['PATH']}")
     common = ["--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--temp-dir", str(state / "ray"),
