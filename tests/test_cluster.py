@@ -1,6 +1,8 @@
-"""Cluster configs and the local multi-node cluster: `ray_cluster.yaml` passes Ray's own validation,
-the KubeRay manifests are what KubeRay expects, and `cluster/local.sh` runs a real two-node Ray
-cluster with token authentication and an MLflow server that a `jobs.train` job trains on.
+"""Cluster configs and the local multi-node cluster: `ray_cluster.yaml` passes Ray's own validation and its
+setup commands install the locked environment in a fresh copy, the KubeRay manifests and the Dockerfile are
+what KubeRay, MLflow's host check and the Makefile expect, `cluster/local.sh` runs a real two-node Ray
+cluster with token authentication and an MLflow server that a `jobs.train` job trains on, and `asrn tune`
+waits on a cluster with no CPUs until a node joins.
 
 The local cluster here is its own (ports and state dir differ from `local.sh`'s defaults and from the
 session's `ray_cluster` fixture), and `local.sh down` kills only its own processes.
@@ -487,9 +489,9 @@ def _free_port() -> int:
 
 
 def _node_ports() -> list[str]:
-    """A node's agent and worker ports, free now: two nodes on one host must not share Ray's defaults."""
-    base = _free_port() // 2 * 2  # worker ports: a 100-port range at some free port's neighbourhood
-    base = min(base, 65000)
+    """A node's agent and worker ports, free now: two nodes on one host must not share Ray's defaults.
+    The worker ports are a 100-port range from a port free now (free is likely, not certain, for the rest)."""
+    base = min(_free_port(), 65000)
     return ["--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
             "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
             "--min-worker-port", str(base), "--max-worker-port", str(base + 100)]
