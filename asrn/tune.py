@@ -10,6 +10,8 @@ Ray 2.60 runs Train V2, where `tune.Tuner` no longer takes a trainer: each Tune 
 - Resources: the trial itself asks for `TRIAL_CPUS` (Tune refuses an all-zero request); its Train workers ask
   for their own (`ScalingConfig`); `max_concurrent` is clamped so that the workers of all concurrent trials fit
   in the cluster with `DATA_CPUS` left for Ray Data's read tasks, else trials would wait on each other forever.
+  A joined cluster that cannot hold one trial yet (an autoscaling one at 0 workers) gets a warning, and the
+  trials queue until nodes join.
 - The train split's input statistics are computed once on the driver and handed to every trial.
 
 MLflow (written only by the Tune driver, through `SweepRecorder`): one parent run for the sweep and one nested
@@ -331,16 +333,24 @@ def _describe(dim: Dimension) -> str:
     return f"{dim.distribution}({dim.low:g}, {dim.high:g})"
 
 
-def fit_concurrency(requested: int, per_trial: dict[str, float], cluster: dict[str, float]) -> tuple[int, str]:
+def fit_concurrency(requested: int, per_trial: dict[str, float], cluster: dict[str, float],
+                    can_grow: bool = False) -> tuple[int, str]:
     """How many trials can run at once: all their Train workers fit, with DATA_CPUS left for Ray Data.
 
-    Returns (max_concurrent, a note when clamped). TuneConfigError when one trial can never fit.
+    Returns (max_concurrent, a note when clamped or queued). When one trial does not fit the cluster as it is
+    now: on a cluster that `can_grow` (one joined by address, where an autoscaler or `ray start --address` may
+    add nodes) the note warns and `requested` stands, so the trials queue until nodes join; on a local Ray that
+    this process started, TuneConfigError.
     """
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     need_cpu, need_gpu = per_trial.get("CPU", 0.0) + TRIAL_CPUS, per_trial.get("GPU", 0.0)
     if need_cpu > cpus:
-        raise TuneConfigError(f"a trial needs {need_cpu:g} CPUs ({per_trial.get('CPU', 0):g} for its Train "
-                              f"workers), the cluster has {cpus:g}: lower --workers-per-trial")
+        message = (f"a trial needs {need_cpu:g} CPUs ({per_trial.get('CPU', 0):g} for its Train workers), "
+                   f"the cluster has {cpus:g}")
+        if not can_grow:
+            raise TuneConfigError(f"{message}: lower --workers-per-trial")
+        return requested, (f"{message} now: the trials queue until nodes join (an autoscaler, or "
+                           f"`ray start --address`); --max-concurrent {requested} stands")
     fits = [math.floor((cpus - DATA_CPUS) / need_cpu + 1e-9)]
     notes = []
     if need_gpu:
@@ -521,9 +531,9 @@ def tune(config: TuneConfig) -> TuneResult:
     with ray_session(config.address, config.verbose):
         per_trial = ray.train.ScalingConfig(num_workers=config.workers_per_trial, use_gpu=config.use_gpu)
         max_concurrent, note = fit_concurrency(config.max_concurrent, per_trial.total_resources,
-                                               ray.cluster_resources())
+                                               ray.cluster_resources(), can_grow=config.address is not None)
         if note:
-            print(f"note: {note}", flush=True)
+            print(f"warning: {note}", flush=True)
         _open_parent_run(sweep)
         print(f"sweeping {', '.join(f'{k} ~ {_describe(d)}' for k, d in sweep.space.items())} over "
               f"{config.num_samples} trial(s), {max_concurrent} at a time, {config.workers_per_trial} Train "

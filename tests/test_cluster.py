@@ -1,6 +1,8 @@
-"""Cluster configs and the local multi-node cluster: `ray_cluster.yaml` passes Ray's own validation,
-the KubeRay manifests are what KubeRay expects, and `cluster/local.sh` runs a real two-node Ray
-cluster with token authentication and an MLflow server that a `jobs.train` job trains on.
+"""Cluster configs and the local multi-node cluster: `ray_cluster.yaml` passes Ray's own validation and its
+setup commands install the locked environment in a fresh copy, the KubeRay manifests and the Dockerfile are
+what KubeRay, MLflow's host check and the Makefile expect, `cluster/local.sh` runs a real two-node Ray
+cluster with token authentication and an MLflow server that a `jobs.train` job trains on, and `asrn tune`
+waits on a cluster with no CPUs until a node joins.
 
 The local cluster here is its own (ports and state dir differ from `local.sh`'s defaults and from the
 session's `ray_cluster` fixture), and `local.sh down` kills only its own processes.
@@ -46,14 +48,91 @@ def test_ray_cluster_yaml_passes_ray_validation():
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
     assert gpu["node_config"]["InstanceType"].startswith(("g4dn", "g5", "g6", "p3", "p4", "p5"))
     head_cmds = " ".join(config["head_start_ray_commands"])
-    assert "mlflow server" in head_cmds and "sqlite:///" in head_cmds and "s3://" in head_cmds
+    assert "mlflow server" in head_cmds and "--artifacts-destination s3://" in head_cmds
+    # the MLflow store outlives `ray down`: a database named in SSM, nothing on the head's root disk
+    assert "sqlite" not in head_cmds and "--backend-store-uri" not in head_cmds
+    assert "MLFLOW_BACKEND_STORE_URI=\"$uri\"" in head_cmds and "/asrn/mlflow-backend-store-uri" in head_cmds
     assert "--dashboard-host=127.0.0.1" in head_cmds
     for cmds in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
         assert "RAY_AUTH_MODE=token" in cmds[-1]
-    assert any("uv sync --frozen" in c for c in config["setup_commands"])
+    setup = " ".join(config["setup_commands"])
+    assert "make env PYTHON_VERSION=3.11" in setup and "uv python install" not in setup
     assert "~/.ray/auth_token" in config["file_mounts"]
-    for node_type in config["available_node_types"].values():  # our own group: SSH from one CIDR only
-        assert node_type["node_config"]["SecurityGroupIds"]
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"]["SecurityGroupIds"]  # our own group: SSH from one CIDR only
+        profile = node_type["node_config"]["IamInstanceProfile"]["Arn"]  # S3 from every node, workers too
+        assert profile.endswith(("instance-profile/asrn-ray-head", "instance-profile/asrn-ray-worker")), name
+
+
+def test_the_iam_policies_let_every_node_read_and_write_the_bucket():
+    """cluster/aws/*.json, which cluster/README.md attaches to both roles (the head's also gets EC2 access)."""
+    folder = REPO / "cluster" / "aws"
+    bucket = json.loads((folder / "bucket-policy.json").read_text())["Statement"]
+    granted = {(action, statement["Resource"]) for statement in bucket for action in statement["Action"]
+               if statement["Effect"] == "Allow"}
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert (action, "arn:aws:s3:::REPLACE-WITH-BUCKET/*") in granted
+    assert ("s3:ListBucket", "arn:aws:s3:::REPLACE-WITH-BUCKET") in granted
+    head = {s["Action"]: s["Resource"] for s in json.loads((folder / "head-policy.json").read_text())["Statement"]}
+    assert head["iam:PassRole"].endswith(":role/asrn-ray-worker")
+    assert head["ssm:GetParameter"].endswith(":parameter/asrn/mlflow-backend-store-uri")
+    trust = json.loads((folder / "ec2-trust.json").read_text())["Statement"][0]
+    assert trust["Principal"] == {"Service": "ec2.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
+
+
+def _uv_cache_dir() -> str:
+    return subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_ray_cluster_setup_commands_install_the_locked_env_in_a_fresh_copy(tmp_path):
+    """`setup_commands` of ray_cluster.yaml, run as `ray up` runs them on a node: in a copy of the project's
+    tracked files (what `file_mounts` rsyncs; .venv and other ignored paths excluded) under an empty HOME.
+
+    What needs the cloud is not run: installing uv with curl (skipped by the command itself, uv being on PATH
+    here) and `head_setup_commands` (boto3 and psycopg2 from PyPI). To stay off the network, UV_CACHE_DIR is
+    this machine's uv cache (`uv cache dir`) and UV_OFFLINE=1; the Python is this machine's 3.11. Ray runs
+    each command in `bash --login -i`; here it is `bash -c`, as a login shell would reset a root PATH.
+    """
+    if shutil.which("uv") is None or shutil.which("make") is None:
+        pytest.skip("needs uv and make on PATH")
+    config = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    assert config["file_mounts"]["~/asrn-ray"] == "."
+    home = tmp_path / "home"
+    project = home / "asrn-ray"
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, project / name)
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text("0" * 64)  # the token file_mounts copies
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(str(REPO))]
+    env = {"HOME": str(home), "PATH": os.pathsep.join(path), "UV_CACHE_DIR": _uv_cache_dir(), "UV_OFFLINE": "1",
+           "LANG": "C.UTF-8"}
+    if os.environ.get("PYENV_ROOT") or (Path.home() / ".pyenv").is_dir():  # pyenv shims find it without HOME
+        env["PYENV_ROOT"] = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    found = subprocess.run(["uv", "python", "find", "3.11"], env=env, capture_output=True, text=True)
+    if found.returncode != 0:
+        pytest.skip("no Python 3.11 on this machine (a node would download one; this test stays offline)")
+
+    for command in config["setup_commands"]:
+        run = subprocess.run(["bash", "-c", command], cwd=home, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{command}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+
+    python = project / ".venv" / "bin" / "python"
+    probe = ("import json, sys, importlib.metadata as m, asrn; print(json.dumps({'python': sys.version_info[:2], "
+             "'ray': m.version('ray'), 'mlflow': m.version('mlflow'), 'asrn': asrn.__file__}))")
+    check = subprocess.run([str(python), "-c", probe], cwd=home, env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr
+    installed, lock = json.loads(check.stdout), (REPO / "uv.lock").read_text()
+    assert installed["python"] == [3, 11]
+    for name in ("ray", "mlflow"):
+        assert f'name = "{name}"\nversion = "{installed[name]}"' in lock, name
+    module = installed["asrn"]
+    assert module.startswith(str(project))  # the copy's own asrn, installed from the copy
+    assert stat.S_IMODE((home / ".ray" / "auth_token").stat().st_mode) == 0o600
+    bashrc = (home / ".bashrc").read_text()
+    assert "export PATH=$HOME/asrn-ray/.venv/bin:$PATH" in bashrc and "export RAY_AUTH_MODE=token" in bashrc
 
 
 def test_kuberay_manifests_parse_with_the_right_kinds():
@@ -70,6 +149,97 @@ def test_kuberay_manifests_parse_with_the_right_kinds():
         assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
         assert job["spec"]["entrypoint"].startswith(f"python -m jobs.{name} ")
         assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+
+
+def _kuberay(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((REPO / "cluster" / "kuberay" / f"{name}.yaml").read_text()))
+
+
+def _mlflow_container() -> dict:
+    (cluster,) = _kuberay("raycluster")
+    (mlflow,) = [c for c in cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"] if c["name"] == "mlflow"]
+    return mlflow
+
+
+def test_kuberay_mlflow_server_accepts_the_service_name_the_jobs_use(monkeypatch):
+    """MLflow's own Host check (mlflow.server.security_utils, what its middleware calls) with the manifest's
+    --allowed-hosts, which `mlflow server` hands to the app as MLFLOW_SERVER_ALLOWED_HOSTS."""
+    from mlflow.server.security_utils import (
+        get_allowed_hosts_from_env,
+        get_default_allowed_hosts,
+        is_allowed_host_header,
+    )
+
+    (cluster,) = _kuberay("raycluster")
+    env = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    uri = next(e["value"] for e in env if e["name"] == "MLFLOW_TRACKING_URI")
+    host = uri.removeprefix("http://")
+    assert host == "asrn-head-svc:5000" and cluster["metadata"]["name"] + "-head-svc" == host.split(":")[0]
+    assert not is_allowed_host_header(get_default_allowed_hosts(), host)  # the 403 without --allowed-hosts
+
+    command = _mlflow_container()["command"]
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", command[command.index("--allowed-hosts") + 1])
+    allowed = get_allowed_hosts_from_env()
+    for good in (host, "asrn-head-svc.default.svc.cluster.local:5000", "localhost:5000", "127.0.0.1:5000"):
+        assert is_allowed_host_header(allowed, good), good
+    for bad in ("evil.example.com:5000", "asrn-head-svc.evil.example.com:5000", "asrn-head-svc:5001", ""):
+        assert not is_allowed_host_header(allowed, bad), bad
+
+
+def test_kuberay_token_auth_is_kuberays_own_and_the_submitters_read_the_same_secret():
+    (cluster,) = _kuberay("raycluster")
+    auth = cluster["spec"]["authOptions"]
+    assert auth["mode"] == "token" and auth["secretName"]
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group in groups:  # the operator injects RAY_AUTH_MODE / RAY_AUTH_TOKEN; set by hand they would clash
+        for container in group["template"]["spec"]["containers"]:
+            assert not {e["name"] for e in container.get("env", [])} & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+    for name in ("extract", "train", "tune"):
+        (job,) = _kuberay(f"rayjob-{name}")
+        env = {e["name"]: e for e in job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": auth["secretName"], "key": "auth_token"}
+
+
+def test_kuberay_volumes_are_claims_the_manifests_create():
+    claims = {d["metadata"]["name"]: d for d in _kuberay("storage") if d["kind"] == "PersistentVolumeClaim"}
+    (cluster,) = _kuberay("raycluster")
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group in groups:
+        for volume in group["template"]["spec"]["volumes"]:
+            assert volume["persistentVolumeClaim"]["claimName"] in claims, volume
+    assert claims["asrn-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod mounts it
+    command = _mlflow_container()["command"]
+    assert command[command.index("--backend-store-uri") + 1] == "sqlite:////mnt/mlflow/mlflow.db"
+    assert {"name": "mlflow", "mountPath": "/mnt/mlflow"} in _mlflow_container()["volumeMounts"]
+    for name in ("extract", "train", "tune"):  # outputs on the shared claim (or S3)
+        (job,) = _kuberay(f"rayjob-{name}")
+        paths = [a for a in job["spec"]["entrypoint"].split() if a.startswith(("/", "s3://"))]
+        assert paths and all(p.startswith(("/mnt/shared/", "s3://")) for p in paths), paths
+
+
+def test_dockerfile_installs_with_make_env_from_the_lock():
+    """The image's install is `make env` (CUDA torch by default, `--build-arg TORCH=cpu` for CPU torch): what
+    `make -n` says those two commands run is `uv sync --frozen` from uv.lock. The image is not built here."""
+    text = (REPO / "Dockerfile").read_text()
+    assert "ARG TORCH=\n" in text and "make env TORCH=${TORCH} PYTHON_VERSION=3.11" in text
+    assert text.startswith("#") and "\nFROM python:3.11-" in text
+    assert (REPO / ".dockerignore").read_text().split("\n").count(".venv") == 1
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+
+    def dry_run(torch: str) -> str:
+        run = subprocess.run(["make", "-n", "env", f"TORCH={torch}", "PYTHON_VERSION=3.11"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    lock = (REPO / "uv.lock").read_text()
+    torch = lock.split('name = "torch"\nversion = "')[1].split('"')[0]
+    cuda = dry_run("")
+    assert "sync --frozen --python 3.11" in cuda and "--no-install-package" not in cuda
+    cpu = dry_run("cpu")
+    assert "sync --frozen --python 3.11" in cpu and "--no-install-package torch" in cpu and f"torch=={torch}+cpu" in cpu
 
 
 def _fast_env(state: Path, **extra: str) -> dict[str, str]:
@@ -310,3 +480,91 @@ def test_train_job_on_the_local_cluster_logs_to_its_mlflow(local_cluster, tmp_pa
     assert experiment is not None, "the job logged no experiment to the cluster's MLflow server"
     runs = client.search_runs([experiment.experiment_id])
     assert runs and runs[0].info.status == "FINISHED"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """A node's agent and worker ports, free now: two nodes on one host must not share Ray's defaults.
+    The worker ports are a 100-port range from a port free now (free is likely, not certain, for the rest)."""
+    base = min(_free_port(), 65000)
+    return ["--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+            "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+            "--min-worker-port", str(base), "--max-worker-port", str(base + 100)]
+
+
+@pytest.mark.ray
+def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path):
+    """A fresh autoscaling cluster: a head with `--num-cpus 0` and no workers. `asrn tune` warns and queues its
+    trial (it used to refuse); a worker node joins with `ray start --address` (what the autoscaler would do) and
+    the sweep finishes. Every process here carries a marker in its environment and is stopped by it."""
+    from asrn.cli import main
+
+    features = tmp_path / "features"
+    assert main(["synth", "features", "--out", str(features), "--num-videos", "24", "--seed", "0"]) == 0
+    state = Path(tempfile.mkdtemp(prefix="asrn-q-", dir="/tmp"))  # short: Ray's socket paths live under it
+    gcs = f"127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_"))}
+    (state / "auth_token").write_text(os.urandom(32).hex())
+    env.update(ASRN_LOCAL_CLUSTER=str(state), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(state / "auth_token"),
+               RAY_USAGE_STATS_ENABLED="0", RAY_enable_metrics_collection="0",
+               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600", RAY_agent_register_timeout_ms="120000",
+               RAY_raylet_start_wait_time_s="120", PATH=f"{VENV_BIN}:{env['PATH']}")
+    common = ["--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--temp-dir", str(state / "ray"),
+              "--num-gpus", "0", "--object-store-memory", "200000000"]
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        log = (state / f"{name}.log").open("w")
+        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        started.append(proc)
+        return proc
+
+    def wait_for(what: str, done, name: str, seconds: float = 600):
+        proc, deadline = started[-1], time.monotonic() + seconds
+        while not done():
+            log = (state / f"{name}.log").read_text()[-3000:]
+            assert proc.poll() is None or done(), f"{what}: {name} exited ({proc.returncode}):\n{log}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log}"
+            time.sleep(1)
+
+    try:
+        start("head", [str(VENV_BIN / "ray"), "start", "--head", "--port", gcs.split(":")[1],
+                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_port()),
+                              "--num-cpus", "0", *common, *_node_ports()])
+        wait_for("the GCS", lambda: socket.socket().connect_ex(("127.0.0.1", int(gcs.split(":")[1]))) == 0, "head")
+        out = tmp_path / "out"
+        driver_log = state / "driver.log"
+        driver = start("driver", [
+            str(VENV_BIN / "asrn"), "tune", "--features", str(features), "--task", "sub", "--out", str(out),
+            "--num-samples", "1", "--max-concurrent", "1", "--epochs", "1", "--hidden", "16",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment-name", "test-queue",
+            "--address", gcs])
+        wait_for("the warning", lambda: "queue until nodes join" in driver_log.read_text(), "driver")
+        assert "the cluster has 0" in driver_log.read_text()
+        start("worker", [str(VENV_BIN / "ray"), "start", "--address", gcs, "--num-cpus", "2", *common,
+                         *_node_ports()])
+        driver.wait(timeout=900)
+        console = driver_log.read_text()
+        assert driver.returncode == 0, console[-4000:]
+        assert (out / "best.pt").is_file() and (out / "trials.csv").is_file()
+    finally:
+        for proc in reversed(started):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+        for proc in started:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+        deadline = time.monotonic() + 30
+        while _our_processes(state) and time.monotonic() < deadline:  # Ray's own workers, in groups of their own
+            time.sleep(1)
+        for line in _our_processes(state):
+            os.kill(int(line.split(":")[0]), 9)
+        shutil.rmtree(state, ignore_errors=True)

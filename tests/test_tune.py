@@ -234,3 +234,13 @@ def test_max_concurrent_is_clamped_to_the_cluster():
     assert fit_concurrency(4, {"GPU": 1}, {"CPU": 16, "GPU": 2})[0] == 2
     with pytest.raises(TuneConfigError, match="workers-per-trial"):
         fit_concurrency(1, {"CPU": 8}, {"CPU": 4})
+
+
+def test_a_cluster_that_can_grow_queues_the_trials_instead_of_refusing():
+    """An autoscaling cluster at 0 workers (head num-cpus 0): warned, --max-concurrent kept, nothing raised."""
+    for cluster in ({}, {"CPU": 0.0, "memory": 1e9}, {"CPU": 2.0}):
+        requested, note = fit_concurrency(4, {"CPU": 4, "GPU": 1}, cluster, can_grow=True)
+        assert requested == 4 and "queue until nodes join" in note
+        with pytest.raises(TuneConfigError, match="workers-per-trial"):
+            fit_concurrency(4, {"CPU": 4, "GPU": 1}, cluster)
+    assert fit_concurrency(8, {"CPU": 2}, {"CPU": 4}, can_grow=True)[0] == 1  # a trial fits now: clamped as before
