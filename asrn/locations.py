@@ -26,7 +26,7 @@ class Location:
     __slots__ = ("text",)
 
     def __init__(self, where: str | os.PathLike | Location):
-        self.text = where.text if isinstance(where, Location) else os.fspath(where)
+        self.text = where.text if isinstance(where, Location) else str(os.fspath(where))
         if not self.text:
             raise ValueError("an empty path is not a location")
 
@@ -71,6 +71,11 @@ class Location:
 
     def __str__(self) -> str:
         return self.text
+
+    def __fspath__(self) -> str:
+        """A local location is path-like (open(), Path(), pyarrow take it); a remote one refuses, naming itself,
+        rather than turn into a local path that drops the `//`."""
+        return str(self.path)
 
     def __repr__(self) -> str:
         return f"Location({self.text!r})"
@@ -134,10 +139,10 @@ class Location:
 
     # ---------------------------------------------------------------- writing (atomic ones: asrn.files)
 
-    def make_dirs(self) -> None:
-        """Create the folder (and its parents) on a local disk; object stores have no folders to create."""
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """`Path.mkdir` on a local disk; nothing on an object store, which has no folders to create."""
         if self.is_local:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=parents, exist_ok=exist_ok)
 
     def upload(self, local: str | os.PathLike) -> None:
         """Copy a local file here in one upload: an object store shows the object only once it is complete."""
