@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from asrn.locations import Location
+from asrn.locations import Location, path_or_location
 
 
 @contextmanager
@@ -41,8 +41,7 @@ def write_text(target: str | os.PathLike | Location, text: str) -> Path | Locati
     """`text` into `target`, atomically; returns the target as given (a Path for a local path)."""
     with atomic_output(target) as temporary:
         temporary.write_text(text)
-    where = Location(target)
-    return where if where.is_uri or isinstance(target, Location) else Path(target)
+    return path_or_location(target)
 
 
 def write_json(target: str | os.PathLike | Location, value) -> Path | Location:

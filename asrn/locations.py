@@ -12,6 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -155,3 +158,24 @@ class Location:
         if self.is_file():
             filesystem.delete_file(path)
 
+
+
+def path_or_location(target: str | os.PathLike | Location) -> Path | Location:
+    """What a writer returns for `target`: a Path for a local path given as one (as callers have always had), a
+    Location for a URI or a Location."""
+    where = Location(target)
+    return where if where.is_uri or isinstance(target, Location) else Path(target)
+
+
+@contextmanager
+def local_copy(where: str | os.PathLike | Location) -> Iterator[Path]:
+    """A local path holding the file's content, for libraries that open only local files (MLflow's artifacts): the
+    file itself on a local disk, else a download into a temporary folder, removed afterwards."""
+    where = Location(where)
+    if where.is_local:
+        yield where.path
+        return
+    with tempfile.TemporaryDirectory(prefix="asrn-download-") as folder:
+        copy = Path(folder) / where.name
+        copy.write_bytes(where.read_bytes())
+        yield copy

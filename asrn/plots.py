@@ -18,15 +18,15 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless back
 import numpy as np  # noqa: E402
 
 from asrn.files import atomic_output  # noqa: E402
+from asrn.locations import Location, path_or_location  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike | Location) -> Path | Location:
     fig.tight_layout()
-    path = Path(path)
     with atomic_output(path) as temporary:
         fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return path_or_location(path)
 
 
 def plot_loss_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "ASRN training") -> Path:
