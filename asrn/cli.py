@@ -153,7 +153,8 @@ def _add_tune_arguments(sub) -> None:
     _add_inputs(p, "sweep folder: best_config.json, best.pt, trials.csv, sweep.png")
     p.add_argument("--num-samples", type=int, required=True, help="trials")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once, at most (lowered to fit the cluster)")
-    p.add_argument("--space", type=Path, default=None, help="search space YAML; default: tuning/spaces/default.yaml")
+    p.add_argument("--space", type=Location, default=None,
+                   help="search space YAML, a file or a URI; default: tuning/spaces/default.yaml")
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
                    help="asha stops weak trials early; none runs every trial to the end")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
