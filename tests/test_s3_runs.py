@@ -82,3 +82,24 @@ def test_train_resume_and_predict_with_everything_on_s3(ray_cluster, s3_folder, 
     _, saved = load_checkpoint(checkpoint)
     assert scores["checkpoint"] == checkpoint and saved["path"] == checkpoint
     assert list(scores["scores"]) == list(task_labels("sub")) == saved["labels"]
+
+
+@pytest.mark.ray
+def test_tune_reads_store_and_space_from_s3_and_keeps_its_storage_there(ray_cluster, s3_folder, tmp_path):
+    from asrn.files import write_text
+    from asrn.search_space import DEFAULT_SPACE
+    from asrn.tune import TuneConfig, tune
+
+    local = synthesize_feature_store(tmp_path / "store", num_videos=24, seed=0)
+    features, storage = f"{s3_folder}/features", f"{s3_folder}/tune"
+    filesystem, path = pafs.FileSystem.from_uri(features)
+    pafs.copy_files(str(local), path, destination_filesystem=filesystem)
+    space = write_text(Location(f"{s3_folder}/space.yaml"), (DEFAULT_SPACE.parent / "asha-demo.yaml").read_text())
+    result = tune(TuneConfig(features=features, task="sub", out=tmp_path / "out", num_samples=2, max_concurrent=2,
+                             space=space, scheduler="none", epochs=2, hidden=16, storage=storage, mlflow_uri="none"))
+    assert len(result.trials) == 2 and {t.status for t in result.trials} == {"completed"}
+    assert all(1e-8 <= t.hyperparameters["lr"] <= 1e-2 for t in result.trials)  # the space read from S3
+    kept = _objects(storage)
+    assert any(name.endswith("/tuner.pkl") for name in kept), kept
+    assert any("/checkpoint_" in name and name.endswith("/state.pt") for name in kept), kept
+    assert load_checkpoint(result.checkpoint)[1]["task"] == "sub"
