@@ -2,7 +2,7 @@
 
 A target may be a local path or a URI (asrn.locations). On a local disk each writer writes a temporary file beside
 the target and renames it over the target, which POSIX makes atomic. On an object store, which has no rename, the
-temporary file is local and is uploaded in one piece: the object appears only once the upload is complete.
+temporary file is local and is then uploaded: the object appears only once the upload is complete.
 """
 
 from __future__ import annotations

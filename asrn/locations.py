@@ -89,9 +89,6 @@ class Location:
     def __hash__(self) -> int:
         return hash(self.text)
 
-    def __lt__(self, other: Location) -> bool:
-        return self.text < other.text
-
     # ---------------------------------------------------------------- reading
 
     def filesystem_path(self) -> tuple[pafs.FileSystem, str]:
@@ -148,16 +145,10 @@ class Location:
             self.path.mkdir(parents=parents, exist_ok=exist_ok)
 
     def upload(self, local: str | os.PathLike) -> None:
-        """Copy a local file here in one upload: an object store shows the object only once it is complete."""
+        """Copy a local file here. An object store shows the object only once the upload is complete (one PUT, or a
+        multipart upload's final request), never half of it."""
         filesystem, path = self.filesystem_path()
         pafs.copy_files(os.fspath(local), path, destination_filesystem=filesystem)
-
-    def delete(self) -> None:
-        """Remove this file if it is there."""
-        filesystem, path = self.filesystem_path()
-        if self.is_file():
-            filesystem.delete_file(path)
-
 
 
 def path_or_location(target: str | os.PathLike | Location) -> Path | Location:
