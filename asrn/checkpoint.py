@@ -16,6 +16,7 @@ best_epoch, stale, history.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ import torch
 from asrn.errors import AsrnError
 from asrn.files import atomic_output
 from asrn.labels import TASKS, task_labels
+from asrn.locations import Location, path_or_location
 from asrn.model import ASRN, ModelConfig
 from asrn.store import StoreInfo
 
@@ -41,9 +43,9 @@ class CheckpointError(AsrnError):
     """A file that is not an ASRN checkpoint written by `asrn train` or `asrn tune`."""
 
 
-def write_checkpoint(path: str | Path, model_state: dict, model_config: ModelConfig, train_config: dict, task: str,
-                     store_info: StoreInfo, epoch: int, val_metrics: dict,
-                     thresholds: Sequence[float] | None = None) -> Path:
+def write_checkpoint(path: str | Path | Location, model_state: dict, model_config: ModelConfig, train_config: dict,
+                     task: str, store_info: StoreInfo, epoch: int, val_metrics: dict,
+                     thresholds: Sequence[float] | None = None) -> Path | Location:
     labels = list(task_labels(task))
     thresholds = [0.5] * len(labels) if thresholds is None else [float(t) for t in thresholds]
     if len(thresholds) != len(labels) or not np.isfinite(thresholds).all():
@@ -54,7 +56,7 @@ def write_checkpoint(path: str | Path, model_state: dict, model_config: ModelCon
             "model_config": asdict(model_config), "train_config": train_config, "task": task, "labels": labels,
             "store_info": asdict(store_info), "epoch": epoch, "val_metrics": val_metrics, "thresholds": thresholds,
         }, temporary)
-    return Path(path)
+    return path_or_location(path)
 
 
 def save_training_state(folder: str | os.PathLike, state: dict) -> Path:
@@ -68,15 +70,17 @@ def load_training_state(folder: str | os.PathLike) -> dict:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ASRN, dict]:
-    """The model of a `best.pt` (in eval mode) and the checkpoint dict; CheckpointError for any other file.
+def load_checkpoint(path: str | Path | Location, device: str | torch.device = "cpu") -> tuple[ASRN, dict]:
+    """The model of a `best.pt` (a local path or a URI; in eval mode) and the checkpoint dict; CheckpointError for
+    any other file.
 
     Every entry is checked before use, so a file edited by hand or written by another asrn version is one
     CheckpointError naming the file and the key, never a traceback.
     """
-    path = Path(path)
+    path = Location(path)
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        source = path.path if path.is_local else io.BytesIO(path.read_bytes())
+        checkpoint = torch.load(source, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever torch says, the file is not ours

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from asrn.errors import AsrnError
 from asrn.labels import TASKS
+from asrn.locations import Location
 from asrn.loop import RECIPES
 from asrn.model import VARIANTS
 
@@ -117,9 +118,10 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_inputs(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--features", type=Path, required=True, metavar="DIR", help="feature store (asrn extract's --out)")
+    p.add_argument("--features", type=Location, required=True, metavar="DIR",
+                   help="feature store (asrn extract's --out): a folder or a URI (s3://, gs://, file://)")
     p.add_argument("--task", choices=list(TASKS), required=True, help="relation group(s) to predict")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help=out)
+    p.add_argument("--out", type=Location, required=True, metavar="DIR", help=f"{out}: a folder or a URI")
 
 
 def _add_train_arguments(sub) -> None:
@@ -154,7 +156,8 @@ def _add_tune_arguments(sub) -> None:
     _add_inputs(p, "sweep folder: best_config.json, best.pt, trials.csv, sweep.png")
     p.add_argument("--num-samples", type=int, required=True, help="trials")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once, at most (lowered to fit the cluster)")
-    p.add_argument("--space", type=Path, default=None, help="search space YAML; default: tuning/spaces/default.yaml")
+    p.add_argument("--space", type=Location, default=None,
+                   help="search space YAML, a file or a URI; default: tuning/spaces/default.yaml")
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
                    help="asha stops weak trials early; none runs every trial to the end")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial")
@@ -177,9 +180,10 @@ def _add_predict_arguments(sub) -> None:
     p.add_argument("videos", nargs="*", type=Path, help="video files (or use --manifest)")
     p.add_argument("--manifest", type=Path, default=None, metavar="CSV",
                    help="videos (asrn extract's manifest format) instead of VIDEO paths; default: the VIDEO paths")
-    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt of asrn train or asrn tune")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="scores.json, attention.json, attention.png (a folder per video for several)")
+    p.add_argument("--checkpoint", type=Location, required=True,
+                   help="best.pt of asrn train or asrn tune: a file or a URI (s3://, gs://, file://)")
+    p.add_argument("--out", type=Location, required=True, metavar="DIR",
+                   help="scores.json, attention.json, attention.png (a folder per video for several); a folder or URI")
     p.add_argument("--boxes", type=Path, default=None, metavar="JSON",
                    help="person/face tracks of a single video; default: detect them as asrn extract does")
     p.add_argument("--weights-dir", type=Path, default=None,

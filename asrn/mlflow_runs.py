@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from asrn.files import write_json
+from asrn.locations import Location, local_copy
 
 NO_MLFLOW = "none"
 DEFAULT_EXPERIMENT = "asrn"
@@ -125,12 +126,14 @@ def logged_steps(tracking_uri: str, run_id: str, key: str) -> set[int]:
     return {m.step for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)}
 
 
-def finish_run(tracking_uri: str, run_id: str, status: str, artifacts: list[Path] = ()) -> None:
+def finish_run(tracking_uri: str, run_id: str, status: str, artifacts: Sequence[Path | Location] = ()) -> None:
+    """Log `artifacts` (local paths or URIs: MLflow uploads local files) and end the run with `status`."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     for path in artifacts:
-        client.log_artifact(run_id, str(path))
+        with local_copy(path) as local:
+            client.log_artifact(run_id, str(local))
     client.set_terminated(run_id, status=status)
 
 
@@ -242,7 +245,8 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
-def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path, example, registered_name: str | None = None):
+def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path | Location, example,
+                   registered_name: str | None = None):
     """Log best.pt to the run as an MLflow PyTorch model (`ScoringModel`), with a signature and an input example
     (the first EXAMPLE_STEPS steps of the store video `example`); register it as `registered_name` when given.
     The run is reopened for it (`mlflow.start_run(run_id=...)`), which ends it as FINISHED: log its last metrics

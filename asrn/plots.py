@@ -18,18 +18,19 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless back
 import numpy as np  # noqa: E402
 
 from asrn.files import atomic_output  # noqa: E402
+from asrn.locations import Location, path_or_location  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike | Location) -> Path | Location:
     fig.tight_layout()
-    path = Path(path)
     with atomic_output(path) as temporary:
         fig.savefig(temporary, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return path_or_location(path)
 
 
-def plot_loss_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "ASRN training") -> Path:
+def plot_loss_curves(history: Sequence[dict], path: str | os.PathLike | Location,
+                     title: str = "ASRN training") -> Path | Location:
     """Train and validation loss per epoch (Fig. 8); `history` holds dicts with epoch, train_loss, val_loss."""
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -43,7 +44,8 @@ def plot_loss_curves(history: Sequence[dict], path: str | os.PathLike, title: st
     return _save(fig, path)
 
 
-def plot_per_class(per_class: dict[str, dict], path: str | os.PathLike, title: str = "per-class performance") -> Path:
+def plot_per_class(per_class: dict[str, dict], path: str | os.PathLike | Location,
+                   title: str = "per-class performance") -> Path | Location:
     """F1 and accuracy of each class side by side (Fig. 5); `per_class` is compute_metrics(...)["per_class"]."""
     names = list(per_class)
     x = np.arange(len(names))
@@ -59,8 +61,8 @@ def plot_per_class(per_class: dict[str, dict], path: str | os.PathLike, title: s
     return _save(fig, path)
 
 
-def plot_sweep(trials: Sequence[dict], path: str | os.PathLike, names: Sequence[str],
-               metric: str = "best_val_map", title: str = "sweep") -> Path:
+def plot_sweep(trials: Sequence[dict], path: str | os.PathLike | Location, names: Sequence[str],
+               metric: str = "best_val_map", title: str = "sweep") -> Path | Location:
     """One scatter per hyperparameter against the trials' best val mAP (log x for lr); marker = trial status."""
     markers = {"completed": ("o", "tab:blue"), "stopped_early": ("x", "tab:orange"), "failed": ("s", "tab:red")}
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True, squeeze=False)
@@ -157,11 +159,12 @@ def _draw_scores(bars, scores: dict[str, float], thresholds: dict[str, float], t
     bars.tick_params(axis="y", labelsize=9)
 
 
-def plot_attention(path: str | os.PathLike, keyframes: Sequence[np.ndarray], keyframe_times: Sequence[float],
+def plot_attention(path: str | os.PathLike | Location, keyframes: Sequence[np.ndarray], keyframe_times: Sequence[float],
                    timestamps: np.ndarray, temporal_attention: np.ndarray, modality_attention: np.ndarray,
                    modality_names: Sequence[str], boundary_times: Sequence[float], scores: dict[str, float],
                    thresholds: dict[str, float] | None = None, title: str = "", notes: Sequence[str] = (),
-                   step: float | None = None, top: int = 8, keyframe_shots: Sequence[int] | None = None) -> Path:
+                   step: float | None = None, top: int = 8,
+                   keyframe_shots: Sequence[int] | None = None) -> Path | Location:
     """Paper Fig. 7 and more: keyframes in a row, the temporal attention as a colour bar under them (light = high)
     with an arrow from each keyframe to its time, the modality attention over time (stacked), the top relations.
 
@@ -189,7 +192,6 @@ def plot_attention(path: str | os.PathLike, keyframes: Sequence[np.ndarray], key
     fig.suptitle(title, fontsize=12, x=0.05, ha="left")
     if notes:
         fig.text(0.05, 0.925, "; ".join(notes), fontsize=9, color="firebrick", ha="left")
-    path = Path(path)
     with atomic_output(path) as temporary:
         fig.savefig(temporary, format="png")
-    return path
+    return path_or_location(path)

@@ -40,6 +40,7 @@ from asrn.encoders import PRESETS, Encoder, build_encoders
 from asrn.errors import AsrnError
 from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
 from asrn.files import write_json
+from asrn.locations import Location
 from asrn.loop import check_finite_scores
 from asrn.manifest import read_manifest
 from asrn.model import ASRN
@@ -74,8 +75,8 @@ class PredictFailures(PredictError):
 class PredictConfig:
     """`asrn predict` flags (same names); no Ray cluster: predict runs in this process."""
 
-    checkpoint: Path
-    out: Path
+    checkpoint: Location  # a local file or a URI
+    out: Location  # a local folder or a URI
     videos: list[Path] = field(default_factory=list)
     manifest: Path | None = None
     boxes: Path | None = None  # tracks JSON of the single video
@@ -83,7 +84,7 @@ class PredictConfig:
     threshold: float | None = None  # one threshold for every class; default: the per-class ones in the checkpoint
 
     def __post_init__(self) -> None:
-        self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
+        self.checkpoint, self.out = Location(self.checkpoint), Location(self.out)
         self.videos = [Path(v) for v in self.videos]
         self.manifest = Path(self.manifest) if self.manifest is not None else None
         self.boxes = Path(self.boxes) if self.boxes is not None else None
@@ -335,8 +336,9 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
         warnings=warnings, seconds=time.monotonic() - start)
 
 
-def write_prediction(prediction: VideoPrediction, out: Path) -> dict[str, Path]:
+def write_prediction(prediction: VideoPrediction, out: Path | Location) -> dict[str, Location]:
     """scores.json, attention.json and attention.png of one video in `out`."""
+    out = Location(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {name: out / name for name in OUTPUT_FILES}
     write_json(files["scores.json"], prediction.scores_json())

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from asrn.errors import AsrnError
+from asrn.locations import Location
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tuning" / "spaces" / "default.yaml"
 
@@ -172,13 +173,15 @@ def _string_number_hint(*values: Any) -> str:
     return ""
 
 
-def load_search_space(path: str | os.PathLike | None = None) -> dict[str, Dimension]:
-    """Parse and check a search space YAML (default: tuning/spaces/default.yaml)."""
-    path = Path(path) if path is not None else DEFAULT_SPACE
-    if not path.is_file():
-        raise SearchSpaceError(f"{path}: search space file not found")
+def load_search_space(path: str | os.PathLike | Location | None = None) -> dict[str, Dimension]:
+    """Parse and check a search space YAML, a local file or a URI (default: tuning/spaces/default.yaml)."""
+    path = Location(path if path is not None else DEFAULT_SPACE)
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader subclass
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise SearchSpaceError(f"{path}: search space file not found") from e
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass
     except _DuplicateKey as e:
         raise SearchSpaceError(f"{path}: {e}") from e
     except yaml.MarkedYAMLError as e:

@@ -21,18 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from asrn.locations import Location
 from asrn.sequence import Batch, collate
-from asrn.store import FeatureStoreError, VideoFeatures, part_files, table_to_videos
+from asrn.store import FeatureStoreError, VideoFeatures, data_files, read_part, table_to_videos
 
 BUCKET = 8  # batches per length-sorted chunk
 
 
-def store_megabytes(store_dir: str | os.PathLike) -> float:
+def store_megabytes(store_dir: str | os.PathLike | Location) -> float:
     """Size of the store's data files in MB (10^6 bytes): what decides between direct reads and Ray Data."""
-    return sum(f.stat().st_size for f in part_files(store_dir)) / 1e6
+    return sum(f.size() for f in data_files(store_dir)) / 1e6
 
 
 def shard_positions(n: int, rank: int, world: int) -> np.ndarray:
@@ -43,21 +43,22 @@ def shard_positions(n: int, rank: int, world: int) -> np.ndarray:
     return np.arange(rank, per * world, world, dtype=np.int64) % n
 
 
-def read_split(store_dir: str | os.PathLike, split: str, rank: int = 0, world: int = 1) -> list[VideoFeatures]:
+def read_split(store_dir: str | os.PathLike | Location, split: str, rank: int = 0,
+               world: int = 1) -> list[VideoFeatures]:
     """The videos of `split` for `rank` of `world` (`shard_positions` over the ids sorted), read with pyarrow.
 
     Reads the video_id column first, then only the rows of this shard, one part file at a time (files written
-    before a column was added still read).
+    before a column was added still read). The store is a local folder or a URI, opened by the calling process.
     """
-    files = [str(f) for f in part_files(store_dir)]  # path strings: a filesystem URI later is a small change
+    files = data_files(store_dir)
     in_split = [("split", "=", split)]
-    ids = sorted(i for f in files for i in pq.read_table(f, columns=["video_id"], filters=in_split)
+    ids = sorted(i for f in files for i in read_part(f, columns=["video_id"], filters=in_split)
                  .column("video_id").to_pylist())
     if not ids:
         raise FeatureStoreError(f"{store_dir}: no videos in split {split}")
     mine = [ids[p] for p in shard_positions(len(ids), rank, world)]
     wanted = sorted(set(mine))
-    tables = [pq.read_table(f, filters=[*in_split, ("video_id", "in", wanted)]) for f in files]
+    tables = [read_part(f, filters=[*in_split, ("video_id", "in", wanted)]) for f in files]
     by_id = {v.video_id: v for v in table_to_videos(pa.concat_tables(tables, promote_options="permissive"))}
     return [by_id[i] for i in mine]
 

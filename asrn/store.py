@@ -11,6 +11,7 @@ Layout of a store folder DIR:
   DIR/errors/*.parquet video_id, path, stage, error, message
   DIR/.lock            while a writer runs: {"pid", "host", "token", "since"} (`writer_lock`)
   DIR/_staging/        a whole new store being built by `asrn extract --overwrite`, swapped in when complete
+Readers take a local folder or a URI (asrn.locations: `s3://bucket/features`, ...); writers a local folder for now.
 Every file is written to a temporary name and renamed, so a crash never leaves a half-written file
 that a reader would take for data (readers ignore names starting with `.` or `_`). The store owns only the
 files named `part-*.parquet` (data and errors), features.json, .lock and _staging/: writers never touch others.
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 
 from asrn.errors import AsrnError
 from asrn.files import write_json
+from asrn.locations import Location
 
 MODALITIES: tuple[str, ...] = ("rgb", "motion", "body", "face")
 INFO_FILE = "features.json"
@@ -280,12 +282,14 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def read_info(store_dir: str | os.PathLike) -> StoreInfo:
-    path = Path(store_dir) / INFO_FILE
-    if not path.is_file():
-        raise FeatureStoreError(f"{path}: not found; is {store_dir} a feature store written by `asrn extract`?")
+def read_info(store_dir: str | os.PathLike | Location) -> StoreInfo:
+    path = Location(store_dir) / INFO_FILE
     try:
-        raw = json.loads(path.read_text(), parse_constant=_refuse_constant)
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise FeatureStoreError(f"{path}: not found; is {store_dir} a feature store written by `asrn extract`?") from e
+    try:
+        raw = json.loads(text, parse_constant=_refuse_constant)
         info = StoreInfo(**raw)
     except (ValueError, TypeError) as e:
         raise FeatureStoreError(f"{path}: malformed ({e})") from e
@@ -293,22 +297,33 @@ def read_info(store_dir: str | os.PathLike) -> StoreInfo:
     return info
 
 
-def part_files(store_dir: str | os.PathLike) -> list[Path]:
-    """The data files of a store, sorted; temporary and hidden files are not data."""
-    store = Path(store_dir)
+def data_files(store_dir: str | os.PathLike | Location) -> list[Location]:
+    """The data files of a store (a local folder or a URI prefix), sorted; temporary and hidden files are not data."""
+    store = Location(store_dir)
     if not store.is_dir():
         raise FeatureStoreError(f"{store}: feature store folder not found")
-    return sorted(p for p in store.glob("*.parquet") if not p.name.startswith((".", "_")))
+    return [f for f in store.files(".parquet") if not f.name.startswith((".", "_"))]
 
 
-def read_table(store_dir: str | os.PathLike, splits: Iterable[str] | None = None) -> pa.Table:
-    files = part_files(store_dir)
+def part_files(store_dir: str | os.PathLike) -> list[Path]:
+    """`data_files` of a store on a local disk, as paths (what the writers, local for now, work with)."""
+    return [f.path for f in data_files(store_dir)]
+
+
+def read_part(file: Location, **options) -> pa.Table:
+    """One Parquet file of a store, wherever it is; `options` as for `pq.read_table` (columns, filters)."""
+    filesystem, path = file.filesystem_path()
+    return pq.read_table(path, filesystem=filesystem, **options)
+
+
+def read_table(store_dir: str | os.PathLike | Location, splits: Iterable[str] | None = None) -> pa.Table:
+    files = data_files(store_dir)
     if not files:
         raise FeatureStoreError(f"{store_dir}: holds no Parquet data files")
     tables = []
     for f in files:
         try:
-            tables.append(pq.read_table(f))
+            tables.append(read_part(f))
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise FeatureStoreError(f"{f}: unreadable Parquet ({e})") from e
     table = pa.concat_tables(tables, promote_options="permissive")
@@ -318,7 +333,7 @@ def read_table(store_dir: str | os.PathLike, splits: Iterable[str] | None = None
     return table
 
 
-def load_videos(store_dir: str | os.PathLike, splits: Iterable[str] | None = None) -> list[VideoFeatures]:
+def load_videos(store_dir: str | os.PathLike | Location, splits: Iterable[str] | None = None) -> list[VideoFeatures]:
     """Read every video of the store (optionally of some splits), checking dims against features.json."""
     info = read_info(store_dir)
     videos = table_to_videos(read_table(store_dir, splits))
@@ -331,21 +346,21 @@ def load_videos(store_dir: str | os.PathLike, splits: Iterable[str] | None = Non
     return videos
 
 
-def read_errors(store_dir: str | os.PathLike) -> pa.Table:
-    folder = Path(store_dir) / ERRORS_DIR
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))) if folder.is_dir() else []
+def read_errors(store_dir: str | os.PathLike | Location) -> pa.Table:
+    folder = Location(store_dir) / ERRORS_DIR
+    files = [f for f in folder.files(".parquet") if not f.name.startswith((".", "_"))]
     if not files:
         return ERRORS_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([read_part(f) for f in files])
 
 
-def done_video_ids(store_dir: str | os.PathLike) -> set[str]:
+def done_video_ids(store_dir: str | os.PathLike | Location) -> set[str]:
     """Ids already written to the store (for resuming an extraction)."""
     ids: set[str] = set()
-    if not Path(store_dir).is_dir():
+    if not Location(store_dir).is_dir():
         return ids
-    for f in part_files(store_dir):
-        ids.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+    for f in data_files(store_dir):
+        ids.update(read_part(f, columns=["video_id"]).column("video_id").to_pylist())
     return ids
 
 
@@ -405,38 +420,39 @@ def input_statistics(videos: Iterable[VideoFeatures],
     return stats
 
 
-def feature_statistics(store_dir: str | os.PathLike, split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def feature_statistics(store_dir: str | os.PathLike | Location,
+                       split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """`input_statistics` of one split of a store, streaming the part files one at a time (over the encoded steps
     only, when features.json says that only some were encoded)."""
-    window = encoded_window(read_info(store_dir)) if (Path(store_dir) / INFO_FILE).is_file() else None
-    return input_statistics((video for f in part_files(store_dir)
-                             for video in table_to_videos(pq.read_table(f, filters=[("split", "=", split)]))), window)
+    window = encoded_window(read_info(store_dir)) if (Location(store_dir) / INFO_FILE).is_file() else None
+    return input_statistics((video for f in data_files(store_dir)
+                             for video in table_to_videos(read_part(f, filters=[("split", "=", split)]))), window)
 
 
 INPUT_STATS_KEY = "input_stats"  # StoreInfo.extra[INPUT_STATS_KEY]: the train split's statistics, cached
 
 
-def split_fingerprint(store_dir: str | os.PathLike, split: str = "train") -> dict:
+def split_fingerprint(store_dir: str | os.PathLike | Location, split: str = "train") -> dict:
     """What cached statistics were computed over: the split's video count and a sha256 of its sorted video ids.
 
     A store whose split changed (rows moved between splits, videos added by a resumed extract) has another one.
     """
     ids: list[str] = []
-    for f in part_files(store_dir):
-        table = pq.read_table(f, columns=["video_id"], filters=[("split", "=", split)])
+    for f in data_files(store_dir):
+        table = read_part(f, columns=["video_id"], filters=[("split", "=", split)])
         ids += table.column("video_id").to_pylist()
     digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
     return {"split": split, "num_videos": len(ids), "video_ids_sha256": digest}
 
 
-def input_stats_record(store_dir: str | os.PathLike, split: str = "train") -> dict:
+def input_stats_record(store_dir: str | os.PathLike | Location, split: str = "train") -> dict:
     """The split's `feature_statistics` with its `split_fingerprint`, as JSON for features.json."""
     stats = feature_statistics(store_dir, split)
     return {**split_fingerprint(store_dir, split),
             "stats": {m: {"mean": mean.tolist(), "std": std.tolist()} for m, (mean, std) in sorted(stats.items())}}
 
 
-def cached_input_statistics(store_dir: str | os.PathLike, info: StoreInfo | None = None,
+def cached_input_statistics(store_dir: str | os.PathLike | Location, info: StoreInfo | None = None,
                             split: str = "train") -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """The statistics cached in features.json when they were computed over the split as it is now, else None."""
     info = info or read_info(store_dir)
@@ -456,7 +472,7 @@ def cached_input_statistics(store_dir: str | os.PathLike, info: StoreInfo | None
     return stats if shapes_ok else None
 
 
-def train_input_statistics(store_dir: str | os.PathLike,
+def train_input_statistics(store_dir: str | os.PathLike | Location,
                            info: StoreInfo | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
     """The train split's input statistics and whether they came from features.json (else computed now)."""
     cached = cached_input_statistics(store_dir, info, "train")
@@ -600,11 +616,11 @@ def _finish_swap(store: Path) -> list[Path]:
     return [store / name for name in names]
 
 
-def stored_splits_labels(store_dir: str | os.PathLike) -> dict[str, tuple[str, list[str]]]:
+def stored_splits_labels(store_dir: str | os.PathLike | Location) -> dict[str, tuple[str, list[str]]]:
     """video_id -> (split, labels) as stored, reading only those columns."""
     found: dict[str, tuple[str, list[str]]] = {}
-    for f in part_files(store_dir):
-        table = pq.read_table(f, columns=["video_id", "split", "labels"])
+    for f in data_files(store_dir):
+        table = read_part(f, columns=["video_id", "split", "labels"])
         for video_id, split, labels in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
             found[video_id] = (split, list(labels or []))
     return found

@@ -28,6 +28,11 @@ restarted worker group repeats epochs since its last checkpoint; the driver logs
 it runs (where psutil is installed), and after `fit()` the test metrics, the artifacts and best.pt as an MLflow
 PyTorch model (asrn.mlflow_runs.log_best_model), registered under `--register-model NAME` when given.
 
+Locations: --features, --out and --storage may each be a local folder or a URI (`s3://`, `gs://`, `file://`; see
+asrn.locations). The workers open the store by its URI themselves (or its absolute path: a local store must then be
+on every node's disk); the outputs are written through asrn.files, atomically where the filesystem allows it, and
+`--resume` reads ray_run.json from --out wherever that is.
+
 Console: the driver prints how far loading the store has got, the Train controller one line per epoch with elapsed
 time and ETA; Ray's routine lines stay in its log files unless `verbose` (asrn.console).
 
@@ -63,6 +68,7 @@ from asrn.console import quiet_ray_console, ray_runtime_env
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
+from asrn.locations import Location
 from asrn.loop import (
     RECIPES,
     NonFiniteLossError,
@@ -84,9 +90,10 @@ from asrn.store import (
     StoreInfo,
     VideoFeatures,
     check_encoded_window,
+    data_files,
     load_videos,
-    part_files,
     read_info,
+    read_part,
     row_schema,
     table_to_videos,
     train_input_statistics,
@@ -115,9 +122,9 @@ class TrainConfig:
     The fields of RECIPE_FIELDS left at None take the recipe's value, so `config.json` holds what really ran.
     """
 
-    features: Path
+    features: Location  # a local folder or a URI
     task: str
-    out: Path
+    out: Location  # a local folder or a URI
     variant: str = "asrn"
     recipe: str = "default"
     num_workers: int = 1
@@ -144,7 +151,7 @@ class TrainConfig:
     # larger ones stream through Ray Data; 0: always Ray Data
 
     def __post_init__(self) -> None:
-        self.features, self.out = Path(self.features), Path(self.out)
+        self.features, self.out = Location(self.features), Location(self.out)
         if self.task not in TASKS:
             raise UnknownTaskError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.variant not in VARIANTS:
@@ -170,7 +177,7 @@ class TrainConfig:
             raise TrainConfigError("--register-model: the registered model's name is empty")
 
     def to_dict(self) -> dict:
-        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
+        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path | Location) else v for f in fields(self)}
 
     def effective_recipe(self) -> Recipe:
         """The named recipe with this run's overrides (and a cosine schedule over this run's epochs)."""
@@ -195,7 +202,7 @@ class LoopConfig:
     checkpoint_every: int
     fault: str | None = None  # FAULT_ENV's value on the driver (tests only)
     verbose: bool = False  # Ray's routine lines on the console too
-    store: str | None = None  # direct reads (asrn.shards): the store's folder; None: Ray Data's dataset shards
+    store: str | None = None  # direct reads (asrn.shards): the store's URI or absolute path; None: Ray Data's shards
 
 
 def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
@@ -212,14 +219,14 @@ def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
 class TrainResult:
     """What `train` produced: where the outputs are and the metrics of the best checkpoint."""
 
-    out: Path
-    checkpoint: Path  # best.pt
+    out: Location
+    checkpoint: Path | Location  # best.pt
     best_epoch: int
     metrics: dict  # {"val": ..., "test": ..., "test_at_val_thresholds": ...} (compute_metrics dicts)
     history: list[dict]  # per-epoch reported metrics, all epochs of the run (resumed ones included)
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path | Location] = field(default_factory=dict)
     model_uri: str | None = None  # best.pt as an MLflow model (models:/<model id>)
 
 
@@ -234,14 +241,15 @@ def check_videos(videos, dims: dict[str, int], where: str) -> None:
                 raise FeatureStoreError(f"{where}: video {v.video_id!r} has {m} dim {d}, features.json says {dims[m]}")
 
 
-def _count_part(path: Path, counts: dict[str, int], info: StoreInfo, seen: dict[str, Path]) -> None:
+def _count_part(path: Location, counts: dict[str, int], info: StoreInfo, seen: dict[str, Location]) -> None:
     """Check one part file's columns, splits, labels and first row's dims; add its videos to `counts` and `seen`
     (video_id -> file), refusing a video id already seen, in this file or another, in any split."""
-    names = pq.read_schema(path).names
+    filesystem, where = path.filesystem_path()
+    names = pq.read_schema(where, filesystem=filesystem).names
     missing = [c for c in row_schema().names if c not in names]
     if missing:
         raise FeatureStoreError(f"{path}: lacks column(s) {', '.join(missing)}")
-    table = pq.read_table(path, columns=["video_id", "split", "labels"])
+    table = read_part(path, columns=["video_id", "split", "labels"])
     for video_id, split, labels in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
         if split not in counts:
             raise FeatureStoreError(f"{path}: video {video_id!r} has split {split!r}, expected one of "
@@ -257,12 +265,12 @@ def _count_part(path: Path, counts: dict[str, int], info: StoreInfo, seen: dict[
                 check_label(name)
             except ValueError as e:
                 raise type(e)(f"{path}: video {video_id!r}: {e}") from e
-    first = next(pq.ParquetFile(path).iter_batches(batch_size=1), None)
+    first = next(pq.ParquetFile(where, filesystem=filesystem).iter_batches(batch_size=1), None)
     if first is not None and first.num_rows:
         check_videos(table_to_videos(pa.Table.from_batches([first])), info.dims, str(path))
 
 
-def check_store(features: Path, task: str, say: Callable[[str], None] | None = None,
+def check_store(features: str | os.PathLike | Location, task: str, say: Callable[[str], None] | None = None,
                 every: float = 5.0) -> tuple[StoreInfo, dict[str, int]]:
     """Refuse a store training cannot use; return its info and the number of videos per split.
 
@@ -271,12 +279,12 @@ def check_store(features: Path, task: str, say: Callable[[str], None] | None = N
     """
     started = last = time.monotonic()
     info = read_info(features)
-    check_encoded_window(info, WINDOW, str(Path(features) / INFO_FILE))  # training forms its sequences with WINDOW
-    files = part_files(features)
+    check_encoded_window(info, WINDOW, str(Location(features) / INFO_FILE))  # training forms sequences with WINDOW
+    files = data_files(features)
     if not files:
         raise FeatureStoreError(f"{features}: holds no Parquet data files")
     counts = dict.fromkeys(SPLITS, 0)
-    seen: dict[str, Path] = {}
+    seen: dict[str, Location] = {}
     for i, path in enumerate(files, 1):
         _count_part(path, counts, info, seen)
         if say and i < len(files) and time.monotonic() - last >= every:
@@ -487,7 +495,7 @@ def loop_config_for(config: TrainConfig, info: StoreInfo, input_stats: dict | No
 
 
 def storage_path(config: TrainConfig) -> str:
-    return config.storage or str((config.out / "ray_results").resolve())
+    return config.storage or str((config.out / "ray_results").absolute())
 
 
 def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.train.UserCallback] = (),
@@ -515,7 +523,7 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
         say(f"store [{step}/{steps}]: {megabytes:.1f} MB, at most --direct-read-max-mb {config.direct_read_max_mb}: "
             "each worker reads its train shard and the val split itself")
     else:
-        files = [str(f.resolve()) for f in part_files(config.features)]
+        files = [str(f.absolute()) for f in data_files(config.features)]  # read by Ray Data's tasks, on any node
         # materialized once, so that epochs re-split blocks in the object store rather than re-read the files
         ray.data.DataContext.get_current().enable_progress_bars = config.verbose
     for split in splits:
@@ -535,7 +543,7 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
     say(f"store: loaded in {time.monotonic() - started:.1f} s{took}; starting {config.num_workers} Ray Train "
         "worker(s)")
     loop_config = loop_config_for(config, info, input_stats)
-    loop_config.store = str(config.features.resolve()) if direct else None
+    loop_config.store = str(config.features.absolute()) if direct else None  # each worker opens it itself
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -609,14 +617,14 @@ def _run_name(config: TrainConfig) -> str:
 class BestModelReport:
     """best.pt and its scores: val and test at 0.5, test at the per-class thresholds chosen on val."""
 
-    checkpoint: Path
+    checkpoint: Path | Location
     metrics: dict
-    predictions: Path
-    per_class_plot: Path
+    predictions: Location
+    per_class_plot: Path | Location
     example: VideoFeatures  # a val video, for the input example of the MLflow model
 
 
-def _write_predictions(columns: dict[str, list], labels: list[str], path: Path) -> Path:
+def _write_predictions(columns: dict[str, list], labels: list[str], path: Location) -> Location:
     schema = pa.schema([("video_id", pa.string()), ("split", pa.string()), ("labels", pa.list_(pa.string())),
                         *[(name, pa.float32()) for name in labels]])
     with atomic_output(path) as temporary:
@@ -624,11 +632,13 @@ def _write_predictions(columns: dict[str, list], labels: list[str], path: Path) 
     return path
 
 
-def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: Path) -> BestModelReport:
+def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: str | os.PathLike | Location
+                      ) -> BestModelReport:
     """Write best.pt from a training state (thresholds chosen on val), score val and test, write the outputs.
 
     Shared by `asrn train` and `asrn tune` (for its best trial), so both report the same figures.
     """
+    out = Location(out)
     labels = list(task_labels(config.task))
     model = ASRN(config.model_config(info.dims))
     model.load_state_dict(state["model"])

@@ -54,6 +54,7 @@ from asrn.checkpoint import load_training_state
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError
+from asrn.locations import Location
 from asrn.loop import RECIPES
 from asrn.plots import plot_sweep
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
@@ -90,12 +91,12 @@ class TuneConfig:
     `patience` has no flag: library callers and tests set it; `hidden` and `patience` default to the recipe's.
     """
 
-    features: Path
+    features: Location  # a local folder or a URI
     task: str
     out: Path
     num_samples: int
     max_concurrent: int = 2
-    space: Path | None = None  # default tuning/spaces/default.yaml
+    space: Location | None = None  # a local file or a URI; default tuning/spaces/default.yaml
     scheduler: str = "asha"  # asha | none
     workers_per_trial: int = 1
     use_gpu: bool = False
@@ -116,8 +117,11 @@ class TuneConfig:
     reduction_factor: int = 3  # ASHA: keep the top 1/reduction_factor at each rung
 
     def __post_init__(self) -> None:
-        self.features, self.out = Path(self.features), Path(self.out)
-        self.space = Path(self.space) if self.space is not None else None
+        if Location(self.out).is_uri and not Location(self.out).is_local:
+            raise TuneConfigError(f"--out {self.out}: a sweep's outputs go to a local folder for now; its Tune and "
+                                  "Train storage (--storage) may be a URI")
+        self.features, self.out = Location(self.features), Path(self.out)
+        self.space = Location(self.space) if self.space is not None else None
         if self.task not in TASKS:
             raise UnknownTaskError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.scheduler not in ("asha", "none"):
@@ -137,7 +141,7 @@ class TuneConfig:
             raise TuneConfigError("--register-model: the registered model's name is empty")
 
     def to_dict(self) -> dict:
-        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
+        return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path | Location) else v for f in fields(self)}
 
     def train_config(self, storage: str) -> TrainConfig:
         """The `asrn train` config every trial starts from (its hyperparameters then override TUNED)."""

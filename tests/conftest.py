@@ -1,8 +1,11 @@
-"""Shared fixtures: one real local Ray cluster per test session (CPU only), tmp folders."""
+"""Shared fixtures: one real local Ray cluster and one S3-compatible server per test session (CPU only), tmp folders."""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,9 +16,50 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+S3_BUCKET = "asrn-test"
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster shared by every `@pytest.mark.ray` test of the session."""
+def s3_server():
+    """A real S3-compatible HTTP server (moto's, in server mode) on 127.0.0.1, with bucket S3_BUCKET.
+
+    Its endpoint and credentials go into the standard AWS variables of this process, as a user would set them;
+    Ray's local cluster (`ray_cluster`) starts after them, so its workers inherit them.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "asrn-test",
+                "AWS_SECRET_ACCESS_KEY": "asrn-test", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield f"s3://{S3_BUCKET}"
+    server.stop()
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def s3_folder(s3_server, request) -> str:
+    """A fresh `s3://` prefix in the test server's bucket, for one test."""
+    return f"{s3_server}/{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A real local Ray cluster shared by every `@pytest.mark.ray` test of the session (its workers see the S3
+    server's variables: they inherit the environment the cluster starts in)."""
     import ray
 
     # the dashboard serves the State API that Train V2's PlacementGroupCleaner needs when Tune stops a trial;

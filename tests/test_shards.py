@@ -26,6 +26,19 @@ def test_shards_are_equal_and_cover_every_video(n, world):
     assert set(np.concatenate(shards).tolist()) == set(range(n))
 
 
+def test_a_store_on_s3_gives_each_rank_the_same_shard_as_the_local_one(store, s3_folder):
+    import pyarrow.fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(f"{s3_folder}/store")
+    pafs.copy_files(str(store), path, destination_filesystem=filesystem)
+    remote = f"{s3_folder}/store"
+    assert store_megabytes(remote) == store_megabytes(store)
+    for rank in range(2):
+        here, there = read_split(store, "train", rank, 2), read_split(remote, "train", rank, 2)
+        assert [v.video_id for v in there] == [v.video_id for v in here]
+        np.testing.assert_array_equal(there[-1].features["face"], here[-1].features["face"])
+
+
 def test_read_split_gives_each_rank_its_shard_of_the_sorted_ids(store):
     train = sorted(v.video_id for v in load_videos(store, splits=["train"]))
     shards = [read_split(store, "train", rank, 2) for rank in range(2)]

@@ -92,3 +92,37 @@ def test_interrupted_swap_is_finished_and_unfinished_staging_dropped(tmp_path):
     assert "finished" in store.recover_staging(tmp_path)
     assert store.done_video_ids(tmp_path) == {"new"} and store.read_info(tmp_path).preset == "lite"
     assert (tmp_path / "notes.txt").exists() and not staging.exists()
+
+
+def _upload(folder, uri: str) -> str:
+    """A copy of a local store at `uri` (on the test session's S3 server), as a user would upload one."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(folder), path, destination_filesystem=filesystem)
+    return uri
+
+
+def test_a_store_on_s3_reads_as_the_local_one(tmp_path, s3_folder):
+    videos = [_video("a", 5, seed=1), _video("b", 2, "val", seed=2)]
+    store.write_videos(tmp_path, videos)
+    store.write_info(tmp_path, StoreInfo("lite", DIMS, 2.0))
+    store.write_errors(tmp_path, [{"video_id": "x", "path": "/x.mp4", "stage": "decode", "error": "E", "message": "m"}])
+    remote = _upload(tmp_path, f"{s3_folder}/features")
+    assert store.read_info(remote) == store.read_info(tmp_path)
+    assert [f.name for f in store.data_files(remote)] == [p.name for p in store.part_files(tmp_path)]
+    here = {v.video_id: v for v in store.load_videos(tmp_path)}
+    there = {v.video_id: v for v in store.load_videos(remote)}
+    assert here.keys() == there.keys() == {"a", "b"}
+    for video_id, v in there.items():
+        np.testing.assert_array_equal(v.features["rgb"], here[video_id].features["rgb"])
+    assert store.read_errors(remote).column("video_id").to_pylist() == ["x"]
+    assert store.done_video_ids(remote) == {"a", "b"}
+    assert store.split_fingerprint(remote) == store.split_fingerprint(tmp_path)
+
+
+def test_a_missing_store_on_s3_is_named_with_its_uri(s3_folder):
+    with pytest.raises(FeatureStoreError, match=f"^{s3_folder}/features/features.json: not found"):
+        store.read_info(f"{s3_folder}/features")
+    with pytest.raises(FeatureStoreError, match=f"^{s3_folder}/features: feature store folder not found"):
+        store.data_files(f"{s3_folder}/features")
