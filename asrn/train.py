@@ -80,7 +80,6 @@ from asrn.loop import (
 )
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
-from asrn.plots import plot_loss_curves, plot_per_class
 from asrn.sequence import WINDOW, Batch, collate
 from asrn.shards import ResidentSplit, read_split, store_megabytes
 from asrn.store import (
@@ -663,6 +662,8 @@ def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: st
     checkpoint = write_checkpoint(out / "best.pt", state["model"], config.model_config(info.dims), config.to_dict(),
                                   config.task, info, state["epoch"], state["history"][-1], thresholds.tolist())
     write_json(out / "metrics.json", metrics)
+    from asrn.plots import plot_per_class  # here, not at the top: Train workers and controllers import this module
+
     per_class = plot_per_class(metrics["test"]["per_class"], out / "per_class.png",
                                title=f"test F1 and accuracy per class (epoch {state['epoch']})")
     return BestModelReport(checkpoint, metrics, _write_predictions(columns, labels, out / "predictions.parquet"),
@@ -746,6 +747,8 @@ def _train_and_report(config: TrainConfig, run_name: str, info: StoreInfo, count
     with best_ckpt.as_directory() as folder:
         best_state = load_training_state(folder)
     best = report_best_model(best_state, config, info, config.out)
+    from asrn.plots import plot_loss_curves  # matplotlib only in the driver (see report_best_model)
+
     loss_curves = plot_loss_curves(history, config.out / "loss_curves.png",
                                    title=f"ASRN ({config.variant}, {config.task}) loss")
     files = {"config": config.out / "config.json", "checkpoint": best.checkpoint,

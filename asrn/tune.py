@@ -56,7 +56,6 @@ from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError
 from asrn.locations import Location
 from asrn.loop import RECIPES
-from asrn.plots import plot_sweep
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
 from asrn.store import StoreInfo, train_input_statistics
 from asrn.train import (
@@ -482,14 +481,13 @@ def _check_sweep(config: TuneConfig) -> Sweep:
     info, counts = check_store(config.features, config.task, say=lambda message: print(message, flush=True))
     storage = _tune_storage(config)
     sweep = Sweep(config, space, info, counts, storage, config.train_config(storage).to_dict())
-    if "://" not in storage:
-        exists = (Path(sweep.sweep_dir) / "tuner.pkl").is_file()
-        if config.resume and not exists:
-            raise TuneConfigError(f"--resume: no sweep in {sweep.sweep_dir}; is {config.out} the --out of an "
-                                  "earlier sweep?")
-        if not config.resume and Path(sweep.sweep_dir).exists():
-            raise TuneConfigError(f"{sweep.sweep_dir} already holds a sweep: continue it with --resume or pick a "
-                                  "new --out")
+    sweep_dir = Location(sweep.sweep_dir)
+    if config.resume and not (sweep_dir / "tuner.pkl").is_file():
+        raise TuneConfigError(f"--resume: no sweep in {sweep_dir}; is {config.out} the --out of an earlier sweep "
+                              "(and --storage its storage)?")
+    if not config.resume and sweep_dir.exists():
+        raise TuneConfigError(f"{sweep_dir} already holds a sweep: continue it with --resume or pick a new --out "
+                              "(or --storage)")
     return sweep
 
 
@@ -591,6 +589,8 @@ def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], repor
 
 def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
     """Write best.pt (scored on val and test), best_config.json, trials.csv, sweep.png; log the parent run."""
+    from asrn.plots import plot_sweep  # matplotlib only in the driver: trial actors import this module
+
     config = sweep.config
     trials = _collect_trials(sweep, results)
     best = next(t for t in trials if t.scored)

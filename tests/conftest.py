@@ -56,6 +56,23 @@ def s3_folder(s3_server, request) -> str:
     return f"{s3_server}/{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:6]}"
 
 
+def s3_objects(prefix: str) -> dict[str, float]:
+    """{path under `prefix`: modification time (s)} of every object under an `s3://` prefix (or a local folder)."""
+    import pyarrow.fs as pafs
+
+    from asrn.locations import Location
+
+    filesystem, path = Location(prefix).filesystem_path()
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return {f.path[len(path):].lstrip("/"): f.mtime.timestamp() for f in found if f.type == pafs.FileType.File}
+
+
+@pytest.fixture(scope="session")
+def s3_listing():
+    """`s3_objects` for the tests (a fixture, since test modules do not import conftest)."""
+    return s3_objects
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """A real local Ray cluster shared by every `@pytest.mark.ray` test of the session (its workers see the S3

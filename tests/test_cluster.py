@@ -498,14 +498,23 @@ def _node_ports() -> list[str]:
 
 
 @pytest.mark.ray
-def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path):
+def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_folder, s3_listing):
     """A fresh autoscaling cluster: a head with `--num-cpus 0` and no workers. `asrn tune` warns and queues its
     trial (it used to refuse); a worker node joins with `ray start --address` (what the autoscaler would do) and
-    the sweep finishes. Every process here carries a marker in its environment and is stopped by it."""
-    from asrn.cli import main
+    the sweep finishes. Every process here carries a marker in its environment and is stopped by it.
 
-    features = tmp_path / "features"
-    assert main(["synth", "features", "--out", str(features), "--num-videos", "24", "--seed", "0"]) == 0
+    Two nodes that share no disk, as far as one machine allows: the store and the storage are on the session's S3
+    server (the local copy of the store is deleted), the head offers no CPU so every trial, Train worker and read
+    runs on the second node, and that node starts in its own working, home and temporary folders."""
+    from asrn.cli import main
+    from asrn.locations import Location
+
+    local = tmp_path / "features"
+    assert main(["synth", "features", "--out", str(local), "--num-videos", "24", "--seed", "0"]) == 0
+    features, storage = f"{s3_folder}/features", f"{s3_folder}/storage"
+    Location(features).upload(local)
+    shutil.rmtree(local)
+    elsewhere = Path(tempfile.mkdtemp(prefix="asrn-node2-"))  # the second node's working and temporary folders
     state = Path(tempfile.mkdtemp(prefix="asrn-q-", dir="/tmp"))  # short: Ray's socket paths live under it
     gcs = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_"))}
@@ -518,9 +527,9 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path):
               "--num-gpus", "0", "--object-store-memory", "200000000"]
     started: list[subprocess.Popen] = []
 
-    def start(name: str, args: list[str]) -> subprocess.Popen:
+    def start(name: str, args: list[str], cwd: Path = tmp_path, **extra_env: str) -> subprocess.Popen:
         log = (state / f"{name}.log").open("w")
-        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, env={**env, **extra_env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         started.append(proc)
         return proc
@@ -541,18 +550,21 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path):
         out = tmp_path / "out"
         driver_log = state / "driver.log"
         driver = start("driver", [
-            str(VENV_BIN / "asrn"), "tune", "--features", str(features), "--task", "sub", "--out", str(out),
+            str(VENV_BIN / "asrn"), "tune", "--features", features, "--storage", storage, "--task", "sub",
+            "--out", str(out),
             "--num-samples", "1", "--max-concurrent", "1", "--epochs", "1", "--hidden", "16",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment-name", "test-queue",
             "--address", gcs])
         wait_for("the warning", lambda: "queue until nodes join" in driver_log.read_text(), "driver")
         assert "the cluster has 0" in driver_log.read_text()
         start("worker", [str(VENV_BIN / "ray"), "start", "--address", gcs, "--num-cpus", "2", *common,
-                         *_node_ports()])
+                         *_node_ports()], cwd=elsewhere, TMPDIR=str(elsewhere), HOME=str(elsewhere))
         driver.wait(timeout=900)
         console = driver_log.read_text()
         assert driver.returncode == 0, console[-4000:]
         assert (out / "best.pt").is_file() and (out / "trials.csv").is_file()
+        kept = s3_listing(storage)
+        assert "sweep/tuner.pkl" in kept and any(k.startswith("trials/") and k.endswith("/state.pt") for k in kept)
     finally:
         for proc in reversed(started):
             if proc.poll() is None:
@@ -568,3 +580,4 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path):
         for line in _our_processes(state):
             os.kill(int(line.split(":")[0]), 9)
         shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(elsewhere, ignore_errors=True)

@@ -189,17 +189,25 @@ def planted_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster, planted_store, tmp_path_factory):
+def trained(ray_cluster, planted_store, s3_server, tmp_path_factory):
     """The issue's short run (ASRN with every default, two CPU workers, DDP over gloo, 8 epochs), interrupted twice:
     `asrn train` is SIGKILLed once epoch 2 is reported, then `--resume` finishes it while rank 1 exits hard once
-    after training epoch 4 (ASRN_FAULT_EXIT). The first driver's console is kept in first-driver.log."""
+    after training epoch 4 (ASRN_FAULT_EXIT). The first driver's console is kept in first-driver.log.
+    The store and Ray's checkpoints are on the session's S3 server (`--features s3://... --storage s3://...`): the
+    workers read the store by URI, and the resumed run finds its checkpoints there."""
     import signal
     import subprocess
     import sys
+    import uuid
+
+    from asrn.locations import Location
 
     root = tmp_path_factory.mktemp("run")
     uri, out = f"sqlite:///{root / 'mlflow.db'}", root / "out"
-    flags = ["--features", str(planted_store), "--task", "sub", "--out", str(out), "--num-workers", "2",
+    prefix = f"{s3_server}/short-run-{uuid.uuid4().hex[:6]}"
+    features, storage = f"{prefix}/features", f"{prefix}/ray"
+    Location(features).upload(planted_store)
+    flags = ["--features", features, "--storage", storage, "--task", "sub", "--out", str(out), "--num-workers", "2",
              "--epochs", str(SHORT_RUN_EPOCHS), "--tracking-uri", uri, "--experiment-name", "test-train",
              "--register-model", "asrn-short-run", "--address", ray_cluster.get_runtime_context().gcs_address]
     driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "train", *flags], stdout=subprocess.PIPE,
@@ -213,8 +221,9 @@ def trained(ray_cluster, planted_store, tmp_path_factory):
             break
     driver.wait(timeout=120)
     (root / "first-driver.log").write_text("".join(console))
-    config = TrainConfig(features=planted_store, task="sub", out=out, num_workers=2, epochs=SHORT_RUN_EPOCHS,
-                         mlflow_uri=uri, experiment="test-train", register_model="asrn-short-run", resume=True)
+    config = TrainConfig(features=features, storage=storage, task="sub", out=out, num_workers=2,
+                         epochs=SHORT_RUN_EPOCHS, mlflow_uri=uri, experiment="test-train",
+                         register_model="asrn-short-run", resume=True)
     os.environ["ASRN_FAULT_EXIT"] = f"1:4:{root / 'fault-fired'}"
     try:
         return config, train(config), driver.returncode
@@ -257,6 +266,19 @@ def test_a_killed_driver_and_a_dead_worker_lose_and_repeat_no_epoch(trained):
     assert [h["epoch"] for h in result.history] == list(range(1, SHORT_RUN_EPOCHS + 1))
     steps = [m.step for m in MlflowClient(result.tracking_uri).get_metric_history(result.mlflow_run_id, "train_loss")]
     assert sorted(steps) == list(range(1, SHORT_RUN_EPOCHS + 1))
+
+
+@pytest.mark.ray
+def test_the_checkpoints_of_the_resumed_run_are_in_the_s3_storage(trained, s3_listing):
+    """Both drivers kept Ray's checkpoints under --storage on S3 (one per epoch reported; the killed driver's are
+    the ones the resumed run started from), none on the local disk."""
+    config, result, _ = trained
+    run = json.loads((config.out / "ray_run.json").read_text())
+    assert run["storage_path"] == config.storage
+    kept = s3_listing(f"{config.storage}/{run['name']}")
+    epochs = {name.split("/")[0] for name in kept if name.startswith("checkpoint_") and name.endswith("/state.pt")}
+    assert len(epochs) >= 2, sorted(kept)
+    assert not (config.out / "ray_results").exists()
 
 
 @pytest.mark.ray
@@ -338,7 +360,7 @@ def test_the_best_model_is_logged_registered_and_scores_as_best_pt(trained, plan
     config, result, _ = trained
     run = MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id)
     assert result.model_uri and run.data.tags["asrn.model_uri"] == result.model_uri
-    assert run.data.params["store.uri"] == planted_store.resolve().as_uri()
+    assert run.data.params["store.uri"] == str(config.features)  # the S3 copy of planted_store
     assert {"store.weights.rgb", "store.detector", "store.num_test_videos", "epochs", "task"} <= set(run.data.params)
     with using_tracking_uri(result.tracking_uri):
         version = MlflowClient().get_model_version("asrn-short-run", "1")

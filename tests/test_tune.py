@@ -1,12 +1,14 @@
 """`asrn tune`: a small real sweep (Ray Tune + Optuna + ASHA, each trial a TorchTrainer) on planted features.
 
 One sweep is shared by the tests of the module (it is the slow part): 4 trials, 2 at a time, 1 Train worker
-each, on the session's 4-CPU cluster; MLflow writes to a sqlite file in a tmp folder.
+each, on the session's 4-CPU cluster. Its store, search space and storage are on the session's S3 server; MLflow
+writes to a sqlite file in a tmp folder.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -24,11 +26,9 @@ NUM_TRIALS = 4
 EPOCHS = 3
 
 
-def _config(tmp, features, **overrides) -> TuneConfig:
-    from asrn.search_space import DEFAULT_SPACE
-
-    values = dict(features=features, task="sub", out=tmp / "out", num_samples=NUM_TRIALS, max_concurrent=2,
-                  space=DEFAULT_SPACE.parent / "asha-demo.yaml", workers_per_trial=1, epochs=EPOCHS, hidden=16,
+def _config(tmp, on_s3: dict[str, str], **overrides) -> TuneConfig:
+    values = dict(features=on_s3["features"], task="sub", out=tmp / "out", num_samples=NUM_TRIALS, max_concurrent=2,
+                  space=on_s3["space"], storage=on_s3["storage"], workers_per_trial=1, epochs=EPOCHS, hidden=16,
                   grace_period=1, reduction_factor=2, mlflow_uri=f"sqlite:///{tmp / 'mlflow.db'}",
                   experiment="test-tune")
     values.update(overrides)
@@ -36,25 +36,35 @@ def _config(tmp, features, **overrides) -> TuneConfig:
 
 
 @pytest.fixture(scope="module")
-def features(tmp_path_factory):
+def on_s3(s3_server, tmp_path_factory) -> dict[str, str]:
+    """The sweep's store, search space and Tune/Train storage, all on the session's S3 server (the local copies
+    are removed: nothing can be read from this machine's disk by mistake)."""
+    import shutil
+    import uuid
+
+    from asrn.locations import Location
+    from asrn.search_space import DEFAULT_SPACE
     from asrn.synth_features import synthesize_feature_store
 
-    return synthesize_feature_store(tmp_path_factory.mktemp("store") / "features", num_videos=100, seed=0)
+    prefix = f"{s3_server}/sweep-{uuid.uuid4().hex[:6]}"
+    local = synthesize_feature_store(tmp_path_factory.mktemp("store") / "features", num_videos=100, seed=0)
+    Location(f"{prefix}/features").upload(local)
+    shutil.rmtree(local)
+    Location(f"{prefix}/space.yaml").upload(DEFAULT_SPACE.parent / "asha-demo.yaml")
+    return {"features": f"{prefix}/features", "space": f"{prefix}/space.yaml", "storage": f"{prefix}/storage"}
 
 
-def _cli_flags(tmp, features, ray) -> list[str]:
+def _cli_flags(tmp, on_s3: dict[str, str], ray) -> list[str]:
     """`asrn tune` flags of the sweep `_config` describes."""
-    from asrn.search_space import DEFAULT_SPACE
-
-    return ["--features", str(features), "--task", "sub", "--out", str(tmp / "out"), "--num-samples", str(NUM_TRIALS),
-            "--max-concurrent", "2", "--space", str(DEFAULT_SPACE.parent / "asha-demo.yaml"), "--epochs", str(EPOCHS),
-            "--hidden", "16", "--grace-period", "1", "--reduction-factor", "2", "--tracking-uri",
-            f"sqlite:///{tmp / 'mlflow.db'}", "--experiment-name", "test-tune",
+    return ["--features", on_s3["features"], "--task", "sub", "--out", str(tmp / "out"), "--num-samples",
+            str(NUM_TRIALS), "--max-concurrent", "2", "--space", on_s3["space"], "--storage", on_s3["storage"],
+            "--epochs", str(EPOCHS), "--hidden", "16", "--grace-period", "1", "--reduction-factor", "2",
+            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--experiment-name", "test-tune",
             "--address", ray.get_runtime_context().gcs_address]
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_cluster, features, tmp_path_factory):
+def sweep(ray_cluster, on_s3, tmp_path_factory):
     """The shared sweep, interrupted twice: `asrn tune --verbose` is SIGKILLed once its first trial has ended (its
     console kept in first-driver.log), then `--resume` finishes it; and one trial's Train worker exits hard once
     after its epoch 2 (ASRN_FAULT_EXIT, in whichever of the two drivers reaches it)."""
@@ -66,7 +76,7 @@ def sweep(ray_cluster, features, tmp_path_factory):
     started = time.perf_counter()
     fault = {"ASRN_FAULT_EXIT": f"0:2:{tmp / 'fault-fired'}"}
     console = (tmp / "first-driver.log").open("w")
-    driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "tune", *_cli_flags(tmp, features, ray_cluster),
+    driver = subprocess.Popen([sys.executable, "-m", "asrn.cli", "tune", *_cli_flags(tmp, on_s3, ray_cluster),
                                "--verbose", "--register-model", "asrn-sweep"],
                               stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, **fault})
@@ -78,7 +88,7 @@ def sweep(ray_cluster, features, tmp_path_factory):
     console.close()
     os.environ.update(fault)
     try:
-        result = tune(_config(tmp, features, resume=True, register_model="asrn-sweep"))
+        result = tune(_config(tmp, on_s3, resume=True, register_model="asrn-sweep"))
     finally:
         del os.environ["ASRN_FAULT_EXIT"]
     print(f"sweep of {NUM_TRIALS} trials took {time.perf_counter() - started:.0f} s")
@@ -179,13 +189,30 @@ def test_verbose_brings_rays_lines_back(sweep):
 
 
 @pytest.mark.ray
-def test_resume_of_a_finished_sweep_reruns_nothing(sweep, features):
+def test_tune_and_train_state_live_in_the_s3_storage(sweep, on_s3, s3_listing):
+    """--storage s3://: Tune's experiment and every trial's Train checkpoints are there, none under --out."""
+    tmp, result, _ = sweep
+    kept = s3_listing(on_s3["storage"])
+    assert "sweep/tuner.pkl" in kept, sorted(kept)
+    for trial in result.trials:
+        assert any(name.startswith(f"trials/{trial.trial_id}/checkpoint_") and name.endswith("/state.pt")
+                   for name in kept), (trial.trial_id, sorted(kept))
+    assert not (tmp / "out" / "sweep").exists() and not (tmp / "out" / "trials").exists()
+
+
+@pytest.mark.ray
+def test_resume_of_a_finished_sweep_reruns_nothing(sweep, on_s3, s3_listing):
     tmp, first, _ = sweep
-    before = {p: p.stat().st_mtime for p in (tmp / "out" / "trials").rglob("checkpoint_manager_snapshot.json")}
-    again = tune(_config(tmp, features, resume=True))
+
+    def snapshots() -> dict[str, float]:
+        return {k: t for k, t in s3_listing(f"{on_s3['storage']}/trials").items()
+                if k.endswith("checkpoint_manager_snapshot.json")}
+
+    before = snapshots()
+    assert len(before) >= NUM_TRIALS
+    again = tune(_config(tmp, on_s3, resume=True))
     assert {t.trial_id: t.epochs for t in again.trials} == {t.trial_id: t.epochs for t in first.trials}
-    after = {p: p.stat().st_mtime for p in (tmp / "out" / "trials").rglob("checkpoint_manager_snapshot.json")}
-    assert after == before  # no Train run was started again
+    assert snapshots() == before  # no Train run was started again
     assert again.mlflow_run_id == first.mlflow_run_id
 
 
@@ -218,6 +245,24 @@ def test_bad_space_is_refused_before_any_trial(tmp_path, text, key, monkeypatch)
     with pytest.raises(SearchSpaceError, match=key):
         tune(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_on_s3_storage_is_checked_before_ray_starts(s3_folder, tmp_path, monkeypatch):
+    """--resume with nothing in the S3 storage, and a new sweep over one kept there, are refused by name."""
+    import ray
+
+    from asrn.locations import Location
+    from asrn.synth_features import synthesize_feature_store
+
+    features = synthesize_feature_store(tmp_path / "features", num_videos=12, seed=0)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started for a sweep that cannot run"))
+    config = TuneConfig(features=features, task="sub", out=tmp_path / "out", num_samples=2, storage=s3_folder,
+                        mlflow_uri="none", resume=True)
+    with pytest.raises(TuneConfigError, match=f"--resume: no sweep in {s3_folder}/sweep"):
+        tune(config)
+    Location(f"{s3_folder}/sweep/tuner.pkl").upload(features / "features.json")  # any object: a sweep is there
+    with pytest.raises(TuneConfigError, match=f"{s3_folder}/sweep already holds a sweep"):
+        tune(dataclasses.replace(config, resume=False))
 
 
 @pytest.mark.parametrize("field, value", [("num_samples", 0), ("max_concurrent", 0), ("workers_per_trial", 0),
