@@ -378,14 +378,15 @@ def _parse_exports(text: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def local_cluster():
+def local_cluster(s3_server):
+    """`cluster/local.sh up`, started after the session's S3 server so that its nodes see its AWS variables."""
     state = Path(tempfile.mkdtemp(prefix="asrn-cl-", dir="/tmp"))  # short: Ray's socket paths live under it
     env = {**os.environ, **PORTS, "ASRN_CLUSTER_DIR": str(state), "ASRN_VENV": str(VENV_BIN.parent),
-           "ASRN_UP_TIMEOUT": "150"}
+           "ASRN_UP_TIMEOUT": "400"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     try:
-        up = subprocess.run(["bash", str(LOCAL_SH), "up"], env=env, capture_output=True, text=True, timeout=240)
+        up = subprocess.run(["bash", str(LOCAL_SH), "up"], env=env, capture_output=True, text=True, timeout=480)
         assert up.returncode == 0, up.stderr[-3000:]
         exports = _parse_exports(up.stdout)
         yield {"state": state, "exports": exports, "env": {**env, **exports}}
@@ -453,25 +454,42 @@ def test_job_server_refuses_a_request_without_the_token(local_cluster):
 
 
 @pytest.mark.ray
-def test_train_job_on_the_local_cluster_logs_to_its_mlflow(local_cluster, tmp_path):
+def test_a_train_job_streams_an_s3_store_and_writes_everything_to_s3(local_cluster, s3_folder, s3_listing,
+                                                                     tmp_path):
+    """`ray job submit ... jobs.train` on the local two-node cluster with the store, --out and --storage on S3 and
+    the store above --direct-read-max-mb (Ray Data reads it: read tasks on either node, two DDP workers); the
+    job logs to the cluster's MLflow server, and `asrn predict` scores a video from the best.pt on S3."""
     from asrn.cli import main
+    from asrn.locations import Location
 
-    features, out = tmp_path / "features", tmp_path / "run"
-    assert main(["synth", "features", "--out", str(features), "--num-videos", "24", "--seed", "0"]) == 0
+    local = tmp_path / "features"
+    assert main(["synth", "features", "--out", str(local), "--num-videos", "24", "--seed", "0"]) == 0
+    features, out, storage = f"{s3_folder}/features", f"{s3_folder}/run", f"{s3_folder}/ray"
+    Location(features).upload(local)
+    shutil.rmtree(local)
 
     env = local_cluster["env"]
     job_id = f"asrn-test-train-{int(time.time())}"
     submit = subprocess.run(
         [str(VENV_BIN / "ray"), "job", "submit", "--submission-id", job_id, "--working-dir", str(REPO), "--",
-         "python", "-m", "jobs.train", "--features", str(features), "--task", "sub", "--out", str(out),
-         "--epochs", "2", "--num-workers", "1", "--batch-size", "8", "--experiment", "cluster-test"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+         "python", "-m", "jobs.train", "--features", features, "--task", "sub", "--out", out, "--storage", storage,
+         "--direct-read-max-mb", "0", "--epochs", "2", "--num-workers", "2", "--batch-size", "8",
+         "--experiment", "cluster-test"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     status = subprocess.run([str(VENV_BIN / "ray"), "job", "status", job_id], env=env,
                             capture_output=True, text=True, timeout=60)
-    assert "succeeded" in (status.stdout + status.stderr).lower(), (submit.stdout + submit.stderr)[-4000:]
+    console = submit.stdout + submit.stderr
+    assert "succeeded" in (status.stdout + status.stderr).lower(), console[-4000:]
+    assert "store [1/3]: reading the train split (" in console and "store [2/3]: reading the val split" in console
 
-    assert (out / "metrics.json").is_file() and (out / "best.pt").is_file()
-    json.loads((out / "metrics.json").read_text())
+    written = s3_listing(out)
+    assert {"best.pt", "metrics.json", "predictions.parquet", "loss_curves.png", "per_class.png", "config.json",
+            "ray_run.json", "mlflow_run.json"} <= set(written), sorted(written)
+    run = json.loads((Location(out) / "ray_run.json").read_text())
+    assert run["storage_path"] == storage
+    assert any(k.startswith(f"{run['name']}/checkpoint_") and k.endswith("/state.pt") for k in s3_listing(storage))
+    metrics = json.loads((Location(out) / "metrics.json").read_text())
+    assert metrics["best_epoch"] in (1, 2) and 0 <= metrics["test"]["map"] <= 1
 
     import mlflow
 
@@ -480,6 +498,13 @@ def test_train_job_on_the_local_cluster_logs_to_its_mlflow(local_cluster, tmp_pa
     assert experiment is not None, "the job logged no experiment to the cluster's MLflow server"
     runs = client.search_runs([experiment.experiment_id])
     assert runs and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")] == [1, 2]
+
+    # the model, read back from S3 by a plain process (no Ray), scores a video with the store's own dims
+    from asrn.checkpoint import load_checkpoint
+
+    model, saved = load_checkpoint(f"{out}/best.pt")
+    assert saved["path"] == f"{out}/best.pt" and saved["task"] == "sub" and saved["epoch"] == metrics["best_epoch"]
 
 
 def _free_port() -> int:
