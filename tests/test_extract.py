@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from fractions import Fraction
@@ -19,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -28,7 +30,8 @@ from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
 from asrn.features import PreparedVideo, VideoSettings, VideoStageError, encode_prepared, prepare_video
 from asrn.flow import dequantize_flow
-from asrn.manifest import ManifestError
+from asrn.locations import Location
+from asrn.manifest import ManifestError, read_manifest
 from asrn.sequence import collate, select_steps
 from asrn.store import MODALITIES, StoreInfo, StoreLockedError, VideoFeatures
 from asrn.synth_videos import synthesize_videos
@@ -256,6 +259,58 @@ def tiny_videos(tmp_path_factory) -> Path:
     """6 synthetic videos of 2.5 s at 160x120 (boxes JSON given); manifest.csv in the folder."""
     root = tmp_path_factory.mktemp("tiny")
     return synthesize_videos(root, num_videos=6, seed=3, width=160, height=120, fps=10.0, seconds=2.5)
+
+
+def _on_s3(folder: Path, uri: str) -> Location:
+    """`folder` uploaded to `uri` with pyarrow's copy_files, as a user would put videos on an object store."""
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(folder), path, destination_filesystem=filesystem)
+    return Location(uri)
+
+
+def test_a_video_and_its_boxes_on_s3_are_opened_by_uri_and_the_download_removed(tiny_videos, s3_folder, tmp_path,
+                                                                                  monkeypatch):
+    remote = _on_s3(tiny_videos.parent, f"{s3_folder}/in")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))  # where the decoder's local copy goes
+    entry = read_manifest(remote / "manifest.csv")[0]
+    assert (entry.path, entry.boxes) == (f"{remote}/videos/v0000.mp4", f"{remote}/boxes/v0000.json")
+    settings = VideoSettings(preset="lite", fps=2.0)
+    there = prepare_video(entry.path, entry.boxes, settings)
+    here = prepare_video(str(tiny_videos.parent / "videos" / "v0000.mp4"),
+                         str(tiny_videos.parent / "boxes" / "v0000.json"), settings)
+    assert there.detector == "tracks" and there.num_steps == 5
+    np.testing.assert_array_equal(there.rgb, here.rgb)
+    np.testing.assert_array_equal(there.has_face, here.has_face)
+    with pytest.raises(VideoStageError, match=f"^{remote}/videos/nope.mp4: ") as raised:
+        prepare_video(f"{remote}/videos/nope.mp4", entry.boxes, settings)
+    assert raised.value.stage == "decode"
+    with pytest.raises(VideoStageError, match=f"^{remote}/boxes/nope.json: boxes file not found") as raised:
+        prepare_video(entry.path, f"{remote}/boxes/nope.json", settings)
+    assert raised.value.stage == "detect"
+    assert list(downloads.iterdir()) == []  # every download deleted
+
+
+def test_a_store_on_s3_is_resumed_updated_and_locked_like_a_local_one(lite_store, s3_folder, tmp_path, monkeypatch):
+    local, manifest = lite_store
+    out = _on_s3(local, f"{s3_folder}/feats")
+    rows = _manifest_rows(manifest)
+    rows[0] = {**rows[0], "split": "test", "labels": "sub:dominant|obj:peer"}
+    remote_manifest = Location(f"{s3_folder}/list/manifest.csv")
+    remote_manifest.upload(_write_rows(tmp_path / "changed.csv", rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    summary = extract_features(ExtractConfig(manifest=str(remote_manifest), out=str(out)))  # all done: no Ray
+    assert (summary.processed, summary.skipped, summary.out) == (0, 3, out)
+    assert store.stored_splits_labels(out)["v0000"] == ("test", ["sub:dominant", "obj:peer"])
+    assert not (out / store.LOCK_FILE).exists()  # released
+    assert list(work.iterdir()) == []  # nothing written locally
+    with pytest.raises(ExtractError, match=f"^--out {out}: --overwrite needs a local folder"):
+        extract_features(ExtractConfig(manifest=remote_manifest, out=out, overwrite=True))
+    with pytest.raises(ManifestError, match=f"^{s3_folder}/list/nope.csv: manifest not found"):
+        extract_features(ExtractConfig(manifest=f"{s3_folder}/list/nope.csv", out=out))
 
 
 def _encoded_batch(tiny_videos: Path, count: int, window: int | None = None) -> pa.Table:
