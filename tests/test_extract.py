@@ -506,27 +506,38 @@ def test_a_video_that_kills_its_worker_is_retried_then_recorded(ray_cluster, tin
 
 
 @pytest.mark.ray
-def test_a_killed_driver_then_a_rerun_store_every_video_exactly_once(ray_cluster, tiny_videos, tmp_path):
-    rows = _absolute_rows(tiny_videos, 6)
-    fake = tmp_path / "notes.mp4"
-    fake.write_text("a text file\n")
-    rows.insert(1, {**rows[0], "video_id": "corrupt", "path": str(fake), "boxes": ""})
-    manifest, out = _write_rows(tmp_path / "m.csv", rows), tmp_path / "feats"
+def test_a_killed_driver_then_a_rerun_store_every_video_exactly_once(ray_cluster, tiny_videos, s3_folder, tmp_path,
+                                                                     monkeypatch):
+    """Everything on the S3 test server (manifest, videos, boxes, store): the Ray tasks fetch their own videos by
+    URI, part files go up under their final names, and the rerun after a SIGKILL resumes from them."""
+    remote = _on_s3(tiny_videos.parent, f"{s3_folder}/in")
+    rows = _manifest_rows(tiny_videos)  # relative paths: beside the manifest, on S3
+    (tmp_path / "notes.mp4").write_text("a text file\n")
+    (remote / "notes.mp4").upload(tmp_path / "notes.mp4")
+    rows.insert(1, {**rows[0], "video_id": "corrupt", "path": "notes.mp4", "boxes": ""})
+    manifest, out = remote / "m.csv", Location(f"{s3_folder}/feats")
+    manifest.upload(_write_rows(tmp_path / "m.csv", rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     address = ray_cluster.get_runtime_context().gcs_address
     script = (f"from asrn.extract import ExtractConfig, extract_features; extract_features(ExtractConfig("
               f"manifest={str(manifest)!r}, out={str(out)!r}, address={address!r}, batch_size=1, videos_per_part=1))")
-    with (tmp_path / "driver.log").open("w") as log:
+    with (tmp_path / "driver.log").open("w") as log:  # inherits the S3 server's variables
         driver = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1], stdout=log, stderr=log)
     deadline = time.monotonic() + 300
-    while driver.poll() is None and len(list(out.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while driver.poll() is None and len(out.files(".parquet")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     os.kill(driver.pid, signal.SIGKILL)
     assert driver.wait() == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-2000:]
     assert (out / store.LOCK_FILE).exists()  # the dead driver's lock: taken over below
 
     summary = extract_features(ExtractConfig(manifest=manifest, out=out, batch_size=2, videos_per_part=2))
     assert summary.skipped >= 2
-    stored = [i for f in store.part_files(out) for i in pq.read_table(f, columns=["video_id"])["video_id"].to_pylist()]
-    failed = store.read_errors(out).column("video_id").to_pylist()
+    stored = [i for f in store.data_files(out)
+              for i in store.read_part(f, columns=["video_id"]).column("video_id").to_pylist()]
+    errors = store.read_errors(out).to_pylist()
     assert sorted(stored) == sorted(r["video_id"] for r in rows if r["video_id"] != "corrupt")
-    assert failed == ["corrupt"]
+    assert [(e["video_id"], e["path"]) for e in errors] == [("corrupt", f"{remote}/notes.mp4")]
+    assert not (out / store.LOCK_FILE).exists() and store.read_info(out).preset == "lite"
+    assert list(work.iterdir()) == []  # nothing written to the local working directory
