@@ -35,6 +35,7 @@ from asrn.manifest import ManifestError, read_manifest
 from asrn.sequence import collate, select_steps
 from asrn.store import MODALITIES, StoreInfo, StoreLockedError, VideoFeatures
 from asrn.synth_videos import synthesize_videos
+from asrn.train import check_store
 
 LITE_DIMS = {m: PRESETS["lite"][m].dim for m in MODALITIES}
 
@@ -401,7 +402,6 @@ def test_a_store_is_not_resumed_with_the_other_encoded_steps_choice(lite_store):
 
 
 def test_training_refuses_a_store_encoded_for_another_window(lite_store):
-    from asrn.train import check_store
 
     out, _ = lite_store
     info = store.read_info(out)
@@ -540,4 +540,5 @@ def test_a_killed_driver_then_a_rerun_store_every_video_exactly_once(ray_cluster
     assert sorted(stored) == sorted(r["video_id"] for r in rows if r["video_id"] != "corrupt")
     assert [(e["video_id"], e["path"]) for e in errors] == [("corrupt", f"{remote}/notes.mp4")]
     assert not (out / store.LOCK_FILE).exists() and store.read_info(out).preset == "lite"
+    assert sum(check_store(out, "sub")[1].values()) == 6  # training's own check accepts the store, by URI
     assert list(work.iterdir()) == []  # nothing written to the local working directory
