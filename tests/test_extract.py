@@ -402,7 +402,6 @@ def test_a_store_is_not_resumed_with_the_other_encoded_steps_choice(lite_store):
 
 
 def test_training_refuses_a_store_encoded_for_another_window(lite_store):
-
     out, _ = lite_store
     info = store.read_info(out)
     store.write_info(out, dataclasses.replace(info, extra={**info.extra, "encoded_steps": "window-3 kept"}))
