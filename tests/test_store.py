@@ -142,8 +142,9 @@ def _objects(uri: str) -> list[str]:
     return sorted(f.path[len(path):].lstrip("/") for f in found if f.type == pafs.FileType.File)
 
 
-def test_the_writers_write_a_store_on_s3_under_final_names_only(s3_folder):
-    remote = f"{s3_folder}/features"
+@pytest.mark.parametrize("where", ["s3", "file"])
+def test_the_writers_write_a_store_by_uri_under_final_names_only(s3_folder, tmp_path, where):
+    remote = f"{s3_folder}/features" if where == "s3" else f"file://{tmp_path}/features"
     part = store.write_videos(remote, [_video("a", 5, seed=1), _video("b", 2, "val", seed=2)], name="part-1")
     errors = store.write_errors(remote, [{"video_id": "x", "path": f"{s3_folder}/x.mp4", "stage": "decode",
                                           "error": "VideoDecodeError", "message": "m"}], name="part-e")
