@@ -48,13 +48,12 @@ def resolve_path(path: str, base_dir: Path | Location) -> str:
     """
     if is_uri(path) or os.path.isabs(path):
         return path
-    if isinstance(base_dir, Location):
-        if not base_dir.is_local:
-            inside = posixpath.normpath(path)
-            if inside == ".." or inside.startswith("../"):
-                raise ValueError(f"relative path {path!r} leaves the manifest's folder; give a full URI")
-            return str(base_dir / inside)
-        base_dir = base_dir.path
+    if isinstance(base_dir, Location) and not base_dir.is_local:  # beside a manifest on an object store
+        inside = posixpath.normpath(path)
+        if inside == ".." or inside.startswith("../"):
+            raise ValueError(f"relative path {path!r} leaves the manifest's folder; give a full URI")
+        return str(base_dir / inside)
+    base_dir = Path(base_dir)
     resolved = (base_dir / path).resolve()
     if not resolved.is_relative_to(base_dir):
         raise ValueError(f"relative path {path!r} leaves the manifest's folder; give an absolute path or a URI")
