@@ -71,9 +71,11 @@ def _add_synth_arguments(sub) -> None:
 
 def _add_extract_arguments(sub) -> None:
     p = _parser(sub, "extract", "videos -> per-frame features (Ray Data) -> Parquet")
-    p.add_argument("--manifest", type=Path, required=True, metavar="CSV",
-                   help="video_id,path,split,labels[,boxes] per video")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="the feature store to write")
+    p.add_argument("--manifest", type=Location, required=True, metavar="CSV",
+                   help="video_id,path,split,labels[,boxes] per video; a file or a URI (s3://, gs://, file://); "
+                        "relative paths in it name files beside it")
+    p.add_argument("--out", type=Location, required=True, metavar="DIR",
+                   help="the feature store to write: a folder or a URI (s3://, gs://, file://)")
     p.add_argument("--preset", choices=["paper", "lite"], default="lite",
                    help="encoders: the paper's backbones, or small ones for CPUs")
     p.add_argument("--fps", type=float, default=2.0, help="sampling rate of time steps")
@@ -82,7 +84,8 @@ def _add_extract_arguments(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="videos per map_batches batch")
     p.add_argument("--weights-dir", type=Path, default=None,
                    help="folder of pretrained weight files; default: torchvision's cache, else random init")
-    p.add_argument("--overwrite", action="store_true", default=False, help="redo videos already in --out")
+    p.add_argument("--overwrite", action="store_true", default=False,
+                   help="redo videos already in --out (a local --out only)")
     p.add_argument("--allow-random-init", action="store_true", default=False,
                    help="--preset paper: extract even when pretrained weights are missing (random-init encoders)")
     p.add_argument("--encode-kept-steps", action="store_true", default=False,

@@ -33,7 +33,15 @@ Fault injection, for tests only: ASRN_FAULT_CRASH_VIDEO=<video_id> in the driver
 workers) makes the CPU-stage task of that video call os._exit(1) on every attempt.
 
 One writer per store: `store.writer_lock` holds DIR/.lock (pid, host) for the whole run; a second extract on the
-same --out is refused naming the holder; a lock left by a dead process on this host is taken over.
+same --out is refused naming the holder; a lock left by a dead process on this host is taken over. On an object
+store the lock is advisory (checked, then written: two drivers started at the same moment could both pass).
+
+Locations: --manifest and --out may be local paths or URIs (s3://, gs://, file://; asrn.locations). The manifest's
+relative paths are resolved beside it (a URI beside a URI); each Ray task opens its own video and boxes file by
+URI (a video is downloaded to a local temporary file for the decoder, deleted afterwards), so no disk is shared
+with the driver. On an object store every file is uploaded once under its final name (a part file appears whole
+or not at all), so a killed run leaves no half files and a rerun resumes as on a local disk. `--overwrite` needs
+a local --out (it swaps a staged store in by renames, which an object store lacks).
 
 Resume: videos already in the store's part files (store.done_video_ids) are skipped; everything else in the
 manifest, including videos that failed before, is (re)tried. The errors table keeps the latest attempt of each
@@ -68,7 +76,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -83,6 +90,7 @@ from asrn.features import (
     prepare_video,
     to_video_features,
 )
+from asrn.locations import Location
 from asrn.manifest import ManifestEntry, read_manifest
 from asrn.sequence import WINDOW
 from asrn.store import (
@@ -97,11 +105,12 @@ from asrn.store import (
     StoreInfo,
     VideoFeatures,
     commit_staging,
+    data_files,
     done_video_ids,
     foreign_data_files,
     input_stats_record,
-    part_files,
     read_info,
+    read_part,
     recover_staging,
     row_schema,
     staging_dir,
@@ -134,8 +143,8 @@ class ExtractError(AsrnError):
 class ExtractConfig:
     """`asrn extract` flags (same names); the last three fields have no flag."""
 
-    manifest: Path
-    out: Path
+    manifest: Location  # a local file or a URI
+    out: Location  # a local folder or a URI
     preset: str = "lite"
     fps: float = 2.0
     num_workers: int = 1  # encoder actors
@@ -152,7 +161,7 @@ class ExtractConfig:
     max_retries: int = 2  # retries of a video whose worker process dies; then it goes to the errors table
 
     def __post_init__(self) -> None:
-        self.manifest, self.out = Path(self.manifest), Path(self.out)
+        self.manifest, self.out = Location(self.manifest), Location(self.out)
         self.weights_dir = Path(self.weights_dir) if self.weights_dir is not None else None
         checks = [  # (flag, value, holds, what it must be)
             ("--preset", repr(self.preset), self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
@@ -185,22 +194,22 @@ class ExtractConfig:
         return f"window-{WINDOW} kept" if self.encode_kept_steps else ALL_STEPS
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return {k: str(v) if isinstance(v, Path | Location) else v for k, v in asdict(self).items()}
 
 
 @dataclass
 class ExtractSummary:
     """What one `asrn extract` run did."""
 
-    out: Path
+    out: Location
     total: int  # videos in the manifest
     succeeded: int  # written to the store by this run
     failed: int  # added to the errors table by this run
     skipped: int  # already in the store before this run
     seconds: float
-    part_files: list[Path] = field(default_factory=list)  # written by this run
-    errors_path: Path | None = None  # the errors table folder, when it holds records
-    info_path: Path | None = None
+    part_files: list[Location] = field(default_factory=list)  # written by this run
+    errors_path: Location | None = None  # the errors table folder, when it holds records
+    info_path: Location | None = None
 
     @property
     def processed(self) -> int:
@@ -333,7 +342,7 @@ def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
     """The store already in --out, refused when it was made with another preset, fps or dims."""
     out = config.out
     if not (out / INFO_FILE).is_file():
-        if part_files(out):
+        if out.is_dir() and data_files(out):
             foreign = foreign_data_files(out)
             hint = (f"move {', '.join(p.name for p in foreign[:3])}{' ...' if len(foreign) > 3 else ''} away, or "
                     "choose another --out" if foreign else "use --overwrite to replace it, or another --out")
@@ -357,7 +366,7 @@ def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
     return info
 
 
-def _check_overwritable(out: Path) -> None:
+def _check_overwritable(out: Location) -> None:
     """--overwrite replaces only the store's own files; Parquet files it did not write would stay and be read as
     data, so a folder holding some is refused, naming them."""
     foreign = foreign_data_files(out)
@@ -368,10 +377,13 @@ def _check_overwritable(out: Path) -> None:
                            f"or choose another --out")
 
 
-def _remove_temporaries(out: Path) -> None:
+def _remove_temporaries(out: Location) -> None:
     """Half-written files of a crashed run (store writes `.tmp-*` and `.features.json.*.tmp`, then renames).
-    Called under the store's lock, so no other writer's temporaries are removed."""
-    for folder in (out, out / ERRORS_DIR):
+    Called under the store's lock, so no other writer's temporaries are removed. An object store has none: its
+    files are uploaded under their final names."""
+    if not out.is_local:
+        return
+    for folder in (out.path, out.path / ERRORS_DIR):
         if folder.is_dir():
             for path in [*folder.glob(".tmp-*"), *folder.glob(f".{INFO_FILE}.*.tmp")]:
                 if not path.name.endswith("-lock"):  # another writer's lock attempt, not ours to remove
@@ -388,12 +400,12 @@ class _StoreWriter:
     The actors' Arrow rows go into the part files as they came (store.write_table): the driver never turns
     them back into numpy arrays, so their float16 features are neither widened nor narrowed again here."""
 
-    def __init__(self, config: ExtractConfig, target: Path, existing: StoreInfo | None, run_id: str, total: int):
+    def __init__(self, config: ExtractConfig, target: Location, existing: StoreInfo | None, run_id: str, total: int):
         self.config, self.target, self.existing, self.run_id, self.total = config, target, existing, run_id, total
         self.seen: set[str] = set()  # video ids the pipeline returned
         self.rows: list[pa.Table] = []  # good rows of the actors' tables, in the store's row schema
         self.errors: list[dict] = []
-        self.parts: list[Path] = []
+        self.parts: list[Location] = []
         self.succeeded = self.failed = 0
         self.decoders: set[str] = set(filter(None, (existing.decoder if existing else "").split(", ")))
         self.detectors: set[str] = set(filter(None, (existing.detector if existing else "").split(", ")))
@@ -509,24 +521,23 @@ class _StoreWriter:
             self.last_report = done
 
 
-def _error_files(store: Path) -> list[Path]:
-    folder = store / ERRORS_DIR
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))) if folder.is_dir() else []
+def _error_files(store: Location) -> list[Location]:
+    return [f for f in (store / ERRORS_DIR).files(".parquet") if not f.name.startswith((".", "_"))]
 
 
-def _drop_error_records(store: Path, files: list[Path], video_ids: set[str], run_id: str) -> None:
+def _drop_error_records(store: Location, files: list[Location], video_ids: set[str], run_id: str) -> None:
     """Rewrite the errors table's `files` without the records of `video_ids`, one record per video (the latest);
     the new file is written before the old ones go, so a crash leaves a duplicate, never a loss."""
     if not files:
         return
-    records = [r for f in files for r in pq.read_table(f).to_pylist()]
+    records = [r for f in files for r in read_part(f).to_pylist()]
     keep = list({r["video_id"]: r for r in records if r["video_id"] not in video_ids}.values())
     if len(keep) == len(records):
         return
     if keep:
         write_errors(store, keep, name=f"part-{run_id}-earlier")
     for f in files:
-        f.unlink(missing_ok=True)
+        f.delete()
 
 
 class _DroppedBlocks(logging.Handler):
@@ -543,8 +554,8 @@ class _DroppedBlocks(logging.Handler):
             self.dropped.append((found.group(1), cause))
 
 
-def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _StoreWriter, old_error_files: list[Path],
-                  run_id: str) -> None:
+def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _StoreWriter,
+                  old_error_files: list[Location], run_id: str) -> None:
     """Stream the Ray Data pipeline into the store; whatever finished is written even if the job dies half-way."""
     handler = _DroppedBlocks()
     ray_log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
@@ -564,7 +575,8 @@ def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _Sto
         writer.flush_errors()
 
 
-def _run(todo: list[ManifestEntry], config: ExtractConfig, target: Path, existing: StoreInfo | None) -> _StoreWriter:
+def _run(todo: list[ManifestEntry], config: ExtractConfig, target: Location,
+         existing: StoreInfo | None) -> _StoreWriter:
     """The Ray part of a run: the pipeline's output into the store in `target`."""
     old_error_files = _error_files(target)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -578,7 +590,7 @@ def _run(todo: list[ManifestEntry], config: ExtractConfig, target: Path, existin
     return writer
 
 
-def _update_changed_videos(out: Path, entries: Sequence[ManifestEntry]) -> None:
+def _update_changed_videos(out: Location, entries: Sequence[ManifestEntry]) -> None:
     """Stored videos whose split or labels the manifest now gives otherwise: update those rows, name them."""
     stored = stored_splits_labels(out)
     changes = {e.video_id: (e.split, list(e.labels)) for e in entries
@@ -603,13 +615,13 @@ def _start_message(config: ExtractConfig, todo: int, done: int) -> None:
 
 def _overwrite(config: ExtractConfig, entries: list[ManifestEntry], start: float) -> ExtractSummary:
     """Build the whole store anew in DIR/_staging; swap it in only once the run completed."""
-    out, staging = config.out, staging_dir(config.out)
+    out, staging = config.out, staging_dir(config.out.path)
     _check_overwritable(out)
     staging.mkdir()
     _start_message(config, len(entries), 0)
     try:
-        writer = _run(entries, config, staging, None)
-        commit_staging(out)
+        writer = _run(entries, config, Location(staging), None)
+        commit_staging(out.path)
     finally:
         if staging.is_dir():
             shutil.rmtree(staging)
@@ -635,7 +647,7 @@ def _resume(config: ExtractConfig, entries: list[ManifestEntry], start: float) -
 
 
 def _finish(config: ExtractConfig, total: int, writer: _StoreWriter | None, skipped: int, start: float,
-            parts: list[Path]) -> ExtractSummary:
+            parts: list[Location]) -> ExtractSummary:
     out = config.out
     summary = ExtractSummary(out=out, total=total, succeeded=writer.succeeded if writer else 0,
                              failed=writer.failed if writer else 0, skipped=skipped,
@@ -652,6 +664,10 @@ def extract_features(config: ExtractConfig) -> ExtractSummary:
     entries = read_manifest(config.manifest)  # a malformed manifest is refused before anything is written
     choose_decoder()  # a bad $ASRN_DECODER is refused here, not once per video in the errors table
     check_weights(config)
+    if config.overwrite and not config.out.is_local:
+        raise ExtractError(f"--out {config.out}: --overwrite needs a local folder (it swaps the new store in by "
+                           f"renames, which an object store lacks); delete the store's objects, or choose another "
+                           f"--out, then run without --overwrite")
     config.out.mkdir(parents=True, exist_ok=True)
     with writer_lock(config.out):
         recovered = recover_staging(config.out)
@@ -699,9 +715,8 @@ def _warn_on_resources(config: ExtractConfig, resources: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def _errors_path(out: Path) -> Path | None:
-    folder = out / ERRORS_DIR
-    return folder if folder.is_dir() and any(folder.glob("*.parquet")) else None
+def _errors_path(out: Location) -> Location | None:
+    return out / ERRORS_DIR if _error_files(out) else None
 
 
 def _print_summary(s: ExtractSummary) -> None:

@@ -144,6 +144,14 @@ class Location:
         if self.is_local:
             self.path.mkdir(parents=parents, exist_ok=exist_ok)
 
+    def delete(self) -> None:
+        """Remove this file; nothing if there is none (a crash may have removed it already)."""
+        filesystem, path = self.filesystem_path()
+        try:
+            filesystem.delete_file(path)
+        except FileNotFoundError:
+            pass
+
     def upload(self, local: str | os.PathLike) -> None:
         """Copy a local file here. An object store shows the object only once the upload is complete (one PUT, or a
         multipart upload's final request), never half of it."""

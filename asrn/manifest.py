@@ -1,15 +1,21 @@
-"""Read and validate `manifest.csv` (video_id,path,split,labels[,boxes]) before any work starts."""
+"""Read and validate `manifest.csv` (video_id,path,split,labels[,boxes]) before any work starts.
+
+The manifest may be a local file or a URI (`s3://bucket/videos/manifest.csv`); its relative paths name files
+beside it, on the same filesystem, and come out as absolute paths or URIs that any Ray worker can open.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
 from asrn.errors import AsrnError
 from asrn.labels import UnknownLabelError, parse_labels
+from asrn.locations import Location
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("video_id", "path", "split", "labels")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -33,14 +39,21 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
-def resolve_path(path: str, base_dir: Path) -> str:
+def resolve_path(path: str, base_dir: Path | Location) -> str:
     """Paths are relative to the manifest's folder, absolute, or URIs pyarrow can open.
 
     A relative path may not climb out of the manifest's folder (`../../etc/passwd`): ManifestError's caller
-    reports it; write it as an absolute path if that is really meant.
+    reports it; write it as an absolute path if that is really meant. Beside a manifest given by URI, a relative
+    path becomes a URI under the manifest's folder.
     """
     if is_uri(path) or os.path.isabs(path):
         return path
+    if isinstance(base_dir, Location) and not base_dir.is_local:  # beside a manifest on an object store
+        inside = posixpath.normpath(path)
+        if inside == ".." or inside.startswith("../"):
+            raise ValueError(f"relative path {path!r} leaves the manifest's folder; give a full URI")
+        return str(base_dir / inside)
+    base_dir = Path(base_dir)
     resolved = (base_dir / path).resolve()
     if not resolved.is_relative_to(base_dir):
         raise ValueError(f"relative path {path!r} leaves the manifest's folder; give an absolute path or a URI")
@@ -56,7 +69,7 @@ def video_id_problem(video_id: str) -> str | None:
     return None
 
 
-def _read_text(manifest_path: Path) -> str:
+def _read_text(manifest_path: Location) -> str:
     """The file as text: UTF-8 with or without a BOM (Excel's "CSV UTF-8"); other encodings are named by line."""
     data = manifest_path.read_bytes()
     try:
@@ -67,7 +80,7 @@ def _read_text(manifest_path: Path) -> str:
                             "save the manifest as UTF-8") from None
 
 
-def _check_header(manifest_path: Path, header: list[str]) -> None:
+def _check_header(manifest_path: Location, header: list[str]) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ManifestError(f"{manifest_path}:1: missing column(s) {', '.join(missing)} "
@@ -77,7 +90,7 @@ def _check_header(manifest_path: Path, header: list[str]) -> None:
         raise ManifestError(f"{manifest_path}:1: column(s) {', '.join(repeated)} appear more than once")
 
 
-def _parse_row(row: dict, where: str, base_dir: Path, problems: list[str]) -> ManifestEntry:
+def _parse_row(row: dict, where: str, base_dir: Path | Location, problems: list[str]) -> ManifestEntry:
     """One row as an entry; each problem found is appended to `problems`, naming `where`."""
     video_id, video_path, split, labels_text, boxes = (
         (row.get(k) or "").strip() for k in ("video_id", "path", "split", "labels", "boxes"))
@@ -105,12 +118,13 @@ def _parse_row(row: dict, where: str, base_dir: Path, problems: list[str]) -> Ma
                          boxes=resolved.get("boxes"), line=int(where.rsplit(":", 1)[1]))
 
 
-def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
-    """Parse the CSV and raise one ManifestError listing every bad line, or return the entries."""
-    manifest_path = Path(path)
+def read_manifest(path: str | os.PathLike | Location) -> list[ManifestEntry]:
+    """Parse the CSV (a local file or a URI) and raise one ManifestError listing every bad line, or return the
+    entries."""
+    manifest_path = Location(path)
     if not manifest_path.is_file():
         raise ManifestError(f"{manifest_path}: manifest not found")
-    base_dir = manifest_path.resolve().parent
+    base_dir = manifest_path.path.resolve().parent if manifest_path.is_local else manifest_path.parent
     text = _read_text(manifest_path)
     if "\x00" in text:  # Python 3.10's csv module stops at a NUL; 3.11's reads it: refuse it the same way on both
         line = text.count("\n", 0, text.index("\x00")) + 1

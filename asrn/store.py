@@ -11,10 +11,12 @@ Layout of a store folder DIR:
   DIR/errors/*.parquet video_id, path, stage, error, message
   DIR/.lock            while a writer runs: {"pid", "host", "token", "since"} (`writer_lock`)
   DIR/_staging/        a whole new store being built by `asrn extract --overwrite`, swapped in when complete
-Readers take a local folder or a URI (asrn.locations: `s3://bucket/features`, ...); writers a local folder for now.
-Every file is written to a temporary name and renamed, so a crash never leaves a half-written file
-that a reader would take for data (readers ignore names starting with `.` or `_`). The store owns only the
-files named `part-*.parquet` (data and errors), features.json, .lock and _staging/: writers never touch others.
+Readers and writers take a local folder or a URI (asrn.locations: `s3://bucket/features`, ...). On a local disk
+every file is written to a temporary name and renamed, so a crash never leaves a half-written file that a reader
+would take for data (readers ignore names starting with `.` or `_`). An object store has no rename: a file is
+written locally, then uploaded under its final name, and the object appears whole or not at all. The store owns
+only the files named `part-*.parquet` (data and errors), features.json, .lock and _staging/ (local stores only):
+writers never touch others.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from asrn.errors import AsrnError
-from asrn.files import write_json
-from asrn.locations import Location
+from asrn.files import atomic_output, write_json
+from asrn.locations import Location, path_or_location
 
 MODALITIES: tuple[str, ...] = ("rgb", "motion", "body", "face")
 INFO_FILE = "features.json"
@@ -227,7 +229,14 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
     return videos
 
 
-def _atomic_write_table(table: pa.Table, path: Path) -> Path:
+def _atomic_write_table(table: pa.Table, target: Location) -> None:
+    """Local: a hidden `.tmp-*` file beside the target, renamed over it. Object store: a local file, uploaded under
+    the final name (no rename there; the object appears only once complete)."""
+    if not target.is_local:
+        with atomic_output(target) as temporary:
+            pq.write_table(table, temporary)
+        return
+    path = target.path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
     try:
@@ -235,17 +244,16 @@ def _atomic_write_table(table: pa.Table, path: Path) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
-def write_videos(store_dir: str | os.PathLike, videos: Sequence[VideoFeatures], name: str | None = None,
-                 dtype: str = "float16") -> Path:
-    """Write one Parquet part file (atomically) and return its path."""
+def write_videos(store_dir: str | os.PathLike | Location, videos: Sequence[VideoFeatures], name: str | None = None,
+                 dtype: str = "float16") -> Path | Location:
+    """Write one Parquet part file (atomically) and return its path (a Location for a URI or a Location)."""
     return write_table(store_dir, videos_to_table(videos, dtype), name, dtype)
 
 
-def write_table(store_dir: str | os.PathLike, table: pa.Table, name: str | None = None,
-                dtype: str = "float16") -> Path:
+def write_table(store_dir: str | os.PathLike | Location, table: pa.Table, name: str | None = None,
+                dtype: str = "float16") -> Path | Location:
     """Write rows already in the store's Arrow form (e.g. `videos_to_table`'s, from an encoder actor) as one part
     file, atomically, without converting them back to numpy. Extra columns are dropped; a missing or differently
     typed column is refused, naming it."""
@@ -258,24 +266,28 @@ def write_table(store_dir: str | os.PathLike, table: pa.Table, name: str | None 
     name = name or f"part-{uuid.uuid4().hex[:12]}"
     rows = pa.Table.from_arrays([table.column(f.name) for f in schema], schema=schema)  # no foreign metadata
     rows = rows.combine_chunks()  # one row group, as videos_to_table gives
-    return _atomic_write_table(rows, Path(store_dir) / f"{name}.parquet")
+    target = path_or_location(store_dir) / f"{name}.parquet"
+    _atomic_write_table(rows, Location(target))
+    return target
 
 
-def write_errors(store_dir: str | os.PathLike, rows: Sequence[dict], name: str | None = None) -> Path | None:
+def write_errors(store_dir: str | os.PathLike | Location, rows: Sequence[dict],
+                 name: str | None = None) -> Path | Location | None:
     """Append failed videos (video_id, path, stage, error, message) to the errors table."""
     if not rows:
         return None
     table = pa.Table.from_pylist([{k: str(r.get(k, "")) for k in ERRORS_SCHEMA.names} for r in rows],
                                  schema=ERRORS_SCHEMA)
     name = name or f"part-{uuid.uuid4().hex[:12]}"
-    return _atomic_write_table(table, Path(store_dir) / ERRORS_DIR / f"{name}.parquet")
+    target = path_or_location(store_dir) / ERRORS_DIR / f"{name}.parquet"
+    _atomic_write_table(table, Location(target))
+    return target
 
 
-def write_info(store_dir: str | os.PathLike, info: StoreInfo) -> Path:
+def write_info(store_dir: str | os.PathLike | Location, info: StoreInfo) -> Path | Location:
     """features.json, strict JSON, atomically."""
-    path = Path(store_dir) / INFO_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_json(path, asdict(info))
+    Location(store_dir).mkdir(parents=True, exist_ok=True)
+    return write_json(path_or_location(store_dir) / INFO_FILE, asdict(info))
 
 
 def _refuse_constant(name: str):
@@ -491,14 +503,16 @@ def owned_files(store_dir: str | os.PathLike) -> list[Path]:
     return files + ([store / INFO_FILE] if (store / INFO_FILE).is_file() else [])
 
 
-def foreign_data_files(store_dir: str | os.PathLike) -> list[Path]:
+def foreign_data_files(store_dir: str | os.PathLike | Location) -> list[Location]:
     """Parquet files a reader would take for the store's data but that no store writer made (not `part-*`)."""
-    return [p for p in part_files(store_dir) if not p.name.startswith(PART_PREFIX)] if Path(store_dir).is_dir() else []
+    if not Location(store_dir).is_dir():
+        return []
+    return [f for f in data_files(store_dir) if not f.name.startswith(PART_PREFIX)]
 
 
-def _read_lock(path: Path) -> dict:
+def _read_lock(lock: Location) -> dict:
     try:
-        holder = json.loads(path.read_text())
+        holder = json.loads(lock.read_text())
     except (OSError, ValueError):
         return {}
     return holder if isinstance(holder, dict) else {}
@@ -520,8 +534,18 @@ def _is_stale(holder: dict) -> bool:
     return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
 
 
-def _try_lock(path: Path, holder: dict) -> bool:
-    """Create the lock file with `holder` in it, atomically and only if it does not exist (link(2) is exclusive)."""
+def _try_lock(lock: Location, holder: dict) -> bool:
+    """Create the lock file with `holder` in it, only if it does not exist.
+
+    Local: atomic (link(2) is exclusive). Object store: no exclusive create through pyarrow, so the object is
+    written only when absent and read back; two writers starting within the same moment may both pass.
+    """
+    if not lock.is_local:
+        if lock.exists():
+            return False
+        write_json(lock, holder)
+        return _read_lock(lock).get("token") == holder["token"]
+    path = lock.path
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-lock")
     write_json(tmp, holder)
     try:
@@ -533,14 +557,19 @@ def _try_lock(path: Path, holder: dict) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def _take_over(path: Path, stale: dict) -> None:
-    """Remove a stale lock; if another writer replaced it meanwhile, put theirs back."""
+def _take_over(lock: Location, stale: dict) -> None:
+    """Remove a stale lock; if another writer replaced it meanwhile, put theirs back (local disks)."""
+    if not lock.is_local:
+        if _read_lock(lock).get("token") == stale.get("token"):
+            lock.delete()
+        return
+    path = lock.path
     moved = path.with_name(f".tmp-{uuid.uuid4().hex}-stale-lock")
     try:
         os.rename(path, moved)
     except FileNotFoundError:  # another writer took it over first
         return
-    if _read_lock(moved).get("token") != stale.get("token"):
+    if _read_lock(Location(moved)).get("token") != stale.get("token"):
         try:
             os.link(moved, path)
         except FileExistsError:
@@ -549,28 +578,28 @@ def _take_over(path: Path, stale: dict) -> None:
 
 
 @contextmanager
-def writer_lock(store_dir: str | os.PathLike) -> Iterator[Path]:
+def writer_lock(store_dir: str | os.PathLike | Location) -> Iterator[Location]:
     """Hold DIR/.lock while writing a store: a second writer is refused, naming the holder (pid, host, since);
-    a stale lock (its pid dead on this host) is taken over."""
-    path = Path(store_dir) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    a stale lock (its pid dead on this host) is taken over. On an object store the lock is advisory (`_try_lock`)."""
+    lock = Location(store_dir) / LOCK_FILE
+    lock.parent.mkdir(parents=True, exist_ok=True)
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,
               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if not _try_lock(path, holder):
-        other = _read_lock(path)
+    if not _try_lock(lock, holder):
+        other = _read_lock(lock)
         if _is_stale(other):
-            _take_over(path, other)
-        if not _try_lock(path, holder):
-            other = _read_lock(path) or other
+            _take_over(lock, other)
+        if not _try_lock(lock, holder):
+            other = _read_lock(lock) or other
             who = (f"pid {other.get('pid')} on {other.get('host')} since {other.get('since')}" if other
                    else "an unreadable lock file")
-            raise StoreLockedError(f"{path}: another writer holds this feature store ({who}); wait for it to "
-                                   f"finish, or delete {path} if no such process is running")
+            raise StoreLockedError(f"{lock}: another writer holds this feature store ({who}); wait for it to "
+                                   f"finish, or delete {lock} if no such process is running")
     try:
-        yield path
+        yield lock
     finally:
-        if _read_lock(path).get("token") == holder["token"]:
-            path.unlink(missing_ok=True)
+        if _read_lock(lock).get("token") == holder["token"]:
+            lock.delete()
 
 
 def staging_dir(store_dir: str | os.PathLike) -> Path:
@@ -589,8 +618,12 @@ def commit_staging(store_dir: str | os.PathLike) -> list[Path]:
     return _finish_swap(Path(store_dir))
 
 
-def recover_staging(store_dir: str | os.PathLike) -> str | None:
-    """After a crash: finish a swap whose new store was complete, or drop an unfinished one (the old store stays)."""
+def recover_staging(store_dir: str | os.PathLike | Location) -> str | None:
+    """After a crash: finish a swap whose new store was complete, or drop an unfinished one (the old store stays).
+    Only local stores are staged (`asrn extract --overwrite`)."""
+    if not Location(store_dir).is_local:
+        return None
+    store_dir = Location(store_dir).path
     staging = staging_dir(store_dir)
     if not staging.is_dir():
         return None
@@ -626,11 +659,12 @@ def stored_splits_labels(store_dir: str | os.PathLike | Location) -> dict[str, t
     return found
 
 
-def update_splits_labels(store_dir: str | os.PathLike, changes: dict[str, tuple[str, list[str]]]) -> list[Path]:
+def update_splits_labels(store_dir: str | os.PathLike | Location,
+                         changes: dict[str, tuple[str, list[str]]]) -> list[Location]:
     """Set the split and labels of stored videos (features untouched), rewriting each affected part file atomically."""
     rewritten = []
-    for path in part_files(store_dir):
-        table = pq.read_table(path)
+    for part in data_files(store_dir):
+        table = read_part(part)
         ids = table.column("video_id").to_pylist()
         if not any(i in changes for i in ids):
             continue
@@ -639,5 +673,6 @@ def update_splits_labels(store_dir: str | os.PathLike, changes: dict[str, tuple[
         for name, values in (("split", [s for s, _ in new]), ("labels", [list(x) for _, x in new])):
             field_ = table.schema.field(name)
             table = table.set_column(table.schema.get_field_index(name), field_, pa.array(values, field_.type))
-        rewritten.append(_atomic_write_table(table, path))
+        _atomic_write_table(table, part)
+        rewritten.append(part)
     return rewritten

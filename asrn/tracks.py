@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from asrn.errors import AsrnError
+from asrn.locations import Location
 
 
 class TracksError(AsrnError):
@@ -53,8 +54,9 @@ def _boxes(value, where: str) -> np.ndarray:
     return array
 
 
-def load_tracks(path: str | os.PathLike) -> Tracks:
-    path = Path(path)
+def load_tracks(path: str | os.PathLike | Location) -> Tracks:
+    """Read a boxes file from a local path or a URI (the Ray task that needs it opens it by itself)."""
+    path = Location(path)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError as e:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from fractions import Fraction
@@ -19,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -28,10 +30,12 @@ from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
 from asrn.features import PreparedVideo, VideoSettings, VideoStageError, encode_prepared, prepare_video
 from asrn.flow import dequantize_flow
-from asrn.manifest import ManifestError
+from asrn.locations import Location
+from asrn.manifest import ManifestError, read_manifest
 from asrn.sequence import collate, select_steps
 from asrn.store import MODALITIES, StoreInfo, StoreLockedError, VideoFeatures
 from asrn.synth_videos import synthesize_videos
+from asrn.train import check_store
 
 LITE_DIMS = {m: PRESETS["lite"][m].dim for m in MODALITIES}
 
@@ -258,6 +262,58 @@ def tiny_videos(tmp_path_factory) -> Path:
     return synthesize_videos(root, num_videos=6, seed=3, width=160, height=120, fps=10.0, seconds=2.5)
 
 
+def _on_s3(folder: Path, uri: str) -> Location:
+    """`folder` uploaded to `uri` with pyarrow's copy_files, as a user would put videos on an object store."""
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(folder), path, destination_filesystem=filesystem)
+    return Location(uri)
+
+
+def test_a_video_and_its_boxes_on_s3_are_opened_by_uri_and_the_download_removed(tiny_videos, s3_folder, tmp_path,
+                                                                                  monkeypatch):
+    remote = _on_s3(tiny_videos.parent, f"{s3_folder}/in")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(downloads))  # where the decoder's local copy goes
+    entry = read_manifest(remote / "manifest.csv")[0]
+    assert (entry.path, entry.boxes) == (f"{remote}/videos/v0000.mp4", f"{remote}/boxes/v0000.json")
+    settings = VideoSettings(preset="lite", fps=2.0)
+    there = prepare_video(entry.path, entry.boxes, settings)
+    here = prepare_video(str(tiny_videos.parent / "videos" / "v0000.mp4"),
+                         str(tiny_videos.parent / "boxes" / "v0000.json"), settings)
+    assert there.detector == "tracks" and there.num_steps == 5
+    np.testing.assert_array_equal(there.rgb, here.rgb)
+    np.testing.assert_array_equal(there.has_face, here.has_face)
+    with pytest.raises(VideoStageError, match=f"^{remote}/videos/nope.mp4: ") as raised:
+        prepare_video(f"{remote}/videos/nope.mp4", entry.boxes, settings)
+    assert raised.value.stage == "decode"
+    with pytest.raises(VideoStageError, match=f"^{remote}/boxes/nope.json: boxes file not found") as raised:
+        prepare_video(entry.path, f"{remote}/boxes/nope.json", settings)
+    assert raised.value.stage == "detect"
+    assert list(downloads.iterdir()) == []  # every download deleted
+
+
+def test_a_store_on_s3_is_resumed_updated_and_locked_like_a_local_one(lite_store, s3_folder, tmp_path, monkeypatch):
+    local, manifest = lite_store
+    out = _on_s3(local, f"{s3_folder}/feats")
+    rows = _manifest_rows(manifest)
+    rows[0] = {**rows[0], "split": "test", "labels": "sub:dominant|obj:peer"}
+    remote_manifest = Location(f"{s3_folder}/list/manifest.csv")
+    remote_manifest.upload(_write_rows(tmp_path / "changed.csv", rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    summary = extract_features(ExtractConfig(manifest=str(remote_manifest), out=str(out)))  # all done: no Ray
+    assert (summary.processed, summary.skipped, summary.out) == (0, 3, out)
+    assert store.stored_splits_labels(out)["v0000"] == ("test", ["sub:dominant", "obj:peer"])
+    assert not (out / store.LOCK_FILE).exists()  # released
+    assert list(work.iterdir()) == []  # nothing written locally
+    with pytest.raises(ExtractError, match=f"^--out {out}: --overwrite needs a local folder"):
+        extract_features(ExtractConfig(manifest=remote_manifest, out=out, overwrite=True))
+    with pytest.raises(ManifestError, match=f"^{s3_folder}/list/nope.csv: manifest not found"):
+        extract_features(ExtractConfig(manifest=f"{s3_folder}/list/nope.csv", out=out))
+
+
 def _encoded_batch(tiny_videos: Path, count: int, window: int | None = None) -> pa.Table:
     """The first `count` tiny videos through the pipeline's own stage functions, in this process (no Ray): the CPU
     stage's rows, batched as Ray Data's numpy batches, then one encoder actor's Arrow table."""
@@ -346,8 +402,6 @@ def test_a_store_is_not_resumed_with_the_other_encoded_steps_choice(lite_store):
 
 
 def test_training_refuses_a_store_encoded_for_another_window(lite_store):
-    from asrn.train import check_store
-
     out, _ = lite_store
     info = store.read_info(out)
     store.write_info(out, dataclasses.replace(info, extra={**info.extra, "encoded_steps": "window-3 kept"}))
@@ -451,27 +505,39 @@ def test_a_video_that_kills_its_worker_is_retried_then_recorded(ray_cluster, tin
 
 
 @pytest.mark.ray
-def test_a_killed_driver_then_a_rerun_store_every_video_exactly_once(ray_cluster, tiny_videos, tmp_path):
-    rows = _absolute_rows(tiny_videos, 6)
-    fake = tmp_path / "notes.mp4"
-    fake.write_text("a text file\n")
-    rows.insert(1, {**rows[0], "video_id": "corrupt", "path": str(fake), "boxes": ""})
-    manifest, out = _write_rows(tmp_path / "m.csv", rows), tmp_path / "feats"
+def test_a_killed_driver_then_a_rerun_store_every_video_exactly_once(ray_cluster, tiny_videos, s3_folder, tmp_path,
+                                                                     monkeypatch):
+    """Everything on the S3 test server (manifest, videos, boxes, store): the Ray tasks fetch their own videos by
+    URI, part files go up under their final names, and the rerun after a SIGKILL resumes from them."""
+    remote = _on_s3(tiny_videos.parent, f"{s3_folder}/in")
+    rows = _manifest_rows(tiny_videos)  # relative paths: beside the manifest, on S3
+    (tmp_path / "notes.mp4").write_text("a text file\n")
+    (remote / "notes.mp4").upload(tmp_path / "notes.mp4")
+    rows.insert(1, {**rows[0], "video_id": "corrupt", "path": "notes.mp4", "boxes": ""})
+    manifest, out = remote / "m.csv", Location(f"{s3_folder}/feats")
+    manifest.upload(_write_rows(tmp_path / "m.csv", rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     address = ray_cluster.get_runtime_context().gcs_address
     script = (f"from asrn.extract import ExtractConfig, extract_features; extract_features(ExtractConfig("
               f"manifest={str(manifest)!r}, out={str(out)!r}, address={address!r}, batch_size=1, videos_per_part=1))")
-    with (tmp_path / "driver.log").open("w") as log:
+    with (tmp_path / "driver.log").open("w") as log:  # inherits the S3 server's variables
         driver = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1], stdout=log, stderr=log)
     deadline = time.monotonic() + 300
-    while driver.poll() is None and len(list(out.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while driver.poll() is None and len(out.files(".parquet")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     os.kill(driver.pid, signal.SIGKILL)
     assert driver.wait() == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-2000:]
     assert (out / store.LOCK_FILE).exists()  # the dead driver's lock: taken over below
 
     summary = extract_features(ExtractConfig(manifest=manifest, out=out, batch_size=2, videos_per_part=2))
     assert summary.skipped >= 2
-    stored = [i for f in store.part_files(out) for i in pq.read_table(f, columns=["video_id"])["video_id"].to_pylist()]
-    failed = store.read_errors(out).column("video_id").to_pylist()
+    stored = [i for f in store.data_files(out)
+              for i in store.read_part(f, columns=["video_id"]).column("video_id").to_pylist()]
+    errors = store.read_errors(out).to_pylist()
     assert sorted(stored) == sorted(r["video_id"] for r in rows if r["video_id"] != "corrupt")
-    assert failed == ["corrupt"]
+    assert [(e["video_id"], e["path"]) for e in errors] == [("corrupt", f"{remote}/notes.mp4")]
+    assert not (out / store.LOCK_FILE).exists() and store.read_info(out).preset == "lite"
+    assert sum(check_store(out, "sub")[1].values()) == 6  # training's own check accepts the store, by URI
+    assert list(work.iterdir()) == []  # nothing written to the local working directory

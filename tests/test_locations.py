@@ -81,3 +81,12 @@ def test_a_missing_file_is_named(tmp_path, s3_folder, where):
     missing = (Location(tmp_path) if where == "local" else Location(s3_folder)) / "features.json"
     with pytest.raises(FileNotFoundError, match=f"not found: '{missing}'"):
         missing.read_bytes()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_delete_removes_a_file_and_ignores_a_missing_one(tmp_path, s3_folder, where):
+    folder = Location(tmp_path) if where == "local" else Location(s3_folder)
+    write_text(folder / "a.txt", "a")
+    (folder / "a.txt").delete()
+    (folder / "a.txt").delete()  # already gone: nothing to do
+    assert not (folder / "a.txt").exists()

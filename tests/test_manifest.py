@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from asrn.files import write_text
+from asrn.locations import Location
 from asrn.manifest import ManifestError, read_manifest, write_manifest
 
 
@@ -92,3 +94,20 @@ def test_relative_paths_may_not_leave_the_manifests_folder(tmp_path):
     assert ":2: path of video 'v1': relative path '../../etc/passwd' leaves" in str(e.value)
     assert ":3: boxes of video 'v2'" in str(e.value)
     assert "root:" not in str(e.value)  # never quotes file contents
+
+
+def test_a_manifest_on_s3_resolves_its_relative_paths_beside_it(s3_folder):
+    manifest = Location(s3_folder) / "videos" / "manifest.csv"
+    write_text(manifest, "video_id,path,split,labels,boxes\n"
+                         "v1,clips/v1.mp4,train,sub:warm,./boxes/v1.json\n"
+                         "v2,s3://other/v2.mp4,val,obj:hostile,\n"
+                         "v3,../v3.mp4,test,sub:dominant,\n")
+    with pytest.raises(ManifestError, match=rf"{manifest}:4: path of video 'v3': relative path '../v3.mp4' leaves"):
+        read_manifest(manifest)
+    write_text(manifest, manifest.read_text().replace("../v3.mp4", "v3.mp4"))
+    entries = read_manifest(str(manifest))
+    assert [(e.path, e.boxes) for e in entries] == [
+        (f"{s3_folder}/videos/clips/v1.mp4", f"{s3_folder}/videos/boxes/v1.json"), ("s3://other/v2.mp4", None),
+        (f"{s3_folder}/videos/v3.mp4", None)]
+    with pytest.raises(ManifestError, match=f"^{s3_folder}/nope.csv: manifest not found"):
+        read_manifest(f"{s3_folder}/nope.csv")

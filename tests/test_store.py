@@ -1,8 +1,16 @@
+import json
+import os
+import socket
+import subprocess
+
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from asrn import store
+from asrn.files import write_json
+from asrn.locations import Location
 from asrn.store import MODALITIES, FeatureStoreError, StoreInfo, VideoFeatures
 
 DIMS = {"rgb": 8, "motion": 4, "body": 3, "face": 2}
@@ -126,3 +134,50 @@ def test_a_missing_store_on_s3_is_named_with_its_uri(s3_folder):
         store.read_info(f"{s3_folder}/features")
     with pytest.raises(FeatureStoreError, match=f"^{s3_folder}/features: feature store folder not found"):
         store.data_files(f"{s3_folder}/features")
+
+
+def _objects(uri: str) -> list[str]:
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted(f.path[len(path):].lstrip("/") for f in found if f.type == pafs.FileType.File)
+
+
+@pytest.mark.parametrize("where", ["s3", "file"])
+def test_the_writers_write_a_store_by_uri_under_final_names_only(s3_folder, tmp_path, where):
+    remote = f"{s3_folder}/features" if where == "s3" else f"file://{tmp_path}/features"
+    part = store.write_videos(remote, [_video("a", 5, seed=1), _video("b", 2, "val", seed=2)], name="part-1")
+    errors = store.write_errors(remote, [{"video_id": "x", "path": f"{s3_folder}/x.mp4", "stage": "decode",
+                                          "error": "VideoDecodeError", "message": "m"}], name="part-e")
+    info = store.write_info(remote, StoreInfo("lite", DIMS, 2.0))
+    assert (str(part), str(errors), str(info)) == (f"{remote}/part-1.parquet", f"{remote}/errors/part-e.parquet",
+                                                    f"{remote}/features.json")
+    assert _objects(remote) == ["errors/part-e.parquet", "features.json", "part-1.parquet"]  # no temporaries
+    assert store.done_video_ids(remote) == {"a", "b"}
+    assert store.read_errors(remote).column("path").to_pylist() == [f"{s3_folder}/x.mp4"]
+    assert store.read_info(remote).dims == DIMS
+
+    store.write_videos(remote, [_video("c", 3, "test", seed=3)], name="part-2")  # a resumed run adds a part
+    assert store.done_video_ids(remote) == {"a", "b", "c"}
+    rewritten = store.update_splits_labels(remote, {"b": ("test", ["obj:peer"])})
+    assert [str(f) for f in rewritten] == [f"{remote}/part-1.parquet"]  # part-2 untouched
+    assert store.stored_splits_labels(remote)["b"] == ("test", ["obj:peer"])
+    assert _objects(remote) == ["errors/part-e.parquet", "features.json", "part-1.parquet", "part-2.parquet"]
+
+
+def test_the_writer_lock_on_s3_refuses_a_live_writer_and_takes_over_a_dead_ones(s3_folder):
+    remote = f"{s3_folder}/features"
+    with store.writer_lock(remote) as lock:
+        assert str(lock) == f"{remote}/.lock" and json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(store.StoreLockedError, match=rf"^{remote}/\.lock: another writer .*pid {os.getpid()}"):
+            with store.writer_lock(remote):
+                pass
+    assert _objects(remote) == []  # released
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_json(Location(remote) / ".lock", {"pid": dead.pid, "host": socket.gethostname(), "token": "t",
+                                            "since": "then"})
+    with store.writer_lock(remote):  # its pid is dead on this host: taken over
+        assert json.loads((Location(remote) / ".lock").read_text())["pid"] == os.getpid()
+    write_json(Location(remote) / ".lock", {"pid": dead.pid, "host": "elsewhere", "token": "t", "since": "then"})
+    with pytest.raises(store.StoreLockedError, match="on elsewhere"), store.writer_lock(remote):
+        pass
