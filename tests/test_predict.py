@@ -105,6 +105,27 @@ def test_per_class_thresholds_travel_from_best_pt_to_scores_json(trained, tmp_pa
     assert scores["predicted"] == [n for n, item in scores["scores"].items() if item["score"] >= item["threshold"]]
 
 
+def test_a_checkpoint_on_s3_predicts_into_an_s3_folder(trained, s3_folder, s3_listing, tmp_path, monkeypatch):
+    """`asrn predict --checkpoint s3://.../best.pt --out s3://...`: read and written on the session's S3 server,
+    nothing in the working directory; the scores are those of the local best.pt."""
+    from asrn.locations import Location
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = f"{s3_folder}/run/best.pt"
+    Location(checkpoint).upload(trained["checkpoint"])
+    entry = trained["entries"][2]
+    assert main(["predict", str(entry.path), "--boxes", str(entry.boxes), "--checkpoint", checkpoint,
+                 "--out", f"{s3_folder}/predict"]) == 0
+    assert sorted(s3_listing(f"{s3_folder}/predict")) == ["attention.json", "attention.png", "scores.json"]
+    assert list(tmp_path.iterdir()) == []
+    scores = json.loads((Location(s3_folder) / "predict" / "scores.json").read_text())
+    assert scores["checkpoint"] == checkpoint
+    predict(PredictConfig(checkpoint=trained["checkpoint"], out=tmp_path / "local",
+                          videos=[Path(entry.path)], boxes=Path(entry.boxes)))
+    local_scores = json.loads((tmp_path / "local" / "scores.json").read_text())["scores"]
+    assert {k: v["score"] for k, v in scores["scores"].items()} == {k: v["score"] for k, v in local_scores.items()}
+
+
 def test_nan_weights_are_refused_not_written(trained, tmp_path, rewrite_checkpoint):
     bad = rewrite_checkpoint(trained["checkpoint"], tmp_path / "nan.pt",
                               lambda c: c["model_state"]["classifier.bias"].fill_(float("nan")))

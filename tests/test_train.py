@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -131,6 +132,26 @@ def test_train_into_a_folder_holding_a_run_is_refused_before_touching_it(small_s
 def test_resume_without_a_previous_run_is_refused(small_store, tmp_path):
     with pytest.raises(TrainConfigError, match="--resume"):
         train(TrainConfig(features=small_store, task="sub", out=tmp_path / "run", resume=True, mlflow_uri="none"))
+
+
+def test_a_run_folder_on_s3_is_checked_like_a_local_one_before_ray_starts(small_store, s3_folder, monkeypatch):
+    """--out s3://...: ray_run.json is read from there; a missing record, a run already there, and a resume with
+    another --storage are refused by name before Ray starts (a resumed run on S3: tests/test_cluster.py)."""
+    import ray
+
+    from asrn.files import write_text
+    from asrn.locations import Location
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started for a run that cannot start"))
+    out, storage = f"{s3_folder}/run", f"{s3_folder}/ray"
+    config = TrainConfig(features=small_store, task="sub", out=out, storage=storage, mlflow_uri="none", resume=True)
+    with pytest.raises(TrainConfigError, match=f"--resume: {out}/ray_run.json not found"):
+        train(config)
+    write_text(Location(out) / "ray_run.json", json.dumps({"name": "earlier", "storage_path": storage}))
+    with pytest.raises(TrainConfigError, match="already holds a run"):
+        train(dataclasses.replace(config, resume=False))
+    with pytest.raises(TrainConfigError, match=f"kept its checkpoints in {storage}, not {s3_folder}/other"):
+        train(dataclasses.replace(config, storage=f"{s3_folder}/other"))
 
 
 def test_a_small_store_is_read_by_the_workers_with_cached_statistics(small_store, tmp_path):
@@ -372,15 +393,3 @@ def test_the_best_model_is_logged_registered_and_scores_as_best_pt(trained, plan
     with torch.no_grad():
         scores = model(torch.from_numpy(pack_videos(test, read_info(planted_store).dims))).numpy()
     np.testing.assert_allclose(scores, expected, atol=1e-5)
-
-
-@pytest.mark.ray
-def test_a_store_above_the_threshold_streams_through_ray_data(ray_cluster, small_store, tmp_path, capsys):
-    """direct_read_max_mb = 0: the Ray Data path (read, filter, materialize, dataset shards) on two DDP workers."""
-    config = TrainConfig(features=small_store, task="sub", out=tmp_path / "run", num_workers=2, epochs=2,
-                         batch_size=4, mlflow_uri="none", direct_read_max_mb=0)
-    result = train(config)
-    console = capsys.readouterr().out
-    assert "store [1/3]: reading the train split (" in console and "store [2/3]: reading the val split" in console
-    assert [h["epoch"] for h in result.history] == [1, 2]
-    assert all(np.isfinite(h["train_loss"]) for h in result.history)
