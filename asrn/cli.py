@@ -180,15 +180,17 @@ def _add_tune_arguments(sub) -> None:
 
 def _add_predict_arguments(sub) -> None:
     p = _parser(sub, "predict", "a video's relations, with attention.png (in this process, without Ray)")
-    p.add_argument("videos", nargs="*", type=Path, help="video files (or use --manifest)")
-    p.add_argument("--manifest", type=Path, default=None, metavar="CSV",
-                   help="videos (asrn extract's manifest format) instead of VIDEO paths; default: the VIDEO paths")
+    p.add_argument("videos", nargs="*", type=Location, help="video files or URIs (or use --manifest)")
+    p.add_argument("--manifest", type=Location, default=None, metavar="CSV",
+                   help="videos (asrn extract's manifest format; a file or URI) instead of VIDEO paths; default: the "
+                        "VIDEO paths")
     p.add_argument("--checkpoint", type=Location, required=True,
                    help="best.pt of asrn train or asrn tune: a file or a URI (s3://, gs://, file://)")
     p.add_argument("--out", type=Location, required=True, metavar="DIR",
                    help="scores.json, attention.json, attention.png (a folder per video for several); a folder or URI")
-    p.add_argument("--boxes", type=Path, default=None, metavar="JSON",
-                   help="person/face tracks of a single video; default: detect them as asrn extract does")
+    p.add_argument("--boxes", type=Location, default=None, metavar="JSON",
+                   help="person/face tracks of a single video (a file or URI); default: detect them as asrn "
+                        "extract does")
     p.add_argument("--weights-dir", type=Path, default=None,
                    help="folder of pretrained weight files; default: torchvision's cache, else random init")
     p.add_argument("--threshold", type=float, default=None,

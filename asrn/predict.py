@@ -77,17 +77,17 @@ class PredictConfig:
 
     checkpoint: Location  # a local file or a URI
     out: Location  # a local folder or a URI
-    videos: list[Path] = field(default_factory=list)
-    manifest: Path | None = None
-    boxes: Path | None = None  # tracks JSON of the single video
+    videos: list[Location] = field(default_factory=list)  # local files or URIs
+    manifest: Location | None = None
+    boxes: Location | None = None  # tracks JSON of the single video
     weights_dir: Path | None = None
     threshold: float | None = None  # one threshold for every class; default: the per-class ones in the checkpoint
 
     def __post_init__(self) -> None:
         self.checkpoint, self.out = Location(self.checkpoint), Location(self.out)
-        self.videos = [Path(v) for v in self.videos]
-        self.manifest = Path(self.manifest) if self.manifest is not None else None
-        self.boxes = Path(self.boxes) if self.boxes is not None else None
+        self.videos = [Location(v) for v in self.videos]
+        self.manifest = Location(self.manifest) if self.manifest is not None else None
+        self.boxes = Location(self.boxes) if self.boxes is not None else None
         self.weights_dir = Path(self.weights_dir) if self.weights_dir is not None else None
         if not self.videos and self.manifest is None:
             raise PredictError("no videos given: pass VIDEO paths or --manifest CSV")
@@ -364,8 +364,9 @@ def _video_list(config: PredictConfig) -> list[tuple[str, str | None, list[str] 
     seen: dict[str, int] = {}
     videos = []
     for v in config.videos:
-        seen[v.stem] = seen.get(v.stem, 0) + 1
-        name = v.stem if seen[v.stem] == 1 else f"{v.stem}-{seen[v.stem]}"
+        stem = Path(v.name).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
         videos.append((str(v), str(config.boxes) if config.boxes else None, None, name))
     return videos
 

@@ -92,7 +92,7 @@ class TuneConfig:
 
     features: Location  # a local folder or a URI
     task: str
-    out: Path
+    out: Location  # a local folder or a URI
     num_samples: int
     max_concurrent: int = 2
     space: Location | None = None  # a local file or a URI; default tuning/spaces/default.yaml
@@ -116,10 +116,7 @@ class TuneConfig:
     reduction_factor: int = 3  # ASHA: keep the top 1/reduction_factor at each rung
 
     def __post_init__(self) -> None:
-        if Location(self.out).is_uri and not Location(self.out).is_local:
-            raise TuneConfigError(f"--out {self.out}: a sweep's outputs go to a local folder for now; its Tune and "
-                                  "Train storage (--storage) may be a URI")
-        self.features, self.out = Location(self.features), Path(self.out)
+        self.features, self.out = Location(self.features), Location(self.out)
         self.space = Location(self.space) if self.space is not None else None
         if self.task not in TASKS:
             raise UnknownTaskError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
@@ -181,15 +178,15 @@ class TrialRecord:
 class TuneResult:
     """What `tune` produced: the trials (best first), the best one, and where its outputs are."""
 
-    out: Path
+    out: Location
     best: TrialRecord
     trials: list[TrialRecord]
-    checkpoint: Path  # out/best.pt
+    checkpoint: Path | Location  # out/best.pt
     max_concurrent: int  # after clamping to the cluster
     metrics: dict  # the best trial's best epoch scored on val and test (metrics.json)
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, Path | Location] = field(default_factory=dict)
     model_uri: str | None = None  # the best trial's best.pt as an MLflow model, logged on the parent run
 
 
@@ -231,9 +228,9 @@ class SweepRecorder(ray.tune.Callback):
     map is read back from MLflow in `setup`.
     """
 
-    def __init__(self, status_file: Path, epochs: int, patience: int, untuned: dict, context: dict,
+    def __init__(self, status_file: Location, epochs: int, patience: int, untuned: dict, context: dict,
                  tracking_uri: str | None, parent_run_id: str | None):
-        self.status_file, self.epochs, self.patience = Path(status_file), epochs, patience
+        self.status_file, self.epochs, self.patience = Location(status_file), epochs, patience
         self.untuned, self.context = dict(untuned), dict(context)
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
         self._experiment_id, self._runs, self._logged = None, {}, {}
@@ -306,7 +303,7 @@ def trial_hyperparameters(trial_config: dict, untuned: dict) -> dict:
     return {k: HYPERPARAMETERS[k](v) for k, v in values.items()}
 
 
-def read_statuses(path: Path) -> dict[str, str]:
+def read_statuses(path: Location) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -320,7 +317,7 @@ def child_runs(client, experiment_id: str, parent_run_id: str) -> dict[str, str]
 # ---------------------------------------------------------------- driver side
 
 def _tune_storage(config: TuneConfig) -> str:
-    return config.storage.rstrip("/") if config.storage else str(config.out.resolve())
+    return config.storage.rstrip("/") if config.storage else str(config.out.absolute())
 
 
 def _uri(storage: str, path: str) -> str:
@@ -407,7 +404,7 @@ def _best_state(best: TrialRecord) -> dict:
                           f"(looked at {best.checkpoint_paths})")
 
 
-def _write_csv(trials: Sequence[TrialRecord], path: Path) -> Path:
+def _write_csv(trials: Sequence[TrialRecord], path: Location) -> Location:
     rows = [t.row() for t in trials]
     with atomic_output(path) as temporary, temporary.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))

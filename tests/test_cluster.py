@@ -528,9 +528,10 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_fo
     trial (it used to refuse); a worker node joins with `ray start --address` (what the autoscaler would do) and
     the sweep finishes. Every process here carries a marker in its environment and is stopped by it.
 
-    Two nodes that share no disk, as far as one machine allows: the store and the storage are on the session's S3
-    server (the local copy of the store is deleted), the head offers no CPU so every trial, Train worker and read
-    runs on the second node, and that node starts in its own working, home and temporary folders."""
+    Two nodes that share no disk, as far as one machine allows: the store, the storage and --out are on the
+    session's S3 server (the local copy of the store is deleted), the head offers no CPU so every trial, Train
+    worker and read runs on the second node, and that node starts in its own working, home and temporary
+    folders."""
     from asrn.cli import main
     from asrn.locations import Location
 
@@ -572,11 +573,11 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_fo
                               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_port()),
                               "--num-cpus", "0", *common, *_node_ports()])
         wait_for("the GCS", lambda: socket.socket().connect_ex(("127.0.0.1", int(gcs.split(":")[1]))) == 0, "head")
-        out = tmp_path / "out"
+        out = f"{s3_folder}/out"  # the sweep's outputs too: only MLflow's sqlite file is on this disk
         driver_log = state / "driver.log"
         driver = start("driver", [
             str(VENV_BIN / "asrn"), "tune", "--features", features, "--storage", storage, "--task", "sub",
-            "--out", str(out),
+            "--out", out,
             "--num-samples", "1", "--max-concurrent", "1", "--epochs", "1", "--hidden", "16",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment-name", "test-queue",
             "--address", gcs])
@@ -587,7 +588,8 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_fo
         driver.wait(timeout=900)
         console = driver_log.read_text()
         assert driver.returncode == 0, console[-4000:]
-        assert (out / "best.pt").is_file() and (out / "trials.csv").is_file()
+        assert {"best.pt", "trials.csv", "best_config.json", "metrics.json", "sweep.png", "trial_status.json",
+                "tune_config.json", "mlflow_run.json"} <= set(s3_listing(out)), sorted(s3_listing(out))
         kept = s3_listing(storage)
         assert "sweep/tuner.pkl" in kept and any(k.startswith("trials/") and k.endswith("/state.pt") for k in kept)
     finally:

@@ -106,16 +106,18 @@ def test_per_class_thresholds_travel_from_best_pt_to_scores_json(trained, tmp_pa
 
 
 def test_a_checkpoint_on_s3_predicts_into_an_s3_folder(trained, s3_folder, s3_listing, tmp_path, monkeypatch):
-    """`asrn predict --checkpoint s3://.../best.pt --out s3://...`: read and written on the session's S3 server,
-    nothing in the working directory; the scores are those of the local best.pt."""
+    """`asrn predict s3://.../video.mp4 --boxes s3://... --checkpoint s3://.../best.pt --out s3://...`: read and
+    written on the session's S3 server, nothing in the working directory; the scores are those of the local
+    files."""
     from asrn.locations import Location
 
     monkeypatch.chdir(tmp_path)
-    checkpoint = f"{s3_folder}/run/best.pt"
-    Location(checkpoint).upload(trained["checkpoint"])
     entry = trained["entries"][2]
-    assert main(["predict", str(entry.path), "--boxes", str(entry.boxes), "--checkpoint", checkpoint,
-                 "--out", f"{s3_folder}/predict"]) == 0
+    checkpoint, video, boxes = (f"{s3_folder}/run/best.pt", f"{s3_folder}/in/{Path(entry.path).name}",
+                                f"{s3_folder}/in/{Path(entry.boxes).name}")
+    for uri, local in ((checkpoint, trained["checkpoint"]), (video, entry.path), (boxes, entry.boxes)):
+        Location(uri).upload(local)
+    assert main(["predict", video, "--boxes", boxes, "--checkpoint", checkpoint, "--out", f"{s3_folder}/predict"]) == 0
     assert sorted(s3_listing(f"{s3_folder}/predict")) == ["attention.json", "attention.png", "scores.json"]
     assert list(tmp_path.iterdir()) == []
     scores = json.loads((Location(s3_folder) / "predict" / "scores.json").read_text())
