@@ -34,7 +34,7 @@ else
 endif
 
 test: env
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist loadgroup
 
 test-unit: env
 	$(BIN)/python -m pytest -q -m "not ray"

@@ -16,6 +16,15 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+def pytest_collection_modifyitems(items):
+    """`make test` runs `pytest -n 2 --dist loadgroup`: the Ray tests go to one worker, one after another on that
+    worker's Ray cluster (two clusters on one machine confuse Train V2's cleanup), while the other worker runs the
+    unit tests beside them."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 S3_BUCKET = "asrn-test"
 
 
