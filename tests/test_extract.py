@@ -412,7 +412,11 @@ def test_training_refuses_a_store_encoded_for_another_window(lite_store):
 
 
 @pytest.mark.ray
-def test_extract_good_corrupt_and_missing_videos_offline(ray_cluster, tiny_videos, tmp_path, monkeypatch):
+def test_extract_good_corrupt_missing_and_worker_killing_videos_offline(ray_cluster, tiny_videos, tmp_path,
+                                                                        monkeypatch):
+    """One run, every kind of video: good ones (one not H.264), a text file, a missing file, and one whose CPU-stage
+    task kills its worker process on every attempt (ASRN_FAULT_CRASH_VIDEO): the good ones are stored, each bad one
+    is one error record naming it, and nothing pretrained is found (random init)."""
     torch_home = tmp_path / "empty-torch-home"
     torch_home.mkdir()
     monkeypatch.setenv("TORCH_HOME", str(torch_home))  # no weights anywhere: random init, and nothing hangs
@@ -420,16 +424,18 @@ def test_extract_good_corrupt_and_missing_videos_offline(ray_cluster, tiny_video
     mpeg4 = tiny_videos.parent / "videos" / "v0003-mpeg4.mp4"  # a non-H.264 codec: MPEG-4 Part 2
     _transcode(tiny_videos.parent / rows[3]["path"], mpeg4, "mpeg4")
     rows[3] = {**rows[3], "video_id": "mpeg4", "path": str(mpeg4)}
+    crash = rows[1]["video_id"]
+    monkeypatch.setenv(extract_module.FAULT_CRASH_VIDEO, crash)  # its CPU-stage task calls os._exit(1)
     fake = tmp_path / "notes.mp4"
     fake.write_text("this is a text file, not a video\n")
     rows.append({**rows[0], "video_id": "corrupt", "path": str(fake), "boxes": ""})
     rows.append({**rows[0], "video_id": "missing", "path": str(tmp_path / "nowhere.mp4"), "boxes": ""})
     manifest = _write_rows(tiny_videos.parent / "with-bad.csv", rows)
     out = tmp_path / "feats"
-    summary = extract_features(ExtractConfig(manifest=manifest, out=out, preset="lite", fps=2.0,
-                                             num_workers=1, batch_size=2, videos_per_part=3))
-    assert (summary.succeeded, summary.failed, summary.skipped, summary.total) == (4, 2, 0, 6)
-    assert len(summary.part_files) == 2  # 3 + 1 videos
+    summary = extract_features(ExtractConfig(manifest=manifest, out=out, preset="lite", fps=2.0, num_workers=1,
+                                             batch_size=2, videos_per_part=2, max_retries=1))
+    assert (summary.succeeded, summary.failed, summary.skipped, summary.total) == (3, 3, 0, 6)
+    assert len(summary.part_files) == 2  # 2 + 1 videos
 
     info = store.read_info(out)
     assert info.preset == "lite" and info.fps == 2.0 and info.dims == LITE_DIMS
@@ -437,7 +443,7 @@ def test_extract_good_corrupt_and_missing_videos_offline(ray_cluster, tiny_video
     assert info.detector == "tracks" and set(info.encoders) == set(MODALITIES)
     assert info.decoder == video.DECODER  # decord where it imports, else PyAV; every video decoded whole
     videos = {v.video_id: v for v in store.load_videos(out)}
-    assert sorted(videos) == sorted(r["video_id"] for r in rows[:4])
+    assert sorted(videos) == sorted(r["video_id"] for r in rows[:4] if r["video_id"] != crash)
     for v in videos.values():
         assert v.num_steps == 5 and np.all(np.diff(v.timestamp) > 0)  # 2.5 s at 2 fps
         assert {m: f.shape[1] for m, f in v.features.items()} == info.dims
@@ -447,10 +453,13 @@ def test_extract_good_corrupt_and_missing_videos_offline(ray_cluster, tiny_video
     assert table.schema.names == store.row_schema().names
 
     errors = {r["video_id"]: r for r in store.read_errors(out).to_pylist()}
-    assert sorted(errors) == ["corrupt", "missing"]
+    assert sorted(errors) == sorted([crash, "corrupt", "missing"])
     assert errors["corrupt"]["stage"] == "decode" and "text file" in errors["corrupt"]["message"]
     assert errors["missing"]["stage"] == "decode" and "not found" in errors["missing"]["message"]
     assert errors["missing"]["error"] == "VideoDecodeError" and errors["missing"]["path"].endswith("nowhere.mp4")
+    assert (errors[crash]["stage"], errors[crash]["error"]) == ("prepare", "WorkerCrashedError")
+    assert "died on each of 2 attempt(s)" in errors[crash]["message"]
+    assert errors[crash]["path"] == str(tiny_videos.parent / rows[1]["path"])
 
     with pytest.raises(ExtractError, match="fps"):  # another sampling rate into the same store
         extract_features(ExtractConfig(manifest=manifest, out=out, fps=1.0))
@@ -482,26 +491,6 @@ def test_rerun_skips_done_videos_and_does_only_new_ones(ray_cluster, tiny_videos
     assert info.dims == info_before["dims"] and info.detector == "opencv-haar+hog, tracks"
     new = next(v for v in store.load_videos(out) if v.video_id == rows[3]["video_id"])
     assert new.num_steps == 5  # no person found must still give rows, not an error
-
-
-def _absolute_rows(manifest: Path, count: int) -> list[dict]:
-    return [{**r, "path": str(manifest.parent / r["path"]), "boxes": str(manifest.parent / r["boxes"])}
-            for r in _manifest_rows(manifest)[:count]]
-
-
-@pytest.mark.ray
-def test_a_video_that_kills_its_worker_is_retried_then_recorded(ray_cluster, tiny_videos, tmp_path, monkeypatch):
-    rows = _absolute_rows(tiny_videos, 3)
-    crash = rows[1]["video_id"]
-    monkeypatch.setenv(extract_module.FAULT_CRASH_VIDEO, crash)  # its CPU-stage task calls os._exit(1)
-    out = tmp_path / "feats"
-    summary = extract_features(ExtractConfig(manifest=_write_rows(tmp_path / "m.csv", rows), out=out, batch_size=2,
-                                             max_retries=1))
-    assert (summary.succeeded, summary.failed) == (2, 1)
-    assert store.done_video_ids(out) == {rows[0]["video_id"], rows[2]["video_id"]}
-    errors = store.read_errors(out).to_pylist()
-    assert [(e["video_id"], e["stage"], e["error"]) for e in errors] == [(crash, "prepare", "WorkerCrashedError")]
-    assert "died on each of 2 attempt(s)" in errors[0]["message"] and errors[0]["path"] == rows[1]["path"]
 
 
 @pytest.mark.ray
