@@ -16,6 +16,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads xdist_group to route the tests
 def pytest_collection_modifyitems(items):
     """`make test` runs `pytest -n 2 --dist loadgroup`: the Ray tests go to one worker, one after another on that
     worker's Ray cluster (two clusters on one machine confuse Train V2's cleanup), while the other worker runs the
@@ -23,6 +24,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_collection_finish(session):
+    """Under --dist loadgroup, refuse to run if xdist did not group the Ray tests (as with pytest 9.2 and
+    pytest-xdist 3.8): two workers would start two Ray clusters and the sweep could wait forever."""
+    if getattr(session.config.option, "loadgroup", False):
+        loose = [i.nodeid for i in session.items if i.get_closest_marker("ray") and not i.nodeid.endswith("@ray")]
+        if loose:
+            raise pytest.UsageError(f"pytest-xdist did not group {len(loose)} Ray test(s), e.g. {loose[0]}; check the "
+                                    "pytest / pytest-xdist versions in pyproject.toml")
 
 
 S3_BUCKET = "asrn-test"
