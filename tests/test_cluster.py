@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shlex
 import shutil
 import socket
@@ -513,13 +514,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node_ports() -> list[str]:
-    """A node's agent and worker ports, free now: two nodes on one host must not share Ray's defaults.
-    The worker ports are a 100-port range from a port free now (free is likely, not certain, for the rest)."""
-    base = min(_free_port(), 65000)
+def _node_ports(worker_ports: int) -> list[str]:
+    """A node's agent ports (free now) and its 100 worker ports from `worker_ports`: two nodes on one host must not
+    share Ray's defaults. The worker ranges lie below the kernel's ephemeral range, where every `_free_port` comes
+    from, so no single port can fall inside one (Ray refuses to start the node then)."""
     return ["--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
             "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
-            "--min-worker-port", str(base), "--max-worker-port", str(base + 100)]
+            "--min-worker-port", str(worker_ports), "--max-worker-port", str(worker_ports + 99)]
+
+
+def _worker_port_bases(nodes: int) -> list[int]:
+    """Disjoint 100-port blocks below the ephemeral range, at a random place (other runs on this host)."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    first = random.randrange(20000, ephemeral_low - 100 * nodes, 100)
+    return [first + 100 * i for i in range(nodes)]
 
 
 @pytest.mark.ray
@@ -552,6 +560,7 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_fo
     common = ["--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--temp-dir", str(state / "ray"),
               "--num-gpus", "0", "--object-store-memory", "200000000"]
     started: list[subprocess.Popen] = []
+    head_ports, worker_ports = _worker_port_bases(2)
 
     def start(name: str, args: list[str], cwd: Path = tmp_path, **extra_env: str) -> subprocess.Popen:
         log = (state / f"{name}.log").open("w")
@@ -571,7 +580,7 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_fo
     try:
         start("head", [str(VENV_BIN / "ray"), "start", "--head", "--port", gcs.split(":")[1],
                               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_port()),
-                              "--num-cpus", "0", *common, *_node_ports()])
+                              "--num-cpus", "0", *common, *_node_ports(head_ports)])
         wait_for("the GCS", lambda: socket.socket().connect_ex(("127.0.0.1", int(gcs.split(":")[1]))) == 0, "head")
         out = f"{s3_folder}/out"  # the sweep's outputs too: only MLflow's sqlite file is on this disk
         driver_log = state / "driver.log"
@@ -584,7 +593,7 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_fo
         wait_for("the warning", lambda: "queue until nodes join" in driver_log.read_text(), "driver")
         assert "the cluster has 0" in driver_log.read_text()
         start("worker", [str(VENV_BIN / "ray"), "start", "--address", gcs, "--num-cpus", "2", *common,
-                         *_node_ports()], cwd=elsewhere, TMPDIR=str(elsewhere), HOME=str(elsewhere))
+                         *_node_ports(worker_ports)], cwd=elsewhere, TMPDIR=str(elsewhere), HOME=str(elsewhere))
         driver.wait(timeout=900)
         console = driver_log.read_text()
         assert driver.returncode == 0, console[-4000:]
