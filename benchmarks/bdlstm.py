@@ -29,7 +29,6 @@ Method (GitHub issue 14, point 2):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import load, machine  # noqa: E402
+from machine import load, machine, write_results  # noqa: E402
 
 from asrn.model import ASRN, BoundaryLSTM, ModelConfig, straight_through_step  # noqa: E402
 from asrn.synth_features import DEFAULT_DIMS  # noqa: E402
@@ -237,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": load(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(f"written to {args.out}")
     return 0
 

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import load, machine  # noqa: E402
+from machine import load, machine, spread, write_results  # noqa: E402
 from train import DescendantCpu  # noqa: E402
 
 from asrn import extract as extract_module  # noqa: E402
@@ -152,11 +151,6 @@ def run_pipeline(manifest: Path, work: Path, workers: int, batch_size: int) -> d
             "load_average_before": load_before, "load_average_after": load()[0]}
 
 
-def spread(values: list[float], best) -> dict:
-    return {"median": round(statistics.median(values), 2), "best": round(best(values), 2),
-            "all": [round(v, 2) for v in values]}
-
-
 def summarize(runs: list[dict]) -> dict:
     """Per side: best (max) and median steps/s, min and median seconds and CPU seconds, over the rounds."""
     out = {}
@@ -255,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": load(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(json.dumps({"summary": summary, "ratios": result["ratios"]}, indent=2))
     print(f"written to {args.out}")
     return 0

@@ -47,7 +47,6 @@ Method (GitHub issue 14, point 5):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from machine import load, machine  # noqa: E402
+from machine import load, machine, write_results  # noqa: E402
 
 from asrn.encoders import PRESETS, build_encoders  # noqa: E402
 from asrn.features import VideoSettings  # noqa: E402
@@ -577,8 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     result["summary"] = summary(result)
     result["load_average_end"], result["wall_seconds"] = load(), round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(f"written to {args.out}")
     return 0
 

@@ -65,7 +65,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from machine import load, machine  # noqa: E402
+from machine import load, machine, spread, write_results  # noqa: E402
 
 from asrn.labels import task_labels  # noqa: E402
 from asrn.loop import RECIPES, build_optimizer, evaluate, train_epoch  # noqa: E402
@@ -366,11 +366,6 @@ def bench_lstm(threads: int, B: int, T: int, H: int, repeats: int) -> dict:
 
 # ---------------------------------------------------------------- the interleaved rounds
 
-def spread(values: list[float], best) -> dict:
-    return {"median": round(statistics.median(values), 2), "best": round(best(values), 2),
-            "all": [round(v, 2) for v in values]}
-
-
 def summarize(runs: list[dict]) -> dict:
     """Median and best over rounds per run name: best = max for videos/s, min for seconds."""
     summary = {}
@@ -510,8 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": load(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(json.dumps({k: result[k] for k in ("load_average_1min_over_runs", "summary", "ratio_ray_to_plain")},
                      indent=1))
     print(f"written to {args.out}")
