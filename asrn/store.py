@@ -408,7 +408,6 @@ def input_statistics(videos: Iterable[VideoFeatures],
     """
     from asrn.sequence import select_steps  # asrn.sequence imports this module
 
-
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
