@@ -24,8 +24,9 @@ from asrn.files import write_json, write_text
 from asrn.labels import task_labels
 from asrn.metrics import RANKING_TABLE_COLUMNS, choose_thresholds, format_table, group_metrics
 from asrn.model import VARIANTS
+from asrn.ray_session import ray_session
 from asrn.synth_videos import synthesize_videos
-from asrn.train import TrainConfig, ray_session, train
+from asrn.train import TrainConfig, train
 from asrn.tune import TuneConfig, tune
 
 METHOD_NAMES = {"tsn": "TSN (rgb + motion, mean)", "mean": "mean (all modalities)", "lstm": "LSTM",

@@ -92,6 +92,7 @@ from asrn.features import (
 )
 from asrn.locations import Location
 from asrn.manifest import ManifestEntry, read_manifest
+from asrn.ray_session import ray_session
 from asrn.sequence import WINDOW
 from asrn.store import (
     ALL_STEPS,
@@ -122,7 +123,6 @@ from asrn.store import (
     write_table,
     writer_lock,
 )
-from asrn.train import ray_session
 from asrn.video import DECODER_ENV, choose_decoder
 from asrn.weights import cache_dir
 

@@ -47,8 +47,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -64,7 +63,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from asrn import mlflow_runs
 from asrn.checkpoint import load_training_state, save_training_state, write_checkpoint
-from asrn.console import quiet_ray_console, ray_runtime_env
+from asrn.console import quiet_ray_console
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
@@ -80,6 +79,7 @@ from asrn.loop import (
 )
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
+from asrn.ray_session import ray_session
 from asrn.sequence import WINDOW, Batch, collate
 from asrn.shards import ResidentSplit, read_split, store_megabytes
 from asrn.store import (
@@ -563,24 +563,6 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
         datasets=datasets or None,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if datasets else None,
     )
-
-
-@contextmanager
-def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
-    """Connect to `address` (or start a local Ray) unless Ray is already up; shut down only what we started.
-
-    Unless `verbose`, Ray's routine lines stay off the console of this process and of the job's workers
-    (asrn.console); a session already up keeps the console it was started with.
-    """
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, runtime_env=ray_runtime_env(verbose))
-        quiet_ray_console(not verbose)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def predict_scores(model: ASRN, videos, task: str, batch_size: int) -> np.ndarray:

@@ -56,6 +56,7 @@ from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError
 from asrn.locations import Location
 from asrn.loop import RECIPES
+from asrn.ray_session import ray_session
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
 from asrn.store import StoreInfo, train_input_statistics
 from asrn.train import (
@@ -64,7 +65,6 @@ from asrn.train import (
     TrainConfig,
     build_trainer,
     check_store,
-    ray_session,
     report_best_model,
     summary_line,
 )
