@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asrn.console import quiet_mlflow_console
 from asrn.errors import AsrnError
 from asrn.labels import TASKS
 from asrn.locations import Location
@@ -200,7 +201,10 @@ def _add_predict_arguments(sub) -> None:
 def _add_demo_arguments(sub) -> None:
     p = _parser(sub, "demo", "the whole pipeline on synthetic data, locally")
     p.add_argument("--out", type=Path, default=Path("demo-output"), metavar="DIR", help="output folder")
-    p.add_argument("--num-videos", type=int, default=120, metavar="N", help="synthetic videos")
+    p.add_argument("--num-videos", type=int, default=48, metavar="N", help="synthetic videos")
+    p.add_argument("--epochs", type=int, default=12, help="epochs of the ASRN training run")
+    p.add_argument("--sweep-samples", type=int, default=3, help="trials of the sweep")
+    p.add_argument("--sweep-epochs", type=int, default=4, help="epochs per trial at most")
     _add_address(p)
 
 
@@ -283,6 +287,7 @@ def job_argv(command: str, argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_mlflow_console(not getattr(args, "verbose", False))
     try:
         run(args)
     except (AsrnError, OSError) as e:  # bad input (the message names it) or a file that cannot be read; the rest

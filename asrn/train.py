@@ -79,7 +79,7 @@ from asrn.loop import (
 )
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
-from asrn.ray_session import ray_session
+from asrn.ray_session import lean_trainer_class, ray_session
 from asrn.sequence import WINDOW, Batch, collate
 from asrn.shards import ResidentSplit, read_split, store_megabytes
 from asrn.store import (
@@ -543,7 +543,7 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
         "worker(s)")
     loop_config = loop_config_for(config, info, input_stats)
     loop_config.store = str(config.features.absolute()) if direct else None  # each worker opens it itself
-    return TorchTrainer(
+    return lean_trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
@@ -664,9 +664,6 @@ def _fit(config: TrainConfig, run_name: str, info: StoreInfo, counts: dict[str, 
     """Run the TorchTrainer; mark the MLflow run FAILED if it raises."""
     logged = mlflow_runs.logged_steps(tracking_uri, run_id, "train_loss") if run_id and config.resume else set()
     try:
-        if not ray.is_initialized():
-            where = f"joining the Ray cluster at {config.address}" if config.address else "starting a local Ray"
-            print(f"ray: {where}", flush=True)
         with ray_session(config.address, config.verbose):
             logger = EpochLogger(config.epochs, tracking_uri, run_id, logged)
             trainer = build_trainer(config, run_name, [logger], info, counts=counts,

@@ -195,8 +195,10 @@ def run_plain(store: Path, spec: Spec, threads: int) -> dict:
         loss = train_epoch(model, batches(rng.permutation(len(train))), optimizer, device, epoch=epoch)
         scheduler.step()
         seconds, cpu_seconds = time.perf_counter() - started, process_cpu() - cpu_started
+        validation_started = time.perf_counter()
         val_loss, scores, targets = evaluate(model, val_batches, device)
         epochs.append({"epoch": epoch, "epoch_seconds": seconds, "videos": float(loss.samples),
+                       "val_seconds": time.perf_counter() - validation_started,
                        "collate_seconds": collate_s[0], "epoch_process_cpu_s": cpu_seconds,
                        "train_loss": loss.mean, "val_loss": val_loss,
                        "val_map": compute_metrics(targets, scores, labels)["map"]})
@@ -426,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lstm-steps", type=int, default=48)
     p.add_argument("--lstm-hidden", type=int, default=256)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
+    p.add_argument("--command-line", action="store_true",
+                   help="measure `asrn train` as a command instead (own Ray and joined Ray; benchmarks/train_cli.py)")
+    p.add_argument("--cli-epochs", default="1,6", help="with --command-line: the two epoch counts")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one run
     p.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -446,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     from asrn.synth_features import synthesize_feature_store
     from asrn.train import TrainConfig, loop_config_for
 
+    if args.command_line:
+        return command_line(args, argv)
     info = machine()
     started = time.perf_counter()
     runs = []
@@ -509,6 +516,38 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: result[k] for k in ("load_average_1min_over_runs", "summary", "ratio_ray_to_plain")},
                      indent=1))
     print(f"written to {args.out}")
+    return 0
+
+
+def command_line(args, argv: list[str] | None) -> int:
+    """`--command-line`: benchmarks/train_cli.py's rounds, written to results/train_cli.json."""
+    from train_cli import bench_command_line
+
+    from asrn.synth_features import synthesize_feature_store
+    from asrn.train import TrainConfig, loop_config_for
+
+    info, started = machine(), time.perf_counter()
+    low, high = (int(v) for v in args.cli_epochs.split(","))
+    with tempfile.TemporaryDirectory(prefix="asrn-bench-cli-") as tmp:
+        work = Path(tmp)
+        store = synthesize_feature_store(work / "store", num_videos=args.num_videos, seed=0)
+        config = TrainConfig(features=store, task=args.task, out=work, recipe=args.recipe, epochs=high,
+                             patience=high + 1)
+        loop = loop_config_for(config, read_info(store))
+        spec = Spec(task=loop.task, model=loop.model, recipe=loop.recipe, batch_size=loop.batch_size, seed=loop.seed,
+                    variant=args.variant)
+        measured = bench_command_line(store, spec, run_plain, work, args.rounds, [low, high])
+    result = {"benchmark": "asrn train as a command: fixed cost and per-epoch cost, starting its own Ray and joining "
+                           "a running one, against the plain loop's epoch (see benchmarks/train_cli.py)",
+              "command": " ".join(["python", "benchmarks/train.py", *(argv if argv is not None else sys.argv[1:])]),
+              "settings": {"num_videos": args.num_videos, "rounds": args.rounds, "workers": 1,
+                           "recipe": args.recipe, "mlflow": "sqlite"},
+              "machine": info, **measured, "load_average_end": load(),
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    out = args.out if args.out.name != "train.json" else args.out.with_name("train_cli.json")
+    write_results(out, result)
+    print(json.dumps(result["summary"], indent=1))
+    print(f"written to {out}")
     return 0
 
 
