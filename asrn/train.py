@@ -237,7 +237,8 @@ def _load_store(config: TrainConfig, store: FeatureStore, input_stats: dict | No
     say(f"store [1/{steps}]: {reason}")
     datasets, took, step = {}, "", 1
     files = [str(f.absolute()) for f in store.files]  # the part files only: nothing else in the folder is data
-    ray.data.DataContext.get_current().enable_progress_bars = config.verbose
+    if splits:
+        ray.data.DataContext.get_current().enable_progress_bars = config.verbose
     for split in splits:
         step += 1
         videos = f" ({counts[split]} videos)" if counts else ""
