@@ -11,6 +11,10 @@ Layout of a store folder DIR:
   DIR/errors/*.parquet video_id, path, stage, error, message
   DIR/.lock            while a writer runs: {"pid", "host", "token", "since"} (`writer_lock`)
   DIR/_staging/        a whole new store being built by `asrn extract --overwrite`, swapped in when complete
+Readers open a store as one `FeatureStore` (its part files, info, schema version and optional columns, splits and
+counts, cached train statistics, resident size), so every command reads it the same way: only `part-*.parquet` are
+its data (any other Parquet file there is named in a warning, never read), and columns added after a store was
+written (OPTIONAL_COLUMNS) read with their documented default. The module functions are its parts and the writers'.
 Readers and writers take a local folder or a URI (asrn.locations: `s3://bucket/features`, ...). On a local disk
 every file is written to a temporary name and renamed, so a crash never leaves a half-written file that a reader
 would take for data (readers ignore names starting with `.` or `_`). An object store has no rename: a file is

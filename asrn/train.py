@@ -1,14 +1,18 @@
-"""Train ASRN with Ray Train (TorchTrainer, DDP) on a feature store; record the run in MLflow.
+"""Train ASRN with Ray Train (TorchTrainer, DDP) on a feature store; record the run in MLflow. The driver's side.
 
-Flow, as in Ray's own Train examples: `train(config)` checks the store on the driver before Ray starts. A store of
-at most `direct_read_max_mb` (default 1024) is read by each worker itself with pyarrow, its shard of train and all
-of val, collated once and kept on its device (asrn.shards): a Ray Data pipeline costs tens of seconds per run,
-pyarrow reads such a store in well under one. A larger store goes through Ray Data: the driver reads and
-materializes the Parquet parts and `get_dataset_shard("train")` shards them over the workers. Either way val is read
-whole by every worker, so all take the same early-stopping decision. The train split's input statistics come from
-features.json's cache when it matches the train split (asrn.store.train_input_statistics), else are computed.
-Each worker runs `train_loop_per_worker`, which calls
-`asrn.loop.train_epoch` and `asrn.loop.evaluate` and reports every epoch; afterwards the driver turns the best
+Three kinds of process run a training, each with its own module: this driver (`train`, `build_trainer`, the best
+model's report), the Train workers (asrn.train_worker: `train_loop_per_worker`) and the Train controller
+(asrn.epoch_logger: `EpochLogger`, the epoch lines and MLflow metrics).
+
+Flow, as in Ray's own Train examples: `train(config)` opens the store once (asrn.store.FeatureStore) and checks it
+before Ray starts; that object goes down to `build_trainer` and the best model's report. When one worker's resident
+copy (its train shard and all of val, float32, padded) is at most `direct_read_max_mb` (default 1024) and fits its
+share of the node's memory, each worker reads its shard itself with pyarrow, collated once and kept on its device
+(asrn.shards): a Ray Data pipeline costs tens of seconds per run, pyarrow reads such a store in well under one. Else
+Ray Data reads the store's part files, the driver materializes the train and val splits and
+`get_dataset_shard("train")` shards them over the workers. Either way val is read whole by every worker, so all take
+the same early-stopping decision. The train split's input statistics come from features.json's cache when it
+matches the train split (FeatureStore.train_statistics), else are computed. Afterwards the driver turns the best
 checkpoint into `best.pt` with per-class thresholds chosen on val, and scores val and test with it.
 
 The recipe (`--recipe default|paper`, asrn.loop.RECIPES) sets optimizer, lr, weight decay, batch size, dropout,
@@ -23,10 +27,10 @@ default the Ray checkpoints under `out/ray_results/`. Rank 0 checkpoints when va
 `checkpoint_every` epochs, and at the last epoch.
 
 MLflow: the driver creates the run and logs parameters (the config, the store's URI and provenance); per-epoch
-metrics are logged by a Ray Train `UserCallback` in the Train controller (one process), once per epoch even when a
-restarted worker group repeats epochs since its last checkpoint; the driver logs the machine's system metrics while
-it runs (where psutil is installed), and after `fit()` the test metrics, the artifacts and best.pt as an MLflow
-PyTorch model (asrn.mlflow_runs.log_best_model), registered under `--register-model NAME` when given.
+metrics are logged by a Ray Train `UserCallback` in the Train controller (asrn.epoch_logger), once per epoch even
+when a restarted worker group repeats epochs since its last checkpoint; the driver logs the machine's system
+metrics while it runs (where psutil is installed), and after `fit()` the test metrics, the artifacts and best.pt as
+an MLflow PyTorch model (asrn.mlflow_runs.log_best_model), registered under `--register-model NAME` when given.
 
 Locations: --features, --out and --storage may each be a local folder or a URI (`s3://`, `gs://`, `file://`; see
 asrn.locations). The workers open the store by its URI themselves (or its absolute path: a local store must then be
@@ -36,8 +40,7 @@ on every node's disk); the outputs are written through asrn.files, atomically wh
 Console: the driver prints how far loading the store has got, the Train controller one line per epoch with elapsed
 time and ETA; Ray's routine lines stay in its log files unless `verbose` (asrn.console).
 
-Fault injection, for tests only: ASRN_FAULT_EXIT="<rank>:<epoch>:<marker file>" makes that worker exit hard
-(os._exit) after training that epoch, before reporting it, once (the marker file records that it happened).
+Fault injection, for tests only: ASRN_FAULT_EXIT (asrn.train_worker) is handed from the driver to the workers.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def test_the_blocker_does_catch_a_job_module():
 def test_the_modules_ray_workers_import_leave_matplotlib_out():
     """Every Train worker, Train controller and trial actor imports asrn.train or asrn.tune to unpickle its
     function: matplotlib (about 2 s per process here) is imported only where a figure is drawn."""
-    check = "import sys, asrn.train, asrn.tune; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    check = ("import sys, asrn.train, asrn.train_worker, asrn.epoch_logger, asrn.tune; "
+             "print(sorted(m for m in sys.modules if m.startswith('matplotlib')))")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                           cwd=Path(asrn.__file__).parents[1], timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
