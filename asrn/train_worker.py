@@ -68,7 +68,6 @@ def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
         os._exit(1)
 
 
-
 def _batches(iterator, batch_size: int, task: str, **kwargs):
     """Ray Data pyarrow batches -> collated `Batch`es."""
     for table in iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow", **kwargs):
