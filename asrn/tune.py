@@ -58,7 +58,7 @@ from asrn.locations import Location
 from asrn.loop import RECIPES
 from asrn.ray_session import lean_environment, ray_session
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
-from asrn.store import StoreInfo, train_input_statistics
+from asrn.store import FeatureStore, StoreInfo
 from asrn.train import (
     FAULT_ENV,
     SELECT_METRIC,
@@ -206,8 +206,8 @@ def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, in
     lean_environment()  # Ray Train hands these on to the trial's controller (a joined cluster's trials lack them)
     config = TrainConfig(**{**trial_defaults, **trial_hyperparameters(hyperparameters, {})})
     trial_id = ray.tune.get_context().get_trial_id()
-    build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()], info=info,
-                  input_stats=input_stats).fit()
+    build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()],
+                  store=FeatureStore(config.features, info=info, warn=False), input_stats=input_stats).fit()
 
 
 def trial_status(last_result: dict | None, epochs: int, patience: int, failed: bool = False) -> str:
@@ -512,7 +512,7 @@ def _open_parent_run(sweep: Sweep) -> None:
 def _run_tuner(sweep: Sweep, max_concurrent: int):
     """Start or restore the Tune experiment and run it to the end; the ResultGrid."""
     config = sweep.config
-    input_stats, cached = train_input_statistics(config.features, sweep.info)  # once, for every trial
+    input_stats, cached = FeatureStore(config.features, info=sweep.info).train_statistics()  # once, for every trial
     print(f"store: input statistics of the train split {'cached in features.json' if cached else 'computed'} "
           "(once, for every trial)", flush=True)
     trainable = ray.tune.with_resources(
@@ -598,7 +598,8 @@ def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
     best = next(t for t in trials if t.scored)
     names = list(dict.fromkeys([*TUNED, *sweep.space]))
     best_train = TrainConfig(**{**sweep.trial_defaults, **best.hyperparameters})
-    report = report_best_model(_best_state(best), best_train, sweep.info, config.out)
+    report = report_best_model(_best_state(best), best_train, FeatureStore(best_train.features, info=sweep.info),
+                               config.out)
     files = {"trials": _write_csv(trials, config.out / "trials.csv"), "checkpoint": report.checkpoint,
              "metrics": config.out / "metrics.json",
              "sweep_plot": plot_sweep([t.row() for t in trials], config.out / "sweep.png", names,

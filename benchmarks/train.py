@@ -72,7 +72,7 @@ from asrn.loop import RECIPES, build_optimizer, evaluate, train_epoch  # noqa: E
 from asrn.metrics import compute_metrics  # noqa: E402
 from asrn.model import ASRN, BoundaryLSTM  # noqa: E402
 from asrn.sequence import collate  # noqa: E402
-from asrn.store import feature_statistics, load_videos, read_info  # noqa: E402
+from asrn.store import FeatureStore  # noqa: E402
 
 # asrn.train imports Ray: it is imported only where Ray is used, so that plain runs never import Ray.
 
@@ -170,10 +170,11 @@ def rounded(rows: list[dict]) -> list[dict]:
 def run_plain(store: Path, spec: Spec, threads: int) -> dict:
     torch.set_num_threads(threads)
     t0, cpu0, thread0 = time.perf_counter(), process_cpu(), time.thread_time()
-    train, val = load_videos(store, splits=["train"]), load_videos(store, splits=["val"])
+    features = FeatureStore(store)
+    train, val = features.videos(["train"]), features.videos(["val"])
     torch.manual_seed(spec.seed)
     model = ASRN(spec.model)
-    model.set_input_stats(feature_statistics(store, "train"))  # as loop_config_for does for the Ray run
+    model.set_input_stats(features.train_statistics()[0])  # as loop_config_for does for the Ray run
     optimizer, scheduler = build_optimizer(model, spec.recipe)
     device = torch.device("cpu")
     val_batches = [collate(val[i:i + spec.batch_size], spec.task) for i in range(0, len(val), spec.batch_size)]
@@ -273,7 +274,7 @@ def run_ray(store: Path, spec: Spec, workers: int, threads: int, work: Path, ray
                                  patience=spec.recipe.patience, seed=spec.seed, mlflow_uri=NO_MLFLOW,
                                  **({"direct_read_max_mb": 0} if ray_data else {}))
             config.out.mkdir(parents=True)
-            base = build_trainer(config, "bench", info=read_info(store))  # (raydata: reads, materializes), statistics
+            base = build_trainer(config, "bench", store=FeatureStore(store))  # (raydata: read, materialize), stats
             loop = base.train_loop_config
             same = loop.model == spec.model and loop.recipe == spec.recipe
             trainer = TorchTrainer(
@@ -459,10 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="asrn-bench-train-") as tmp:
         work = Path(tmp)
         store = synthesize_feature_store(work / "store", num_videos=args.num_videos, seed=0)
-        num_train = len(load_videos(store, splits=["train"]))
+        num_train = len(FeatureStore(store).split_ids("train"))
         config = TrainConfig(features=store, task=args.task, out=work, variant=args.variant, recipe=args.recipe,
                              epochs=args.epochs, patience=args.epochs + 1)
-        loop = loop_config_for(config, read_info(store))
+        loop = loop_config_for(config, FeatureStore(store))
         spec = Spec(task=loop.task, model=loop.model, recipe=loop.recipe, batch_size=loop.batch_size, seed=loop.seed,
                     variant=args.variant)
         (work / "spec.pkl").write_bytes(pickle.dumps(spec))
@@ -533,7 +534,7 @@ def command_line(args, argv: list[str] | None) -> int:
         store = synthesize_feature_store(work / "store", num_videos=args.num_videos, seed=0)
         config = TrainConfig(features=store, task=args.task, out=work, recipe=args.recipe, epochs=high,
                              patience=high + 1)
-        loop = loop_config_for(config, read_info(store))
+        loop = loop_config_for(config, FeatureStore(store))
         spec = Spec(task=loop.task, model=loop.model, recipe=loop.recipe, batch_size=loop.batch_size, seed=loop.seed,
                     variant=args.variant)
         measured = bench_command_line(store, spec, run_plain, work, args.rounds, [low, high])
