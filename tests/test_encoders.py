@@ -12,9 +12,9 @@ import torch
 import torchvision
 
 from asrn.encoders import (
+    DEEPID_FACE,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    DEEPID_FACE,
     PRESETS,
     DeepID,
     EncoderError,
