@@ -23,7 +23,7 @@ import warnings
 PROGRESS_BARS_OFF = "Progress bars disabled"  # Ray Data's notice, once per process, when its progress bars are off
 TOKEN_AUTH_NOTICE = "Token authentication is enabled"  # ray.init's warning on every local start: nothing to act on
 TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-MLFLOW_PICKLE_NOTICE = "Saving pytorch model by Pickle"  # asrn.mlflow_runs.log_best_model pickles on purpose
+MLFLOW_PICKLE_NOTICE = "Saving pytorch model by Pickle"  # asrn.mlflow_model.log_best_model pickles on purpose
 
 
 class RayConsoleFilter(logging.Filter):
@@ -66,7 +66,7 @@ def quiet_ray_console(quiet: bool = True) -> None:
 
 class MlflowNoticeFilter(logging.Filter):
     """Drops MLflow's warning that a model is pickled: asrn pickles its scoring model on purpose, with its code
-    beside it (asrn.mlflow_runs.log_best_model)."""
+    beside it (asrn.mlflow_model.log_best_model)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(MLFLOW_PICKLE_NOTICE)

@@ -30,7 +30,7 @@ MLflow: the driver creates the run and logs parameters (the config, the store's 
 metrics are logged by a Ray Train `UserCallback` in the Train controller (asrn.epoch_logger), once per epoch even
 when a restarted worker group repeats epochs since its last checkpoint; the driver logs the machine's system
 metrics while it runs (where psutil is installed), and after `fit()` the test metrics, the artifacts and best.pt as
-an MLflow PyTorch model (asrn.mlflow_runs.log_best_model), registered under `--register-model NAME` when given.
+an MLflow PyTorch model (asrn.mlflow_model.log_best_model), registered under `--register-model NAME` when given.
 
 Locations: --features, --out and --storage may each be a local folder or a URI (`s3://`, `gs://`, `file://`; see
 asrn.locations). The workers open the store by its URI themselves (or its absolute path: a local store must then be
@@ -63,7 +63,7 @@ import torch
 from ray.data.expressions import col
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from asrn import mlflow_runs
+from asrn import mlflow_model, mlflow_runs
 from asrn.checkpoint import load_training_state, write_checkpoint
 from asrn.epoch_logger import EpochLogger, epoch_metrics, log_unlogged_epochs  # noqa: F401 - epoch_metrics: API
 from asrn.errors import AsrnError
@@ -472,7 +472,7 @@ def _train_and_report(config: TrainConfig, run_name: str, store: FeatureStore, c
         test = {f"test_{k}": best.metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
         test["test_f1_macro_at_val_thresholds"] = best.metrics["test_at_val_thresholds"]["f1_macro"]
         test.update(mlflow_runs.per_class_metrics("test", best.metrics["test"]))
-        model_info = mlflow_runs.log_best_model(tracking_uri, run_id, best.checkpoint, best.example,
+        model_info = mlflow_model.log_best_model(tracking_uri, run_id, best.checkpoint, best.example,
                                                 config.register_model)
         mlflow_runs.log_metrics(tracking_uri, run_id, test, step=best_state["epoch"],
                                 tags={"best_epoch": best_state["epoch"], "asrn.model_uri": model_info.model_uri})
@@ -482,7 +482,7 @@ def _train_and_report(config: TrainConfig, run_name: str, store: FeatureStore, c
     print(f"outputs in {config.out}: best.pt, metrics.json, predictions.parquet, loss_curves.png, per_class.png")
     if run_id:
         print(f"MLflow run {run_id} in {tracking_uri}; open it with: mlflow ui --backend-store-uri {tracking_uri}")
-        print(mlflow_runs.model_line(model_info, config.register_model))
+        print(mlflow_model.model_line(model_info, config.register_model))
     return TrainResult(out=config.out, checkpoint=best.checkpoint, best_epoch=best_state["epoch"],
                        metrics=best.metrics, history=history, mlflow_run_id=run_id, tracking_uri=tracking_uri,
                        files=files, model_uri=model_info.model_uri if model_info else None)

@@ -49,7 +49,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from asrn import mlflow_runs
+from asrn import mlflow_model, mlflow_runs
 from asrn.checkpoint import load_training_state
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
@@ -575,7 +575,7 @@ def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], repor
                unfinished: bool):
     """The parent run's summary: the best trial, its test scores, its model, the sweep's files; the ModelInfo."""
     metrics = report.metrics
-    model_info = mlflow_runs.log_best_model(sweep.tracking_uri, sweep.parent_run_id, report.checkpoint, report.example,
+    model_info = mlflow_model.log_best_model(sweep.tracking_uri, sweep.parent_run_id, report.checkpoint, report.example,
                                             sweep.config.register_model)
     tags = {"best_trial_id": best.trial_id, "best_run_id": best.mlflow_run_id or "",
             "asrn.model_uri": model_info.model_uri, **{f"best.{k}": v for k, v in best.hyperparameters.items()}}
@@ -621,7 +621,7 @@ def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
     if sweep.parent_run_id:
         print(f"MLflow parent run {sweep.parent_run_id} in {sweep.tracking_uri}; open it with: "
               f"mlflow ui --backend-store-uri {sweep.tracking_uri}")
-        print(mlflow_runs.model_line(model_info, config.register_model))
+        print(mlflow_model.model_line(model_info, config.register_model))
     return TuneResult(out=config.out, best=best, trials=trials, checkpoint=report.checkpoint,
                       max_concurrent=max_concurrent, metrics=report.metrics, mlflow_run_id=sweep.parent_run_id,
                       tracking_uri=sweep.tracking_uri, files=files,
