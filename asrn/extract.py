@@ -342,7 +342,7 @@ def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
     """The store already in --out, refused when it was made with another preset, fps or dims."""
     out = config.out
     if not (out / INFO_FILE).is_file():
-        if out.is_dir() and data_files(out):
+        if out.is_dir() and (data_files(out) or foreign_data_files(out)):
             foreign = foreign_data_files(out)
             hint = (f"move {', '.join(p.name for p in foreign[:3])}{' ...' if len(foreign) > 3 else ''} away, or "
                     "choose another --out" if foreign else "use --overwrite to replace it, or another --out")

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -285,8 +286,16 @@ def log_best_model(tracking_uri: str, run_id: str, checkpoint: Path | Location, 
         return mlflow.pytorch.log_model(
             scorer, name=MODEL_NAME, signature=signature, serialization_format="pickle",
             input_example=pack_videos([example], scorer.dims, max_steps=EXAMPLE_STEPS),
-            code_paths=[str(Path(__file__).parent)], pip_requirements=requirements, metadata=metadata,
+            code_paths=[str(Path(__file__).parent)], conda_env=conda_environment(requirements), metadata=metadata,
             registered_model_name=registered_name)
+
+
+def conda_environment(requirements: list[str]) -> dict:
+    """The model's environment, given whole: from `pip_requirements` alone MLflow asks the running environment
+    for pip's version, which a uv environment has not got (a warning on every run)."""
+    python = ".".join(platform.python_version_tuple()[:2])
+    return {"name": "asrn", "channels": ["conda-forge"], "dependencies": [f"python={python}", "pip",
+                                                                           {"pip": requirements}]}
 
 
 def model_line(model_info, registered_name: str | None = None) -> str:
