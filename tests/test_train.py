@@ -256,7 +256,7 @@ def trained(ray_cluster, planted_store, s3_server, tmp_path_factory):
 def test_the_short_run_trains_and_reports_its_scores(trained):
     """Two DDP workers lower the training loss. The issue's bars are printed, not asserted: on its 36 test videos
     the short run's mAP does not beat the same scores given to shuffled videos, and its F1 macro does not beat
-    predicting every class (README, "ASRN on planted data")."""
+    predicting every class (docs/results.md, "The short run does not meet its bar")."""
     config, result, _ = trained
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < 0.9 * losses[0], losses
