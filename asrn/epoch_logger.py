@@ -1,8 +1,8 @@
 """What runs in Ray Train's controller (one process per run): the epoch logger, its console line and MLflow metrics.
 
 The controller unpickles `EpochLogger` by reference, so it imports this module and nothing of training: no torch,
-no model (tests/test_layout.py checks). MLflow is imported in the logger's writer thread only when a run is logged
-(asrn.mlflow_runs; it imports torch itself for the logged model's wrapper).
+no model (tests/test_layout.py checks). MLflow is imported in the logger's writer thread, as soon as the controller
+has the logger, when a run is logged: the first epoch's line then does not wait for MLflow's imports.
 
 MLflow writes go to one background thread, off the controller's event loop (a slow tracking server would otherwise
 hold up its polls of the workers). That thread logs an epoch's metrics and then prints its line, in epoch order, so
@@ -39,6 +39,16 @@ class EpochLogger(ray.train.UserCallback):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_writer": None, "_pending": []}  # a thread does not travel to the controller
 
+    def __setstate__(self, state: dict) -> None:
+        """In the controller: start the writer thread and its MLflow imports now, before the first report."""
+        self.__dict__.update(state)
+        if self.run_id:
+            self._pending.append(self._thread().submit(_import_mlflow))
+
+    def _thread(self) -> ThreadPoolExecutor:
+        self._writer = self._writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrn-mlflow")
+        return self._writer
+
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         m = metrics[0]  # rank 0's; every worker reports the same validation figures
         epoch, now = int(m["epoch"]), time.time()
@@ -50,8 +60,8 @@ class EpochLogger(ray.train.UserCallback):
         pace = (now - self.first[0]) / (epoch - self.first[1]) if epoch > self.first[1] else m["epoch_seconds"]
         elapsed, eta = now - self.started, pace * (self.epochs - epoch)
         line = (f"epoch {m['epoch']}/{self.epochs}: train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
-                f"val mAP {m['val_map']:.4f}  F1 macro {m['val_f1_macro']:.4f}  ({m['epoch_seconds']:.1f} s; "
-                f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s)")
+                f"val mAP {m['val_map']:.4f}  F1 macro {m['val_f1_macro']:.4f}  "
+                f"(train pass {m['epoch_seconds']:.1f} s; elapsed {elapsed:.0f} s, ETA {eta:.0f} s)")
         self._in_order(m, line)
         if self._is_last(m):
             self.flush()
@@ -71,9 +81,8 @@ class EpochLogger(ray.train.UserCallback):
         if not self.run_id:
             print(line, flush=True)
             return
-        self._writer = self._writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrn-mlflow")
         self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._writer.submit(self._log_then_print, reported, line))
+        self._pending.append(self._thread().submit(self._log_then_print, reported, line))
 
     def _log_then_print(self, reported: dict | None, line: str) -> None:
         if reported is not None:
@@ -87,6 +96,12 @@ class EpochLogger(ray.train.UserCallback):
         pending, self._pending = self._pending, []
         for write in pending:
             write.result()
+
+
+def _import_mlflow() -> None:
+    import mlflow  # noqa: F401 - seconds of imports, off the first epoch's line
+
+    import asrn.mlflow_runs  # noqa: F401
 
 
 def epoch_metrics(reported: dict) -> dict:

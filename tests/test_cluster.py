@@ -482,7 +482,8 @@ def test_a_train_job_streams_an_s3_store_and_writes_everything_to_s3(local_clust
                             capture_output=True, text=True, timeout=60)
     console = submit.stdout + submit.stderr
     assert "succeeded" in (status.stdout + status.stderr).lower(), console[-4000:]
-    assert "store [1/3]: reading the train split (" in console and "store [2/3]: reading the val split" in console
+    assert "store [1/4]: --direct-read-max-mb 0: Ray Data reads the store" in console
+    assert "store [2/4]: reading the train split (" in console and "store [3/4]: reading the val split" in console
 
     written = s3_listing(out)
     assert {"best.pt", "metrics.json", "predictions.parquet", "loss_curves.png", "per_class.png", "config.json",

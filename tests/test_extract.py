@@ -439,7 +439,10 @@ def test_extract_good_corrupt_missing_and_worker_killing_videos_offline(ray_clus
 
     info = store.read_info(out)
     assert info.preset == "lite" and info.fps == 2.0 and info.dims == LITE_DIMS
-    assert info.weights == {m: "random-init" for m in MODALITIES}
+    # offline: the torchvision encoders are random-init, the face descriptor ships with its package (asrn.faces)
+    assert {m: w for m, w in info.weights.items() if m != "face"} == {m: "random-init" for m in MODALITIES
+                                                                      if m != "face"}
+    assert info.weights["face"].startswith("pretrained:dlib_face_recognition_resnet_model_v1@sha256:")
     assert info.detector == "tracks" and set(info.encoders) == set(MODALITIES)
     assert info.decoder == video.DECODER  # decord where it imports, else PyAV; every video decoded whole
     videos = {v.video_id: v for v in store.load_videos(out)}
