@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asrn.console import quiet_mlflow_console
 from asrn.errors import AsrnError
 from asrn.labels import TASKS
 from asrn.locations import Location
@@ -104,6 +105,16 @@ def _add_mlflow_arguments(p: argparse.ArgumentParser, registers: str) -> None:
                    help=f"register {registers} in the MLflow model registry as NAME (default: logged, not registered)")
 
 
+def _add_run_arguments(p: argparse.ArgumentParser, seed: str, storage: str, resume: str, registers: str) -> None:
+    """The flags `asrn train` and `asrn tune` share after their own: seed, storage, resume, MLflow, console, Ray."""
+    p.add_argument("--seed", type=int, default=0, help=seed)
+    p.add_argument("--storage", default=None, help=storage)
+    p.add_argument("--resume", action="store_true", default=False, help=resume)
+    _add_mlflow_arguments(p, registers)
+    _add_verbose(p)
+    _add_address(p)
+
+
 def _recipe_default(field: str) -> str:
     """Help text naming each recipe's value of `field`."""
     values = ", ".join(f"{r.name} {getattr(r, field):g}" for r in RECIPES.values())
@@ -143,15 +154,12 @@ def _add_train_arguments(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=5,
                    help="epochs between checkpoints besides improvements and the last epoch")
     p.add_argument("--direct-read-max-mb", type=int, default=1024, metavar="MB",
-                   help="stores up to this size are read by each worker itself (pyarrow); larger ones stream "
-                        "through Ray Data; 0: always Ray Data")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the model and the shuffles")
-    p.add_argument("--storage", default=None,
-                   help="checkpoint storage (local folder or s3://, gs://); default: OUT/ray_results")
-    p.add_argument("--resume", action="store_true", default=False, help="continue an interrupted run in --out")
-    _add_mlflow_arguments(p, "best.pt's MLflow model")
-    _add_verbose(p)
-    _add_address(p)
+                   help="each worker reads the store itself (pyarrow) when what it would hold resident (its train "
+                        "shard and val, float32, padded) is at most this and fits its share of the node's memory; "
+                        "else Ray Data streams it; 0: always Ray Data")
+    _add_run_arguments(p, "random seed of the model and the shuffles",
+                       "checkpoint storage (local folder or s3://, gs://); default: OUT/ray_results",
+                       "continue an interrupted run in --out", "best.pt's MLflow model")
 
 
 def _add_tune_arguments(sub) -> None:
@@ -170,12 +178,10 @@ def _add_tune_arguments(sub) -> None:
     p.add_argument("--grace-period", type=int, default=3,
                    help="ASHA: epochs every trial runs before it can be stopped")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep the top 1/reduction-factor at each rung")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the search and the trials")
-    p.add_argument("--storage", default=None, help="Tune and Train storage (folder, s3://, gs://); default: OUT")
-    p.add_argument("--resume", action="store_true", default=False, help="continue an interrupted sweep in --out")
-    _add_mlflow_arguments(p, "the best trial's MLflow model (logged on the sweep's parent run)")
-    _add_verbose(p)
-    _add_address(p)
+    _add_run_arguments(p, "random seed of the search and the trials",
+                       "Tune and Train storage (folder, s3://, gs://); default: OUT",
+                       "continue an interrupted sweep in --out",
+                       "the best trial's MLflow model (logged on the sweep's parent run)")
 
 
 def _add_predict_arguments(sub) -> None:
@@ -200,7 +206,10 @@ def _add_predict_arguments(sub) -> None:
 def _add_demo_arguments(sub) -> None:
     p = _parser(sub, "demo", "the whole pipeline on synthetic data, locally")
     p.add_argument("--out", type=Path, default=Path("demo-output"), metavar="DIR", help="output folder")
-    p.add_argument("--num-videos", type=int, default=120, metavar="N", help="synthetic videos")
+    p.add_argument("--num-videos", type=int, default=48, metavar="N", help="synthetic videos")
+    p.add_argument("--epochs", type=int, default=12, help="epochs of the ASRN training run")
+    p.add_argument("--sweep-samples", type=int, default=3, help="trials of the sweep")
+    p.add_argument("--sweep-epochs", type=int, default=4, help="epochs per trial at most")
     _add_address(p)
 
 
@@ -283,6 +292,7 @@ def job_argv(command: str, argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_mlflow_console(not getattr(args, "verbose", False))
     try:
         run(args)
     except (AsrnError, OSError) as e:  # bad input (the message names it) or a file that cannot be read; the rest

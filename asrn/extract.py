@@ -89,7 +89,7 @@ from asrn.detect import (
     faster_rcnn_weights,
     load_faster_rcnn,
 )
-from asrn.encoders import PRESETS, build_encoders, missing_weights
+from asrn.encoders import PRESETS, build_encoders, encoder_specs, missing_weights
 from asrn.errors import AsrnError
 from asrn.features import (
     PreparedVideo,
@@ -372,15 +372,16 @@ def prepare_resources(config: ExtractConfig, cluster_gpus: float) -> dict:
 # ---------------------------------------------------------------- the job
 
 
-def expected_dims(preset: str) -> dict[str, int]:
-    return {m: PRESETS[preset][m].dim for m in MODALITIES}
+def expected_dims(preset: str, weights_dir: Path | None = None) -> dict[str, int]:
+    specs = encoder_specs(preset, weights_dir)  # face: dlib's 128, or DeepID's 260 (deepid.pth, or no dlib)
+    return {m: specs[m].dim for m in MODALITIES}
 
 
 def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
     """The store already in --out, refused when it was made with another preset, fps or dims."""
     out = config.out
     if not (out / INFO_FILE).is_file():
-        if out.is_dir() and data_files(out):
+        if out.is_dir() and (data_files(out) or foreign_data_files(out)):
             foreign = foreign_data_files(out)
             hint = (f"move {', '.join(p.name for p in foreign[:3])}{' ...' if len(foreign) > 3 else ''} away, or "
                     "choose another --out" if foreign else "use --overwrite to replace it, or another --out")
@@ -391,7 +392,7 @@ def _check_existing_store(config: ExtractConfig) -> StoreInfo | None:
         info = read_info(out)
     except FeatureStoreError as e:
         raise ExtractError(f"{e} (use --overwrite to replace the store)") from e
-    wanted = {"preset": config.preset, "fps": config.fps, "dims": expected_dims(config.preset),
+    wanted = {"preset": config.preset, "fps": config.fps, "dims": expected_dims(config.preset, config.weights_dir),
               ENCODED_STEPS_KEY: config.encoded_steps}
     have = {"preset": info.preset, "fps": info.fps, "dims": info.dims,
             ENCODED_STEPS_KEY: info.extra.get(ENCODED_STEPS_KEY, ALL_STEPS)}
@@ -499,7 +500,7 @@ class _StoreWriter:
             print(f"extract: warning: encoder actors disagree on weights for {', '.join(mixed)} (nodes with "
                   f"different weight caches?): {weights}", file=sys.stderr, flush=True)
         return StoreInfo(
-            preset=config.preset, dims=expected_dims(config.preset), fps=float(config.fps),
+            preset=config.preset, dims=expected_dims(config.preset, config.weights_dir), fps=float(config.fps),
             encoders=_merge_provenance(self.encoders) or (self.existing.encoders if self.existing else {}),
             weights=weights or (self.existing.weights if self.existing else {}),
             detector=", ".join(sorted(self.detectors)), decoder=", ".join(sorted(self.decoders)), dtype=STORE_DTYPE,

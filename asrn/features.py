@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from asrn.detect import Detector, TracksDetector, build_detector
-from asrn.encoders import PRESETS, Encoder, EncoderError, crop_boxes, resize_image
+from asrn.encoders import Encoder, EncoderError, crop_boxes, encoder_specs, face_inputs, resize_image
 from asrn.errors import AsrnError
 from asrn.flow import FLOW_PAIRS, flow_stacks, quantize_flow
 from asrn.sequence import select_steps
@@ -57,7 +57,7 @@ class PreparedVideo:
     rgb: np.ndarray  # (T, h, w, 3) uint8, at the rgb encoder's input size
     flow: np.ndarray  # (T, 2P, h, w) uint8 levels of [-1, 1] (asrn.flow.quantize_flow), at the motion encoder's size
     body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where not present()
-    face: np.ndarray  # (T, h, w, 3) uint8 largest-face crops; zeros where not present()
+    face: np.ndarray  # (T, h, w, 3) uint8 largest-face chips (aligned for dlib) or crops; zeros where not present()
     has_body: np.ndarray  # (T,) bool: detected
     has_face: np.ndarray  # (T,) bool
     body_tracked: np.ndarray  # (T,) bool: not detected, box carried by tracking (crop taken from that box)
@@ -109,9 +109,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
     Boxes come from `boxes` (a tracks JSON) when given, else from `detector`, else from build_detector's offline
     chain. Raises VideoStageError naming the stage (decode, detect, flow) with the original error's message.
     """
-    if config.preset not in PRESETS:
-        raise EncoderError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
-    specs = PRESETS[config.preset]
+    specs = encoder_specs(config.preset, config.weights_dir)  # the face entry: dlib's chips or DeepID's crops
     motion_size = specs["motion"].input_size
     try:
         clip = decode_clip(path, fps=config.fps, flow_pairs=FLOW_PAIRS, flow_side=min(motion_size),
@@ -128,7 +126,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
         found = detector.detect(clip.frames, clip.frame_indices, scale)
         body_present, face_present = found.has_person | found.person_tracked, found.has_face | found.face_tracked
         body = crop_boxes(clip.frames, found.person, body_present, specs["body"].input_size)  # (T, h, w, 3)
-        face = crop_boxes(clip.frames, found.face, face_present, specs["face"].input_size)
+        face = face_inputs(clip.frames, found.face, face_present, specs["face"])  # (T, h, w, 3)
     except Exception as e:
         raise VideoStageError("detect", e) from e
     try:

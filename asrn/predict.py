@@ -37,7 +37,7 @@ import torch
 
 from asrn.checkpoint import CheckpointError, load_checkpoint  # noqa: F401 - CheckpointError re-exported
 from asrn.detect import Detector, build_detector
-from asrn.encoders import PRESETS, Encoder, build_encoders
+from asrn.encoders import PRESETS, Encoder, build_encoders, encoder_specs
 from asrn.errors import AsrnError
 from asrn.features import VideoSettings, VideoStageError, encode_prepared, prepare_video, to_video_features
 from asrn.files import write_json
@@ -206,7 +206,7 @@ def feature_settings(checkpoint: dict, weights_dir: Path | None = None) -> Video
         raise PredictError(f"{where}: store_info has no sampling rate (fps = {info.get('fps')!r})")
     model_dims = checkpoint["model_config"]["dims"]
     for m in MODALITIES:
-        made = PRESETS[preset][m].dim
+        made = encoder_specs(preset, weights_dir)[m].dim  # the face encoder depends on weights_dir
         for name, have in (("its feature store", dims.get(m)), ("its model", model_dims.get(m, made))):
             if have != made:
                 raise PredictError(f"{where}: {name} has {m} dim {have}, but the {preset} preset's {m} encoder "

@@ -1,9 +1,11 @@
 """Direct reads of a small feature store by each Ray Train worker: no Ray Data pipeline, no object store.
 
 A store of a few hundred MB is read by pyarrow in well under a second, while building, filtering and materializing
-Ray Data datasets costs tens of seconds per run. So below `TrainConfig.direct_read_max_mb` every worker reads its
+Ray Data datasets costs tens of seconds per run. So when what a worker would hold resident fits under
+`TrainConfig.direct_read_max_mb` and its share of the node's memory (`direct_read_choice`), every worker reads its
 own shard of the train split (and the whole val split) itself, collates it once into padded tensors kept on its
-device, and forms each epoch's batches by indexing them.
+device, and forms each epoch's batches by indexing them. What decides is that resident size (float32, padded to the
+longest video: FeatureStore.resident_bytes), not the float16 Parquet on disk, which can be several times smaller.
 
 Sharding: train videos sorted by video_id; rank r of W takes positions r, r + W, ... of that list extended by
 wrap-around to ceil(N / W) * W, so every rank holds ceil(N / W) videos and runs the same number of optimizer steps
@@ -25,14 +27,36 @@ import torch
 
 from asrn.locations import Location
 from asrn.sequence import Batch, collate
-from asrn.store import FeatureStoreError, VideoFeatures, data_files, read_part, table_to_videos
+from asrn.store import FeatureStore, FeatureStoreError, VideoFeatures, table_to_videos
 
 BUCKET = 8  # batches per length-sorted chunk
 
 
-def store_megabytes(store_dir: str | os.PathLike | Location) -> float:
-    """Size of the store's data files in MB (10^6 bytes): what decides between direct reads and Ray Data."""
-    return sum(f.size() for f in data_files(store_dir)) / 1e6
+def node_memory_bytes() -> int:
+    """This machine's physical memory (psutil when installed, else the OS's page count)."""
+    try:
+        import psutil
+    except ImportError:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(psutil.virtual_memory().total)
+
+
+def direct_read_choice(store: FeatureStore, num_workers: int, max_mb: int,
+                       node_bytes: int | None = None) -> tuple[bool, str]:
+    """(read directly?, why, as a line for the console): directly when one worker's resident copy is at most
+    `max_mb` MB (10^6 bytes) and at most its share of the node's memory (all `num_workers` on one node: the
+    worst case); else Ray Data streams the store. `max_mb` 0: always Ray Data."""
+    if max_mb <= 0:
+        return False, "--direct-read-max-mb 0: Ray Data reads the store"
+    resident = store.resident_bytes(num_workers) / 1e6
+    share = (node_memory_bytes() if node_bytes is None else node_bytes) / max(num_workers, 1) / 1e6
+    size = f"{resident:.1f} MB resident per worker (its train shard and all of val, float32, padded)"
+    if resident > max_mb:
+        return False, f"{size}, over --direct-read-max-mb {max_mb}: Ray Data reads the store"
+    if resident > share:
+        return False, (f"{size} would exceed one worker's share of this node's memory ({share:.0f} MB: "
+                       f"{share * num_workers:.0f} MB over {num_workers} worker(s)): Ray Data reads the store instead")
+    return True, f"{size}, at most --direct-read-max-mb {max_mb}: each worker reads its train shard and the val split"
 
 
 def shard_positions(n: int, rank: int, world: int) -> np.ndarray:
@@ -50,15 +74,13 @@ def read_split(store_dir: str | os.PathLike | Location, split: str, rank: int = 
     Reads the video_id column first, then only the rows of this shard, one part file at a time (files written
     before a column was added still read). The store is a local folder or a URI, opened by the calling process.
     """
-    files = data_files(store_dir)
-    in_split = [("split", "=", split)]
-    ids = sorted(i for f in files for i in read_part(f, columns=["video_id"], filters=in_split)
-                 .column("video_id").to_pylist())
+    store = FeatureStore(store_dir, warn=False)  # the driver named any foreign file already
+    ids = store.split_ids(split)
     if not ids:
         raise FeatureStoreError(f"{store_dir}: no videos in split {split}")
     mine = [ids[p] for p in shard_positions(len(ids), rank, world)]
     wanted = sorted(set(mine))
-    tables = [read_part(f, filters=[*in_split, ("video_id", "in", wanted)]) for f in files]
+    tables = [store.read(f, filters=[("split", "=", split), ("video_id", "in", wanted)]) for f in store.files]
     by_id = {v.video_id: v for v in table_to_videos(pa.concat_tables(tables, promote_options="permissive"))}
     return [by_id[i] for i in mine]
 

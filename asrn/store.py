@@ -11,6 +11,10 @@ Layout of a store folder DIR:
   DIR/errors/*.parquet video_id, path, stage, error, message
   DIR/.lock            while a writer runs: {"pid", "host", "token", "since"} (`writer_lock`)
   DIR/_staging/        a whole new store being built by `asrn extract --overwrite`, swapped in when complete
+Readers open a store as one `FeatureStore` (its part files, info, schema version and optional columns, splits and
+counts, cached train statistics, resident size), so every command reads it the same way: only `part-*.parquet` are
+its data (any other Parquet file there is named in a warning, never read), and columns added after a store was
+written (OPTIONAL_COLUMNS) read with their documented default. The module functions are its parts and the writers'.
 Readers and writers take a local folder or a URI (asrn.locations: `s3://bucket/features`, ...). On a local disk
 every file is written to a temporary name and renamed, so a crash never leaves a half-written file that a reader
 would take for data (readers ignore names starting with `.` or `_`). An object store has no rename: a file is
@@ -29,18 +33,21 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.locations import Location, path_or_location
+from asrn.manifest import SPLITS
 
 MODALITIES: tuple[str, ...] = ("rgb", "motion", "body", "face")
 INFO_FILE = "features.json"
@@ -138,6 +145,14 @@ def row_schema(dtype: str = "float16") -> pa.Schema:
 
 
 TRACKED_COLUMNS = ("body_tracked", "face_tracked")  # added later: stores written before them read as all False
+# Columns added after the first stores were written, with what their absence reads as. A store written before one
+# of them still reads and trains. A per-step shot-start column joins here when extract writes one ("unknown").
+OPTIONAL_COLUMNS: dict[str, str] = {"body_tracked": "all False", "face_tracked": "all False"}
+
+
+def required_columns() -> list[str]:
+    """The columns every part file must hold: today's schema less the optional ones."""
+    return [c for c in row_schema().names if c not in OPTIONAL_COLUMNS]
 
 
 ERRORS_SCHEMA = pa.schema([
@@ -196,7 +211,7 @@ def _column_matrices(column: pa.ChunkedArray | pa.Array, name: str) -> list[np.n
 
 
 def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
-    missing = [c for c in row_schema().names if c not in table.column_names and c not in TRACKED_COLUMNS]
+    missing = [c for c in required_columns() if c not in table.column_names]
     if missing:
         raise FeatureStoreError(f"feature table lacks column(s) {', '.join(missing)}")
     matrices = {m: _column_matrices(table.column(m), m) for m in MODALITIES}
@@ -309,12 +324,18 @@ def read_info(store_dir: str | os.PathLike | Location) -> StoreInfo:
     return info
 
 
-def data_files(store_dir: str | os.PathLike | Location) -> list[Location]:
-    """The data files of a store (a local folder or a URI prefix), sorted; temporary and hidden files are not data."""
+def parquet_files(store_dir: str | os.PathLike | Location) -> list[Location]:
+    """Every Parquet file directly in a store's folder, sorted; temporary and hidden files (`.`, `_`) are left out."""
     store = Location(store_dir)
     if not store.is_dir():
         raise FeatureStoreError(f"{store}: feature store folder not found")
     return [f for f in store.files(".parquet") if not f.name.startswith((".", "_"))]
+
+
+def data_files(store_dir: str | os.PathLike | Location) -> list[Location]:
+    """The store's data: the part files its writers made (`part-*.parquet`), sorted. Any other Parquet file in the
+    folder is not data (`foreign_data_files`; `FeatureStore.files` warns about them, naming them)."""
+    return [f for f in parquet_files(store_dir) if f.name.startswith(PART_PREFIX)]
 
 
 def part_files(store_dir: str | os.PathLike) -> list[Path]:
@@ -345,16 +366,20 @@ def read_table(store_dir: str | os.PathLike | Location, splits: Iterable[str] | 
     return table
 
 
-def load_videos(store_dir: str | os.PathLike | Location, splits: Iterable[str] | None = None) -> list[VideoFeatures]:
-    """Read every video of the store (optionally of some splits), checking dims against features.json."""
-    info = read_info(store_dir)
-    videos = table_to_videos(read_table(store_dir, splits))
+def check_dims(videos: Iterable[VideoFeatures], dims: dict[str, int], where: str) -> None:
+    """Every video's feature widths equal features.json's dims."""
     for v in videos:
         for m in MODALITIES:
-            d = v.features[m].shape[1] if v.num_steps else info.dims[m]
-            if d != info.dims[m]:
-                raise FeatureStoreError(f"{store_dir}: video {v.video_id!r} has {m} dim {d}, "
-                                        f"features.json says {info.dims[m]}")
+            d = v.features[m].shape[1] if v.num_steps else dims[m]
+            if d != dims[m]:
+                raise FeatureStoreError(f"{where}: video {v.video_id!r} has {m} dim {d}, features.json says {dims[m]}")
+
+
+def load_videos(store_dir: str | os.PathLike | Location, splits: Iterable[str] | None = None) -> list[VideoFeatures]:
+    """Read every video of the store (optionally of some splits), checking dims against features.json."""
+    dims = read_info(store_dir).dims
+    videos = table_to_videos(read_table(store_dir, splits))
+    check_dims(videos, dims, str(store_dir))
     return videos
 
 
@@ -492,6 +517,158 @@ def train_input_statistics(store_dir: str | os.PathLike | Location,
     return feature_statistics(store_dir, "train"), False
 
 
+RESIDENT_BYTES_PER_VALUE = 4  # a worker collates float16 features into float32 tensors (asrn.shards)
+
+
+class StoreWarning(UserWarning):
+    """A file in a store's folder that is not the store's: named once, then left alone."""
+
+
+class FeatureStore:
+    """One opened feature store, a local folder or a URI: its part files, info, schema version, optional columns,
+    splits and counts, cached train statistics, and the memory its splits take resident on a training worker.
+
+    Every command that reads a store opens one, so all read it the same way (the module functions above are its
+    parts, shared with the writers). What it reads is cached on the object: open one per process; a Ray worker
+    opens its own by URI.
+    """
+
+    def __init__(self, where: str | os.PathLike | Location, info: StoreInfo | None = None, warn: bool = True):
+        self.location = Location(where)
+        self.warn = warn  # name foreign Parquet files (the driver does; the workers open quietly)
+        self._files: list[Location] | None = None
+        self._info = info  # features.json, when the opener has read it already
+
+    def __str__(self) -> str:
+        return str(self.location)
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.location.text!r})"
+
+    @property
+    def files(self) -> list[Location]:
+        """The part files (`part-*.parquet`), sorted; any other Parquet file there is named in one warning."""
+        if self._files is None:
+            found = parquet_files(self.location)
+            self._files = [f for f in found if f.name.startswith(PART_PREFIX)]
+            foreign = [f.name for f in found if not f.name.startswith(PART_PREFIX)]
+            if foreign and self.warn:
+                warnings.warn(f"{self}: ignoring {', '.join(foreign)}: not part of the store (its data are the "
+                              f"{PART_PREFIX}*.parquet files that asrn extract wrote)", StoreWarning, stacklevel=2)
+        return self._files
+
+    @property
+    def info(self) -> StoreInfo:
+        if self._info is None:
+            self._info = read_info(self.location)
+        return self._info
+
+    @property
+    def version(self) -> int:
+        return self.info.version
+
+    def absent_columns(self) -> dict[str, list[Location]]:
+        """Optional column -> the part files written before it (they read it as OPTIONAL_COLUMNS says); schemas only."""
+        absent: dict[str, list[Location]] = {}
+        for f in self.files:
+            filesystem, path = f.filesystem_path()
+            names = pq.read_schema(path, filesystem=filesystem).names
+            for column in OPTIONAL_COLUMNS:
+                if column not in names:
+                    absent.setdefault(column, []).append(f)
+        return absent
+
+    def read(self, file: Location, **options) -> pa.Table:
+        """One part file; `options` as for `pq.read_table` (columns, filters)."""
+        return read_part(file, **options)
+
+    def videos(self, splits: Iterable[str] | None = None) -> list[VideoFeatures]:
+        """Every video of the store (or of `splits`), dims checked against features.json."""
+        if not self.files:
+            raise FeatureStoreError(f"{self}: holds no {PART_PREFIX}*.parquet data files")
+        filters = None if splits is None else [("split", "in", list(splits))]
+        tables = [self.read(f, filters=filters) for f in self.files]
+        videos = table_to_videos(pa.concat_tables(tables, promote_options="permissive"))
+        check_dims(videos, self.info.dims, str(self))
+        return videos
+
+    def split_ids(self, split: str) -> list[str]:
+        """The sorted video ids of `split`, reading only the video_id and split columns."""
+        return sorted(i for f in self.files for i in self.read(f, columns=["video_id"], filters=[("split", "=", split)])
+                      .column("video_id").to_pylist())
+
+    def check(self, say: Callable[[str], None] | None = None, every: float = 5.0) -> dict[str, int]:
+        """Refuse a store that training cannot use (naming file, video and key); return the videos per split.
+
+        Reads only the schema, the video_id/split/labels columns and the first row of each part file. `say` (e.g.
+        print) hears how far it has got, at most every `every` seconds.
+        """
+        info, last = self.info, time.monotonic()
+        if not self.files:
+            raise FeatureStoreError(f"{self}: holds no {PART_PREFIX}*.parquet data files")
+        counts = dict.fromkeys(SPLITS, 0)
+        seen: dict[str, Location] = {}
+        for i, path in enumerate(self.files, 1):
+            self._check_part(path, counts, info, seen)
+            if say and i < len(self.files) and time.monotonic() - last >= every:
+                say(f"store {self}: checked {i}/{len(self.files)} part files ({len(seen)} videos so far)")
+                last = time.monotonic()
+        return counts
+
+    def _check_part(self, path: Location, counts: dict[str, int], info: StoreInfo, seen: dict[str, Location]) -> None:
+        """Check one part file's columns, splits, labels and first row's dims; add its videos to `counts` and `seen`
+        (video_id -> file), refusing a video id already seen, in this file or another, in any split."""
+        from asrn.labels import check_label
+
+        filesystem, where = path.filesystem_path()
+        names = pq.read_schema(where, filesystem=filesystem).names
+        missing = [c for c in required_columns() if c not in names]
+        if missing:
+            raise FeatureStoreError(f"{path}: lacks column(s) {', '.join(missing)}")
+        table = self.read(path, columns=["video_id", "split", "labels"])
+        for video_id, split, labels in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
+            if split not in counts:
+                raise FeatureStoreError(f"{path}: video {video_id!r} has split {split!r}, expected one of "
+                                        f"{', '.join(SPLITS)}")
+            if video_id in seen:
+                again = "twice in this file" if seen[video_id] == path else f"also in {seen[video_id]}"
+                raise FeatureStoreError(f"{path}: video {video_id!r} (split {split}) is {again}; a video must be in "
+                                        "the store once, in one split (remove one of its rows)")
+            seen[video_id] = path
+            counts[split] += 1
+            for name in labels or []:
+                try:
+                    check_label(name)
+                except ValueError as e:
+                    raise type(e)(f"{path}: video {video_id!r}: {e}") from e
+        first = next(pq.ParquetFile(where, filesystem=filesystem).iter_batches(batch_size=1), None)
+        if first is not None and first.num_rows:
+            check_dims(table_to_videos(pa.Table.from_batches([first])), info.dims, str(path))
+
+    def train_statistics(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
+        """The train split's input statistics and whether they came from features.json (else computed now)."""
+        return train_input_statistics(self.location, self.info)
+
+    def step_counts(self, split: str) -> np.ndarray:
+        """(N,) time steps of each video of `split`, from the timestamp column alone (no features read)."""
+        lengths = [pc.list_value_length(self.read(f, columns=["timestamp"], filters=[("split", "=", split)])
+                                                .column("timestamp")).to_numpy(zero_copy_only=False)
+                   for f in self.files]
+        return np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+
+    def resident_bytes(self, world: int) -> int:
+        """What one of `world` training workers holds when it reads the store directly (asrn.shards): its
+        ceil(N_train / world) train videos and all of val, float32, each split padded to its longest video (an upper
+        bound: the sequence former keeps fewer steps), with the per-step masks."""
+        per_step = sum(self.info.dims.values()) * RESIDENT_BYTES_PER_VALUE + len(MODALITIES) + 1  # features, masks
+        total = 0
+        for split, videos in (("train", lambda n: -(-n // world)), ("val", lambda n: n)):
+            steps = self.step_counts(split)
+            if steps.size:
+                total += videos(steps.size) * int(steps.max()) * per_step  # (N, T_max, sum D) per split
+        return total
+
+
 # ---------------------------------------------------------------- writers: ownership, lock, staging, relabeling
 
 
@@ -503,10 +680,10 @@ def owned_files(store_dir: str | os.PathLike) -> list[Path]:
 
 
 def foreign_data_files(store_dir: str | os.PathLike | Location) -> list[Location]:
-    """Parquet files a reader would take for the store's data but that no store writer made (not `part-*`)."""
+    """Parquet files in a store's folder that no store writer made (not `part-*`): never read as data."""
     if not Location(store_dir).is_dir():
         return []
-    return [f for f in data_files(store_dir) if not f.name.startswith(PART_PREFIX)]
+    return [f for f in parquet_files(store_dir) if not f.name.startswith(PART_PREFIX)]
 
 
 def _read_lock(lock: Location) -> dict:

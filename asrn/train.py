@@ -1,14 +1,18 @@
-"""Train ASRN with Ray Train (TorchTrainer, DDP) on a feature store; record the run in MLflow.
+"""Train ASRN with Ray Train (TorchTrainer, DDP) on a feature store; record the run in MLflow. The driver's side.
 
-Flow, as in Ray's own Train examples: `train(config)` checks the store on the driver before Ray starts. A store of
-at most `direct_read_max_mb` (default 1024) is read by each worker itself with pyarrow, its shard of train and all
-of val, collated once and kept on its device (asrn.shards): a Ray Data pipeline costs tens of seconds per run,
-pyarrow reads such a store in well under one. A larger store goes through Ray Data: the driver reads and
-materializes the Parquet parts and `get_dataset_shard("train")` shards them over the workers. Either way val is read
-whole by every worker, so all take the same early-stopping decision. The train split's input statistics come from
-features.json's cache when it matches the train split (asrn.store.train_input_statistics), else are computed.
-Each worker runs `train_loop_per_worker`, which calls
-`asrn.loop.train_epoch` and `asrn.loop.evaluate` and reports every epoch; afterwards the driver turns the best
+Three kinds of process run a training, each with its own module: this driver (`train`, `build_trainer`, the best
+model's report), the Train workers (asrn.train_worker: `train_loop_per_worker`) and the Train controller
+(asrn.epoch_logger: `EpochLogger`, the epoch lines and MLflow metrics).
+
+Flow, as in Ray's own Train examples: `train(config)` opens the store once (asrn.store.FeatureStore) and checks it
+before Ray starts; that object goes down to `build_trainer` and the best model's report. When one worker's resident
+copy (its train shard and all of val, float32, padded) is at most `direct_read_max_mb` (default 1024) and fits its
+share of the node's memory, each worker reads its shard itself with pyarrow, collated once and kept on its device
+(asrn.shards): a Ray Data pipeline costs tens of seconds per run, pyarrow reads such a store in well under one. Else
+Ray Data reads the store's part files, the driver materializes the train and val splits and
+`get_dataset_shard("train")` shards them over the workers. Either way val is read whole by every worker, so all take
+the same early-stopping decision. The train split's input statistics come from features.json's cache when it
+matches the train split (FeatureStore.train_statistics), else are computed. Afterwards the driver turns the best
 checkpoint into `best.pt` with per-class thresholds chosen on val, and scores val and test with it.
 
 The recipe (`--recipe default|paper`, asrn.loop.RECIPES) sets optimizer, lr, weight decay, batch size, dropout,
@@ -23,10 +27,10 @@ default the Ray checkpoints under `out/ray_results/`. Rank 0 checkpoints when va
 `checkpoint_every` epochs, and at the last epoch.
 
 MLflow: the driver creates the run and logs parameters (the config, the store's URI and provenance); per-epoch
-metrics are logged by a Ray Train `UserCallback` in the Train controller (one process), once per epoch even when a
-restarted worker group repeats epochs since its last checkpoint; the driver logs the machine's system metrics while
-it runs (where psutil is installed), and after `fit()` the test metrics, the artifacts and best.pt as an MLflow
-PyTorch model (asrn.mlflow_runs.log_best_model), registered under `--register-model NAME` when given.
+metrics are logged by a Ray Train `UserCallback` in the Train controller (asrn.epoch_logger), once per epoch even
+when a restarted worker group repeats epochs since its last checkpoint; the driver logs the machine's system
+metrics while it runs (where psutil is installed), and after `fit()` the test metrics, the artifacts and best.pt as
+an MLflow PyTorch model (asrn.mlflow_model.log_best_model), registered under `--register-model NAME` when given.
 
 Locations: --features, --out and --storage may each be a local folder or a URI (`s3://`, `gs://`, `file://`; see
 asrn.locations). The workers open the store by its URI themselves (or its absolute path: a local store must then be
@@ -36,19 +40,17 @@ on every node's disk); the outputs are written through asrn.files, atomically wh
 Console: the driver prints how far loading the store has got, the Train controller one line per epoch with elapsed
 time and ETA; Ray's routine lines stay in its log files unless `verbose` (asrn.console).
 
-Fault injection, for tests only: ASRN_FAULT_EXIT="<rank>:<epoch>:<marker file>" makes that worker exit hard
-(os._exit) after training that epoch, before reporting it, once (the marker file records that it happened).
+Fault injection, for tests only: ASRN_FAULT_EXIT (asrn.train_worker) is handed from the driver to the workers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,49 +63,31 @@ import torch
 from ray.data.expressions import col
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from asrn import mlflow_runs
-from asrn.checkpoint import load_training_state, save_training_state, write_checkpoint
-from asrn.console import quiet_ray_console
+from asrn import mlflow_model, mlflow_runs
+from asrn.checkpoint import load_training_state, write_checkpoint
+from asrn.epoch_logger import EpochLogger, epoch_metrics, log_unlogged_epochs  # noqa: F401 - epoch_metrics: API
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
-from asrn.labels import TASKS, UnknownTaskError, check_label, encode, task_labels
+from asrn.labels import TASKS, UnknownTaskError, encode, task_labels
 from asrn.locations import Location
-from asrn.loop import (
-    RECIPES,
-    NonFiniteLossError,
-    Recipe,
-    build_optimizer,
-    check_finite_scores,
-    evaluate,
-    train_epoch,
-)
+from asrn.loop import RECIPES, NonFiniteLossError, Recipe, check_finite_scores
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
-from asrn.ray_session import ray_session
-from asrn.sequence import WINDOW, Batch, collate
-from asrn.shards import ResidentSplit, read_split, store_megabytes
+from asrn.ray_session import lean_trainer_class, ray_session
+from asrn.sequence import WINDOW, collate
+from asrn.shards import direct_read_choice
 from asrn.store import (
     INFO_FILE,
-    MODALITIES,
+    FeatureStore,
     FeatureStoreError,
     StoreInfo,
     VideoFeatures,
     check_encoded_window,
-    data_files,
-    load_videos,
-    read_info,
-    read_part,
-    row_schema,
-    table_to_videos,
-    train_input_statistics,
 )
+from asrn.train_worker import FAULT_ENV, REPORTED_METRICS, LoopConfig, train_loop_per_worker  # noqa: F401 - API
 
-SPLITS = ("train", "val", "test")
 SELECT_METRIC = "val_map"  # early stopping and checkpoint selection
-REPORTED_METRICS = ("epoch", "train_loss", "val_loss", "val_map", "val_f1_macro", "val_f1_micro", "val_acc",
-                    "val_subacc")
 RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "dropout", "hidden", "epochs", "patience")
-FAULT_ENV = "ASRN_FAULT_EXIT"
 
 
 class TrainConfigError(AsrnError):
@@ -188,33 +172,6 @@ class TrainConfig:
 
 
 @dataclass
-class LoopConfig:
-    """What every Ray Train worker needs; built on the driver by `loop_config_for`."""
-
-    task: str
-    model: ModelConfig
-    recipe: Recipe
-    batch_size: int  # per worker
-    seed: int
-    use_gpu: bool
-    input_stats: dict[str, tuple[np.ndarray, np.ndarray]]  # the train split's per-dimension (mean, std)
-    checkpoint_every: int
-    fault: str | None = None  # FAULT_ENV's value on the driver (tests only)
-    verbose: bool = False  # Ray's routine lines on the console too
-    store: str | None = None  # direct reads (asrn.shards): the store's URI or absolute path; None: Ray Data's shards
-
-
-def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
-    """Exit this worker hard, once, at the rank and epoch that FAULT_ENV names (see the module docstring)."""
-    if not fault:
-        return
-    fault_rank, fault_epoch, marker = fault.split(":", 2)
-    if (rank, epoch) == (int(fault_rank), int(fault_epoch)) and not os.path.exists(marker):
-        Path(marker).write_text(f"rank {rank} exited at epoch {epoch}\n")
-        os._exit(1)
-
-
-@dataclass
 class TrainResult:
     """What `train` produced: where the outputs are and the metrics of the best checkpoint."""
 
@@ -231,265 +188,36 @@ class TrainResult:
 
 # ---------------------------------------------------------------- checking the store before Ray starts
 
-def check_videos(videos, dims: dict[str, int], where: str) -> None:
-    """Every video's feature widths equal features.json's dims."""
-    for v in videos:
-        for m in MODALITIES:
-            d = v.features[m].shape[1] if v.num_steps else dims[m]
-            if d != dims[m]:
-                raise FeatureStoreError(f"{where}: video {v.video_id!r} has {m} dim {d}, features.json says {dims[m]}")
-
-
-def _count_part(path: Location, counts: dict[str, int], info: StoreInfo, seen: dict[str, Location]) -> None:
-    """Check one part file's columns, splits, labels and first row's dims; add its videos to `counts` and `seen`
-    (video_id -> file), refusing a video id already seen, in this file or another, in any split."""
-    filesystem, where = path.filesystem_path()
-    names = pq.read_schema(where, filesystem=filesystem).names
-    missing = [c for c in row_schema().names if c not in names]
-    if missing:
-        raise FeatureStoreError(f"{path}: lacks column(s) {', '.join(missing)}")
-    table = read_part(path, columns=["video_id", "split", "labels"])
-    for video_id, split, labels in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
-        if split not in counts:
-            raise FeatureStoreError(f"{path}: video {video_id!r} has split {split!r}, expected one of "
-                                    f"{', '.join(SPLITS)}")
-        if video_id in seen:
-            where = "twice in this file" if seen[video_id] == path else f"also in {seen[video_id]}"
-            raise FeatureStoreError(f"{path}: video {video_id!r} (split {split}) is {where}; a video must be in "
-                                    "the store once, in one split (remove one of its rows)")
-        seen[video_id] = path
-        counts[split] += 1
-        for name in labels or []:
-            try:
-                check_label(name)
-            except ValueError as e:
-                raise type(e)(f"{path}: video {video_id!r}: {e}") from e
-    first = next(pq.ParquetFile(where, filesystem=filesystem).iter_batches(batch_size=1), None)
-    if first is not None and first.num_rows:
-        check_videos(table_to_videos(pa.Table.from_batches([first])), info.dims, str(path))
-
-
-def check_store(features: str | os.PathLike | Location, task: str, say: Callable[[str], None] | None = None,
-                every: float = 5.0) -> tuple[StoreInfo, dict[str, int]]:
-    """Refuse a store training cannot use; return its info and the number of videos per split.
-
-    Reads only the schema, the video_id/split/labels columns and the first row of each part file. `say` (e.g.
-    print) hears how far it has got, at most every `every` seconds, and the totals.
-    """
-    started = last = time.monotonic()
-    info = read_info(features)
-    check_encoded_window(info, WINDOW, str(Location(features) / INFO_FILE))  # training forms sequences with WINDOW
-    files = data_files(features)
-    if not files:
-        raise FeatureStoreError(f"{features}: holds no Parquet data files")
-    counts = dict.fromkeys(SPLITS, 0)
-    seen: dict[str, Location] = {}
-    for i, path in enumerate(files, 1):
-        _count_part(path, counts, info, seen)
-        if say and i < len(files) and time.monotonic() - last >= every:
-            say(f"store {features}: checked {i}/{len(files)} part files ({len(seen)} videos so far)")
-            last = time.monotonic()
+def check_store(features: str | os.PathLike | Location | FeatureStore, task: str,
+                say: Callable[[str], None] | None = None, every: float = 5.0) -> tuple[StoreInfo, dict[str, int]]:
+    """Refuse a store training cannot use (FeatureStore.check, then train/val/test each non-empty and the encoded
+    window training's); return its info and the number of videos per split. `say` hears progress and the totals."""
+    started = time.monotonic()
+    store = features if isinstance(features, FeatureStore) else FeatureStore(features)
+    check_encoded_window(store.info, WINDOW, str(store.location / INFO_FILE))  # training forms WINDOW sequences
+    counts = store.check(say, every)
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
-        raise EmptySplitError(f"{features}: no videos in split {', '.join(empty)} "
+        raise EmptySplitError(f"{store}: no videos in split {', '.join(empty)} "
                               f"(counts: {', '.join(f'{s} {n}' for s, n in counts.items())}); "
                               "training needs train, val and test videos")
     task_labels(task)
     if say:
-        say(f"store {features}: {len(seen)} videos ({' / '.join(f'{n} {s}' for s, n in counts.items())}) in "
-            f"{len(files)} part file(s), preset {info.preset}, checked in {time.monotonic() - started:.1f} s")
-    return info, counts
-
-
-# ---------------------------------------------------------------- the per-worker loop
-
-def _batches(iterator, batch_size: int, task: str, **kwargs):
-    """Ray Data pyarrow batches -> collated `Batch`es."""
-    for table in iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow", **kwargs):
-        yield collate(table_to_videos(table), task)
-
-
-def _worker_data(config: LoopConfig, rank: int, device: torch.device) -> tuple[Callable[[int], Iterable[Batch]],
-                                                                                list[Batch]]:
-    """This worker's train batches per epoch (a function of the epoch) and its val batches (the whole val split).
-
-    Direct reads (`config.store`): its shard of train and all of val read with pyarrow, collated once, resident on
-    `device` (asrn.shards). Else Ray Data's shard of the materialized train dataset, shuffled in a local buffer.
-    Either way `config.batch_size` videos per step on every worker.
-    """
-    if config.store:
-        world = ray.train.get_context().get_world_size()
-        train_split = ResidentSplit.of(read_split(config.store, "train", rank, world), config.task, device)
-        val = ResidentSplit.of(read_split(config.store, "val"), config.task, device).fixed_batches(config.batch_size)
-        return lambda epoch: train_split.epoch_batches(config.batch_size, config.seed, epoch), val
-    train_shard = ray.train.get_dataset_shard("train")
-    # the val set is small and read whole by every worker: read it once, score it every epoch
-    val = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task))
-    return lambda epoch: _batches(train_shard, config.batch_size, config.task,
-                                  local_shuffle_buffer_size=4 * config.batch_size,
-                                  local_shuffle_seed=config.seed + epoch), val
-
-
-def _all_reduce_sum(values: list[float]) -> list[float]:
-    """Sum over workers (a no-op for one worker)."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    if torch.distributed.get_backend() == "nccl":
-        t = t.to(ray.train.torch.get_device())
-    torch.distributed.all_reduce(t)
-    return t.cpu().tolist()
-
-
-@dataclass
-class Progress:
-    """The early-stopping state that travels in every checkpoint."""
-
-    epoch: int = 0
-    best_score: float = -1.0
-    best_epoch: int = 0
-    stale: int = 0
-    history: list[dict] = field(default_factory=list)
-
-    def update(self, epoch: int, score: float) -> bool:
-        """Record epoch's val score; True when it is the best so far."""
-        self.epoch = epoch
-        improved = score > self.best_score
-        if improved:
-            self.best_score, self.best_epoch, self.stale = score, epoch, 0
-        else:
-            self.stale += 1
-        return improved
-
-
-def _restore(net, optimizer, scheduler) -> Progress:
-    """Continue after the last reported epoch (a restarted worker group or `--resume`), else start fresh."""
-    checkpoint = ray.train.get_checkpoint()
-    if not checkpoint:
-        return Progress()
-    with checkpoint.as_directory() as folder:
-        state = load_training_state(folder)
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return Progress(state["epoch"], state["best_score"], state["best_epoch"], state["stale"], state["history"])
-
-
-def _report(metrics: dict, progress: Progress, state: dict | None) -> None:
-    """Report the epoch to Ray Train, with a checkpoint folder holding `state` when given (rank 0 only)."""
-    if state is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        save_training_state(folder, {**state, **asdict(progress)})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-
-def train_loop_per_worker(config: LoopConfig) -> None:
-    """One Ray Train worker: restore the last checkpoint if any, then train, validate and report each epoch.
-
-    Reports REPORTED_METRICS plus lr, best_epoch, best_val_map, epoch_seconds and train_samples_per_s.
-    """
-    quiet_ray_console(not config.verbose)  # after Ray Train configured this worker's logging (asrn.console)
-    torch.manual_seed(config.seed)
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    autocast = config.use_gpu and device.type == "cuda"  # bf16 autocast on GPU only
-    net = ASRN(config.model)
-    # copies: arrays that come out of Ray's object store are read-only, which torch.as_tensor warns about
-    net.set_input_stats({m: (np.array(mean), np.array(std)) for m, (mean, std) in config.input_stats.items()})
-    model = ray.train.torch.prepare_model(net)  # DDP over gloo (CPU) or NCCL (GPU); `net` stays the plain module
-    optimizer, scheduler = build_optimizer(model, config.recipe)
-    progress = _restore(net, optimizer, scheduler)
-    epoch_batches, val_batches = _worker_data(config, rank, device)
-    labels = list(task_labels(config.task))
-    if progress.history and (progress.epoch >= config.recipe.epochs or progress.stale >= config.recipe.patience):
-        ray.train.report(progress.history[-1])  # resumed after the end: report where it ended (Tune needs one)
-        return
-    for epoch in range(progress.epoch + 1, config.recipe.epochs + 1):
-        started = time.perf_counter()
-        batches = epoch_batches(epoch)
-        loss_sum, seen = _all_reduce_sum(list(train_epoch(model, batches, optimizer, device, autocast, epoch)))
-        _inject_fault(config.fault, rank, epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        seconds = time.perf_counter() - started
-        val_loss, scores, targets = evaluate(net, val_batches, device, autocast)
-        val = compute_metrics(targets, scores, labels)
-        improved = progress.update(epoch, val["map"])
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
-                   **{f"val_{k}": val[k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")},
-                   "lr": lr, "best_epoch": progress.best_epoch, "best_val_map": progress.best_score,
-                   "epoch_seconds": seconds, "train_samples_per_s": seen / seconds}
-        progress.history.append(metrics)
-        last = epoch == config.recipe.epochs or progress.stale >= config.recipe.patience
-        checkpoint = rank == 0 and (improved or last or epoch % config.checkpoint_every == 0)
-        _report(metrics, progress, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict()} if checkpoint else None)
-        if progress.stale >= config.recipe.patience:
-            break  # early stopping
+        say(f"store {store}: {sum(counts.values())} videos ({' / '.join(f'{n} {s}' for s, n in counts.items())}) "
+            f"in {len(store.files)} part file(s), preset {store.info.preset}, checked in "
+            f"{time.monotonic() - started:.1f} s")
+    return store.info, counts
 
 
 # ---------------------------------------------------------------- driver side: trainer, MLflow, outputs
 
-class EpochLogger(ray.train.UserCallback):
-    """Runs in the Train controller (one process): prints each epoch and logs it to MLflow (step = epoch).
-
-    An epoch is logged once: a worker group restarted from its last checkpoint repeats the epochs after it, and a
-    resumed run those its killed driver had logged (`logged`, read from MLflow); the first report stands.
-    Elapsed time counts from the driver's start; the ETA (to the last epoch; early stopping may come sooner)
-    extrapolates the pace since this controller's first report, so that starting the workers does not count.
-    """
-
-    def __init__(self, epochs: int, tracking_uri: str | None = None, run_id: str | None = None,
-                 logged: set[int] | None = None):
-        self.epochs, self.tracking_uri, self.run_id = epochs, tracking_uri, run_id
-        self.logged = set(logged or ())
-        self.started = time.time()  # wall-clock: the controller may run on another node than the driver
-        self.first: tuple[float, int] | None = None  # (time, epoch) of the first report seen here
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        m = metrics[0]  # rank 0's; every worker reports the same validation figures
-        epoch, now = int(m["epoch"]), time.time()
-        if epoch in self.logged:
-            print(f"epoch {epoch}/{self.epochs}: repeated after a restart (logged before)", flush=True)
-            return
-        self.logged.add(epoch)
-        if self.run_id:  # before the line is printed: a driver killed after printing epoch N has logged it
-            mlflow_runs.log_metrics(self.tracking_uri, self.run_id, epoch_metrics(m), step=epoch)
-        self.first = self.first or (now, epoch)
-        pace = (now - self.first[0]) / (epoch - self.first[1]) if epoch > self.first[1] else m["epoch_seconds"]
-        elapsed, eta = now - self.started, pace * (self.epochs - epoch)
-        print(f"epoch {m['epoch']}/{self.epochs}: train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
-              f"val mAP {m['val_map']:.4f}  F1 macro {m['val_f1_macro']:.4f}  ({m['epoch_seconds']:.1f} s; "
-              f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s)", flush=True)
-
-
-def epoch_metrics(reported: dict) -> dict:
-    """An epoch's report as MLflow metrics (the epoch is the step)."""
-    return {k: v for k, v in reported.items() if k != "epoch"}
-
-
-def log_unlogged_epochs(tracking_uri: str, run_id: str, history: list[dict]) -> list[int]:
-    """Log the epochs of `history` that MLflow lacks; return them.
-
-    A driver killed between an epoch's checkpoint and its MLflow batch leaves that epoch only in the checkpoint,
-    and the resumed run starts after it.
-    """
-    logged = mlflow_runs.logged_steps(tracking_uri, run_id, "train_loss")
-    missing = [h for h in history if int(h["epoch"]) not in logged]
-    for h in missing:
-        mlflow_runs.log_metrics(tracking_uri, run_id, epoch_metrics(h), step=int(h["epoch"]))
-    return [int(h["epoch"]) for h in missing]
-
-
-def loop_config_for(config: TrainConfig, info: StoreInfo, input_stats: dict | None = None) -> LoopConfig:
+def loop_config_for(config: TrainConfig, store: FeatureStore, input_stats: dict | None = None) -> LoopConfig:
     """The worker config of a TrainConfig; `input_stats`, when not given, come from features.json's cache (or are
     computed from the store when it has none for this train split)."""
-    return LoopConfig(task=config.task, model=config.model_config(info.dims), recipe=config.effective_recipe(),
+    return LoopConfig(task=config.task, model=config.model_config(store.info.dims), recipe=config.effective_recipe(),
                       batch_size=max(1, config.batch_size // config.num_workers), seed=config.seed,
                       use_gpu=config.use_gpu, checkpoint_every=config.checkpoint_every,
-                      input_stats=input_stats or train_input_statistics(config.features, info)[0],
+                      input_stats=input_stats or store.train_statistics()[0],
                       fault=os.environ.get(FAULT_ENV), verbose=config.verbose)
 
 
@@ -497,33 +225,22 @@ def storage_path(config: TrainConfig) -> str:
     return config.storage or str((config.out / "ray_results").absolute())
 
 
-def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.train.UserCallback] = (),
-                  info: StoreInfo | None = None, input_stats: dict | None = None,
-                  counts: dict[str, int] | None = None, say: Callable[[str], None] | None = None) -> TorchTrainer:
-    """A TorchTrainer for `config`, checkpoints under `storage_path(config)`.
+def _load_store(config: TrainConfig, store: FeatureStore, input_stats: dict | None, counts: dict[str, int] | None,
+                say: Callable[[str], None]) -> tuple[dict, dict, bool]:
+    """(Ray Data datasets, input statistics, direct reads?): the store's data as the workers will get it.
 
-    A store of at most `config.direct_read_max_mb` is read by the workers themselves (asrn.shards: no datasets);
-    a larger one goes through Ray Data, read, filtered by split and materialized here. Input statistics come from
-    features.json when cached for the store's train split as it is (store.train_input_statistics).
-    A second trainer with the same `run_name` and storage continues from that run's last checkpoint
-    (Ray Train V2 restores its checkpoint manager from storage): that is how `--resume` works.
-    `say` (e.g. print) hears each step of loading the store (`counts`: videos per split, for those lines).
+    Direct reads (asrn.shards.direct_read_choice) need no dataset; else the train and val splits are read by Ray
+    Data's tasks (on any node, by absolute path or URI), filtered by split and materialized once, so that epochs
+    re-split blocks in the object store rather than re-read the files.
     """
-    say = say or (lambda message: None)
     started = time.monotonic()
-    info = info or read_info(config.features)
-    megabytes = store_megabytes(config.features)
-    direct = 0 < config.direct_read_max_mb and megabytes <= config.direct_read_max_mb
+    direct, reason = direct_read_choice(store, config.num_workers, config.direct_read_max_mb)
     splits = () if direct else ("train", "val")
-    steps = len(splits) + (input_stats is None) + direct
-    datasets, took, step = {}, "", 0
-    if direct:
-        step += 1
-        say(f"store [{step}/{steps}]: {megabytes:.1f} MB, at most --direct-read-max-mb {config.direct_read_max_mb}: "
-            "each worker reads its train shard and the val split itself")
-    else:
-        files = [str(f.absolute()) for f in data_files(config.features)]  # read by Ray Data's tasks, on any node
-        # materialized once, so that epochs re-split blocks in the object store rather than re-read the files
+    steps = 1 + len(splits) + (input_stats is None)
+    say(f"store [1/{steps}]: {reason}")
+    datasets, took, step = {}, "", 1
+    files = [str(f.absolute()) for f in store.files]  # the part files only: nothing else in the folder is data
+    if splits:
         ray.data.DataContext.get_current().enable_progress_bars = config.verbose
     for split in splits:
         step += 1
@@ -533,17 +250,33 @@ def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.tr
         datasets[split] = ray.data.read_parquet(files).filter(expr=col("split") == split).materialize()
         took = f" ({split}: {time.monotonic() - begun:.1f} s)"
     if input_stats is None:
-        step += 1
-        input_stats, cached = train_input_statistics(config.features, info)
-        say(f"store [{step}/{steps}]: input statistics of the train split "
+        input_stats, cached = store.train_statistics()
+        say(f"store [{steps}/{steps}]: input statistics of the train split "
             f"{'cached in features.json' if cached else 'computed (features.json has none for this train split)'}"
             f"{took}")
         took = ""
     say(f"store: loaded in {time.monotonic() - started:.1f} s{took}; starting {config.num_workers} Ray Train "
         "worker(s)")
-    loop_config = loop_config_for(config, info, input_stats)
-    loop_config.store = str(config.features.absolute()) if direct else None  # each worker opens it itself
-    return TorchTrainer(
+    return datasets, input_stats, direct
+
+
+def build_trainer(config: TrainConfig, run_name: str, callbacks: Sequence[ray.train.UserCallback] = (),
+                  store: FeatureStore | None = None, input_stats: dict | None = None,
+                  counts: dict[str, int] | None = None, say: Callable[[str], None] | None = None) -> TorchTrainer:
+    """A TorchTrainer for `config` on `store` (default: opened from config.features), checkpoints under
+    `storage_path(config)`.
+
+    The workers read the store themselves when it fits (`_load_store`), else get Ray Data's shards. Input
+    statistics come from features.json when cached for the store's train split as it is.
+    A second trainer with the same `run_name` and storage continues from that run's last checkpoint
+    (Ray Train V2 restores its checkpoint manager from storage): that is how `--resume` works.
+    `say` (e.g. print) hears each step of loading the store (`counts`: videos per split, for those lines).
+    """
+    store = store or FeatureStore(config.features, warn=False)
+    datasets, input_stats, direct = _load_store(config, store, input_stats, counts, say or (lambda message: None))
+    loop_config = loop_config_for(config, store, input_stats)
+    loop_config.store = str(store.location.absolute()) if direct else None  # each worker opens it itself
+    return lean_trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
@@ -613,13 +346,13 @@ def _write_predictions(columns: dict[str, list], labels: list[str], path: Locati
     return path
 
 
-def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: str | os.PathLike | Location
+def report_best_model(state: dict, config: TrainConfig, store: FeatureStore, out: str | os.PathLike | Location
                       ) -> BestModelReport:
     """Write best.pt from a training state (thresholds chosen on val), score val and test, write the outputs.
 
     Shared by `asrn train` and `asrn tune` (for its best trial), so both report the same figures.
     """
-    out = Location(out)
+    out, info = Location(out), store.info
     labels = list(task_labels(config.task))
     model = ASRN(config.model_config(info.dims))
     model.load_state_dict(state["model"])
@@ -628,7 +361,7 @@ def report_best_model(state: dict, config: TrainConfig, info: StoreInfo, out: st
     scored = {}
     example = None
     for split in ("val", "test"):
-        videos = load_videos(config.features, splits=[split])
+        videos = store.videos([split])
         example = example or videos[0]
         scored[split] = (np.stack([encode(v.labels, config.task) for v in videos]),
                          predict_scores(model, videos, config.task, config.batch_size))
@@ -659,17 +392,14 @@ def summary_line(metrics: dict) -> str:
             f"{tuned['f1_macro']:.4f}  F1 micro {tuned['f1_micro']:.4f}")
 
 
-def _fit(config: TrainConfig, run_name: str, info: StoreInfo, counts: dict[str, int], tracking_uri: str | None,
+def _fit(config: TrainConfig, run_name: str, store: FeatureStore, counts: dict[str, int], tracking_uri: str | None,
          run_id: str | None):
     """Run the TorchTrainer; mark the MLflow run FAILED if it raises."""
     logged = mlflow_runs.logged_steps(tracking_uri, run_id, "train_loss") if run_id and config.resume else set()
     try:
-        if not ray.is_initialized():
-            where = f"joining the Ray cluster at {config.address}" if config.address else "starting a local Ray"
-            print(f"ray: {where}", flush=True)
         with ray_session(config.address, config.verbose):
-            logger = EpochLogger(config.epochs, tracking_uri, run_id, logged)
-            trainer = build_trainer(config, run_name, [logger], info, counts=counts,
+            logger = EpochLogger(config.epochs, tracking_uri, run_id, logged, patience=config.patience)
+            trainer = build_trainer(config, run_name, [logger], store, counts=counts,
                                     say=lambda message: print(message, flush=True))
             return trainer.fit()
     except BaseException as e:
@@ -699,7 +429,8 @@ def train(config: TrainConfig) -> TrainResult:
         raise TrainConfigError(f"--register-model {config.register_model}: MLflow is off (tracking URI "
                                f"{mlflow_runs.NO_MLFLOW!r}); registering needs a tracking store")
     # bad input stops here, before Ray starts
-    info, counts = check_store(config.features, config.task, say=lambda message: print(message, flush=True))
+    store = FeatureStore(config.features)  # opened once: every step below reads it through this object
+    info, counts = check_store(store, config.task, say=lambda message: print(message, flush=True))
     config.out.mkdir(parents=True, exist_ok=True)
     run_name = _run_name(config)
     write_json(config.out / "config.json", config.to_dict())
@@ -712,13 +443,13 @@ def train(config: TrainConfig) -> TrainResult:
     print(f"training {config.variant} ({config.recipe} recipe), task {config.task}, {config.num_workers} worker(s), "
           f"{config.epochs} epochs at most", flush=True)
     with mlflow_runs.system_metrics(tracking_uri, run_id, resume=config.resume):
-        return _train_and_report(config, run_name, info, counts, tracking_uri, run_id)
+        return _train_and_report(config, run_name, store, counts, tracking_uri, run_id)
 
 
-def _train_and_report(config: TrainConfig, run_name: str, info: StoreInfo, counts: dict[str, int],
+def _train_and_report(config: TrainConfig, run_name: str, store: FeatureStore, counts: dict[str, int],
                       tracking_uri: str | None, run_id: str | None) -> TrainResult:
     """`train` once the run is open: fit, then best.pt, its scores and plots, the MLflow model and metrics."""
-    result = _fit(config, run_name, info, counts, tracking_uri, run_id)
+    result = _fit(config, run_name, store, counts, tracking_uri, run_id)
 
     with result.checkpoint.as_directory() as folder:
         history = load_training_state(folder)["history"]
@@ -728,7 +459,7 @@ def _train_and_report(config: TrainConfig, run_name: str, info: StoreInfo, count
     best_ckpt, _ = max(result.best_checkpoints, key=lambda cm: (cm[1][SELECT_METRIC], -cm[1]["epoch"]))
     with best_ckpt.as_directory() as folder:
         best_state = load_training_state(folder)
-    best = report_best_model(best_state, config, info, config.out)
+    best = report_best_model(best_state, config, store, config.out)
     from asrn.plots import plot_loss_curves  # matplotlib only in the driver (see report_best_model)
 
     loss_curves = plot_loss_curves(history, config.out / "loss_curves.png",
@@ -741,7 +472,7 @@ def _train_and_report(config: TrainConfig, run_name: str, info: StoreInfo, count
         test = {f"test_{k}": best.metrics["test"][k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")}
         test["test_f1_macro_at_val_thresholds"] = best.metrics["test_at_val_thresholds"]["f1_macro"]
         test.update(mlflow_runs.per_class_metrics("test", best.metrics["test"]))
-        model_info = mlflow_runs.log_best_model(tracking_uri, run_id, best.checkpoint, best.example,
+        model_info = mlflow_model.log_best_model(tracking_uri, run_id, best.checkpoint, best.example,
                                                 config.register_model)
         mlflow_runs.log_metrics(tracking_uri, run_id, test, step=best_state["epoch"],
                                 tags={"best_epoch": best_state["epoch"], "asrn.model_uri": model_info.model_uri})
@@ -751,7 +482,7 @@ def _train_and_report(config: TrainConfig, run_name: str, info: StoreInfo, count
     print(f"outputs in {config.out}: best.pt, metrics.json, predictions.parquet, loss_curves.png, per_class.png")
     if run_id:
         print(f"MLflow run {run_id} in {tracking_uri}; open it with: mlflow ui --backend-store-uri {tracking_uri}")
-        print(mlflow_runs.model_line(model_info, config.register_model))
+        print(mlflow_model.model_line(model_info, config.register_model))
     return TrainResult(out=config.out, checkpoint=best.checkpoint, best_epoch=best_state["epoch"],
                        metrics=best.metrics, history=history, mlflow_run_id=run_id, tracking_uri=tracking_uri,
                        files=files, model_uri=model_info.model_uri if model_info else None)

@@ -49,16 +49,16 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from asrn import mlflow_runs
+from asrn import mlflow_model, mlflow_runs
 from asrn.checkpoint import load_training_state
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError
 from asrn.locations import Location
 from asrn.loop import RECIPES
-from asrn.ray_session import ray_session
+from asrn.ray_session import lean_environment, ray_session
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
-from asrn.store import StoreInfo, train_input_statistics
+from asrn.store import FeatureStore, StoreInfo
 from asrn.train import (
     FAULT_ENV,
     SELECT_METRIC,
@@ -69,7 +69,8 @@ from asrn.train import (
     summary_line,
 )
 
-METRIC = SELECT_METRIC
+METRIC = SELECT_METRIC  # what ASHA compares, epoch by epoch
+BEST_METRIC = "best_val_map"  # what the searcher learns from: the trial's best epoch, whose checkpoint it delivers
 MODE = "max"
 SWEEP_NAME = "sweep"  # Tune's experiment folder under the storage path
 TRIAL_CPUS = 0.01  # the trial process only waits on its TorchTrainer; Tune refuses a request of 0
@@ -202,10 +203,11 @@ def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, in
     """
     if fault:
         os.environ[FAULT_ENV] = fault
+    lean_environment()  # Ray Train hands these on to the trial's controller (a joined cluster's trials lack them)
     config = TrainConfig(**{**trial_defaults, **trial_hyperparameters(hyperparameters, {})})
     trial_id = ray.tune.get_context().get_trial_id()
-    build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()], info=info,
-                  input_stats=input_stats).fit()
+    build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()],
+                  store=FeatureStore(config.features, info=info, warn=False), input_stats=input_stats).fit()
 
 
 def trial_status(last_result: dict | None, epochs: int, patience: int, failed: bool = False) -> str:
@@ -424,18 +426,24 @@ def _summary(trials: Sequence[TrialRecord], names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def build_searcher(seed: int) -> OptunaSearch:
+    """Optuna's TPE, told each trial's best val mAP (`best_val_map`): the checkpoint a trial delivers is its best
+    epoch's, and a trial that early-stops ends up to `patience` epochs past it."""
+    return OptunaSearch(metric=BEST_METRIC, mode=MODE, sampler=TPESampler(seed=seed))
+
+
 def _build_tuner(config: TuneConfig, space: dict[str, Dimension], trainable, max_concurrent: int, recorder,
                  storage: str) -> ray.tune.Tuner:
-    searcher = ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=config.seed)), max_concurrent=max_concurrent)
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=config.epochs,
+    searcher = ConcurrencyLimiter(build_searcher(config.seed), max_concurrent=max_concurrent)
+    # ASHA compares trials at the same epoch: on the current val mAP
+    scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=config.epochs,
                                grace_period=min(config.grace_period, config.epochs),
                                reduction_factor=config.reduction_factor)
                  if config.scheduler == "asha" else FIFOScheduler())
     return ray.tune.Tuner(
         trainable,
         param_space=to_tune_space(space),
-        tune_config=ray.tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-                                        num_samples=config.num_samples),
+        tune_config=ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=config.num_samples),
         run_config=ray.tune.RunConfig(name=SWEEP_NAME, storage_path=storage, callbacks=[recorder],
                                       failure_config=ray.tune.FailureConfig(max_failures=0), verbose=1),
     )
@@ -504,7 +512,7 @@ def _open_parent_run(sweep: Sweep) -> None:
 def _run_tuner(sweep: Sweep, max_concurrent: int):
     """Start or restore the Tune experiment and run it to the end; the ResultGrid."""
     config = sweep.config
-    input_stats, cached = train_input_statistics(config.features, sweep.info)  # once, for every trial
+    input_stats, cached = FeatureStore(config.features, info=sweep.info).train_statistics()  # once, for every trial
     print(f"store: input statistics of the train split {'cached in features.json' if cached else 'computed'} "
           "(once, for every trial)", flush=True)
     trainable = ray.tune.with_resources(
@@ -524,10 +532,7 @@ def tune(config: TuneConfig) -> TuneResult:
     sweep = _check_sweep(config)
     config.out.mkdir(parents=True, exist_ok=True)
     write_json(config.out / "tune_config.json", config.to_dict())
-    if not ray.is_initialized():
-        print(f"ray: {f'joining the Ray cluster at {config.address}' if config.address else 'starting a local Ray'}",
-              flush=True)
-    with ray_session(config.address, config.verbose):
+    with ray_session(config.address, config.verbose, dashboard=True):  # Tune needs the State API
         per_trial = ray.train.ScalingConfig(num_workers=config.workers_per_trial, use_gpu=config.use_gpu)
         max_concurrent, note = fit_concurrency(config.max_concurrent, per_trial.total_resources,
                                                ray.cluster_resources(), can_grow=config.address is not None)
@@ -570,7 +575,7 @@ def _log_sweep(sweep: Sweep, best: TrialRecord, trials: list[TrialRecord], repor
                unfinished: bool):
     """The parent run's summary: the best trial, its test scores, its model, the sweep's files; the ModelInfo."""
     metrics = report.metrics
-    model_info = mlflow_runs.log_best_model(sweep.tracking_uri, sweep.parent_run_id, report.checkpoint, report.example,
+    model_info = mlflow_model.log_best_model(sweep.tracking_uri, sweep.parent_run_id, report.checkpoint, report.example,
                                             sweep.config.register_model)
     tags = {"best_trial_id": best.trial_id, "best_run_id": best.mlflow_run_id or "",
             "asrn.model_uri": model_info.model_uri, **{f"best.{k}": v for k, v in best.hyperparameters.items()}}
@@ -593,7 +598,8 @@ def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
     best = next(t for t in trials if t.scored)
     names = list(dict.fromkeys([*TUNED, *sweep.space]))
     best_train = TrainConfig(**{**sweep.trial_defaults, **best.hyperparameters})
-    report = report_best_model(_best_state(best), best_train, sweep.info, config.out)
+    report = report_best_model(_best_state(best), best_train, FeatureStore(best_train.features, info=sweep.info),
+                               config.out)
     files = {"trials": _write_csv(trials, config.out / "trials.csv"), "checkpoint": report.checkpoint,
              "metrics": config.out / "metrics.json",
              "sweep_plot": plot_sweep([t.row() for t in trials], config.out / "sweep.png", names,
@@ -615,7 +621,7 @@ def _finish_sweep(sweep: Sweep, results, max_concurrent: int) -> TuneResult:
     if sweep.parent_run_id:
         print(f"MLflow parent run {sweep.parent_run_id} in {sweep.tracking_uri}; open it with: "
               f"mlflow ui --backend-store-uri {sweep.tracking_uri}")
-        print(mlflow_runs.model_line(model_info, config.register_model))
+        print(mlflow_model.model_line(model_info, config.register_model))
     return TuneResult(out=config.out, best=best, trials=trials, checkpoint=report.checkpoint,
                       max_concurrent=max_concurrent, metrics=report.metrics, mlflow_run_id=sweep.parent_run_id,
                       tracking_uri=sweep.tracking_uri, files=files,

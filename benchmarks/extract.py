@@ -29,6 +29,11 @@ Method (GitHub issue 14, point 4):
 - The CPU stage alone (prepare_video of every video in this process, once, before the rounds) is recorded too; it
   also makes the encoders' inputs.
 - The machine (cores, CPU model, torch) and the 1-minute load average before and after every run are recorded.
+- Face encoders (GitHub issue 25, point 4), Ray-free sides for the same rounds: face_dlib (dlib's descriptor on
+  5-point-aligned chips, the default) and face_deepid (the DeepID-style net on box crops, as before; a deepid.pth
+  selects it): the CPU stage (prepare_video of every video, alignment or cropping included) then the face encoder
+  on every present face, one torch thread; ms per step and per face. Only face sides: Ray is not started, e.g.
+  `--order face_dlib,face_deepid --num-videos 4 --rounds 2`.
 """
 
 from __future__ import annotations
@@ -53,13 +58,13 @@ from train import DescendantCpu  # noqa: E402
 
 from asrn import extract as extract_module  # noqa: E402
 from asrn import store  # noqa: E402
-from asrn.encoders import build_encoders  # noqa: E402
+from asrn.encoders import DeepID, build_encoders  # noqa: E402
 from asrn.extract import ExtractConfig, extract_features  # noqa: E402
 from asrn.features import PreparedVideo, VideoSettings, encode_batch, prepare_video  # noqa: E402
 from asrn.manifest import read_manifest  # noqa: E402
 from asrn.synth_videos import synthesize_videos  # noqa: E402
 
-SIDE = re.compile(r"^(?:encoders_(\d+)t|pipeline_(\d+)w)$")
+SIDE = re.compile(r"^(?:encoders_(\d+)t|pipeline_(\d+)w|face_(dlib|deepid))$")
 
 
 class EncodeVideos(extract_module.EncodeVideos):
@@ -151,11 +156,42 @@ def run_pipeline(manifest: Path, work: Path, workers: int, batch_size: int) -> d
             "load_average_before": load_before, "load_average_after": load()[0]}
 
 
+def run_face(manifest: Path, face_encoder, weights_dir: Path | None) -> dict:
+    """The CPU stage with this face encoder's inputs (aligned chips or crops), then that encoder on every face."""
+    load_before = load()[0]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        wall = time.perf_counter()
+        prepared = [prepare_video(e.path, e.boxes, VideoSettings(preset="lite", fps=2.0, weights_dir=weights_dir))
+                    for e in read_manifest(manifest)]
+        prepare_s = time.perf_counter() - wall
+        wall, faces = time.perf_counter(), 0
+        for video in prepared:
+            chips = video.face[video.present()["face"]]  # (n, h, w, 3)
+            for start in range(0, len(chips), 64):
+                face_encoder.features(chips[start:start + 64])
+            faces += len(chips)
+        encode_s = time.perf_counter() - wall
+    finally:
+        torch.set_num_threads(before)
+    steps = sum(p.num_steps for p in prepared)
+    return {"encoder": face_encoder.name, "steps": steps, "faces": faces, "prepare_s": round(prepare_s, 2),
+            "prepare_ms_per_step": round(1000 * prepare_s / steps, 2), "face_encode_s": round(encode_s, 2),
+            "face_encode_ms_per_face": round(1000 * encode_s / max(faces, 1), 2),
+            "cpu_stage_and_face_ms_per_step": round(1000 * (prepare_s + encode_s) / steps, 2),
+            "load_average_before": load_before, "load_average_after": load()[0]}
+
+
 def summarize(runs: list[dict]) -> dict:
     """Per side: best (max) and median steps/s, min and median seconds and CPU seconds, over the rounds."""
     out = {}
     for name in dict.fromkeys(r["name"] for r in runs):
         rs = [r for r in runs if r["name"] == name]
+        if name.startswith("face_"):
+            out[name] = {key: spread([r[key] for r in rs], min) for key in
+                         ("prepare_ms_per_step", "face_encode_ms_per_face", "cpu_stage_and_face_ms_per_step")}
+            continue
         cpu_keys = (["thread_cpu_s", "steady_thread_cpu_ms_per_step"] if name.startswith("encoders") else
                     ["actor_thread_cpu_s", "steady_actor_thread_cpu_ms_per_step", "cpu_s_all_processes"])
         out[name] = {"steady_steps_per_s": spread([r["steady_steps_per_s"] for r in rs], max),
@@ -194,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.order.split(",") if n]
     bad = [n for n in names if not SIDE.match(n)]
     if bad:
-        parser.error(f"--order: unknown side(s) {', '.join(bad)}; expected encoders_<T>t or pipeline_<W>w")
+        parser.error(f"--order: unknown side(s) {', '.join(bad)}; expected encoders_<T>t, pipeline_<W>w, "
+                     "face_dlib or face_deepid")
     os.environ.setdefault("TQDM_DISABLE", "1")
     import ray
 
@@ -216,12 +253,24 @@ def main(argv: list[str] | None = None) -> int:
                    "load_average_before": load_before, "load_average_after": load()[0]}
         print(f"prepare alone: {steps} steps in {prepare_s:.1f} s", flush=True)
         ray_cpus = args.ray_cpus or 2 * (os.cpu_count() or 1)
-        ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        use_ray = any(not name.startswith("face_") for name in names)
+        if use_ray:
+            ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+            ray.data.DataContext.get_current().enable_progress_bars = False
+        deepid_dir = work / "deepid"  # a deepid.pth selects the DeepID-style face net (its cost: any weights do)
+        deepid_dir.mkdir()
+        torch.save(DeepID().state_dict(), deepid_dir / "deepid.pth")
+        faces = {"face_dlib": (None, build_encoders("lite")["face"]),
+                 "face_deepid": (deepid_dir, build_encoders("lite", deepid_dir)["face"])}
         try:
             for round_ in range(1, args.rounds + 1):
                 for name in names:  # interleaved: A, B, C, A, B, C, ...
                     m = SIDE.match(name)
+                    if m.group(3):
+                        runs.append({"name": name, "round": round_, **run_face(manifest, faces[name][1],
+                                                                               faces[name][0])})
+                        print(f"round {round_} {name}: {runs[-1]}", flush=True)
+                        continue
                     run = (run_encoders(prepared, int(m.group(1)), args.batch_size) if m.group(1)
                            else run_pipeline(manifest, work, int(m.group(2)), args.batch_size))
                     runs.append({"name": name, "round": round_, **run})
@@ -229,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{run['whole_steps_per_s']} whole ({run['whole_s']} s), load "
                           f"{run['load_average_before']} -> {run['load_average_after']}", flush=True)
         finally:
-            ray.shutdown()
+            if use_ray:
+                ray.shutdown()
     summary = summarize(runs)
     result = {
         "benchmark": "asrn extract, lite preset, fps 2, synthetic 160x120 videos of 6 s (boxes given)",

@@ -72,7 +72,7 @@ from asrn.loop import RECIPES, build_optimizer, evaluate, train_epoch  # noqa: E
 from asrn.metrics import compute_metrics  # noqa: E402
 from asrn.model import ASRN, BoundaryLSTM  # noqa: E402
 from asrn.sequence import collate  # noqa: E402
-from asrn.store import feature_statistics, load_videos, read_info  # noqa: E402
+from asrn.store import FeatureStore  # noqa: E402
 
 # asrn.train imports Ray: it is imported only where Ray is used, so that plain runs never import Ray.
 
@@ -170,10 +170,11 @@ def rounded(rows: list[dict]) -> list[dict]:
 def run_plain(store: Path, spec: Spec, threads: int) -> dict:
     torch.set_num_threads(threads)
     t0, cpu0, thread0 = time.perf_counter(), process_cpu(), time.thread_time()
-    train, val = load_videos(store, splits=["train"]), load_videos(store, splits=["val"])
+    features = FeatureStore(store)
+    train, val = features.videos(["train"]), features.videos(["val"])
     torch.manual_seed(spec.seed)
     model = ASRN(spec.model)
-    model.set_input_stats(feature_statistics(store, "train"))  # as loop_config_for does for the Ray run
+    model.set_input_stats(features.train_statistics()[0])  # as loop_config_for does for the Ray run
     optimizer, scheduler = build_optimizer(model, spec.recipe)
     device = torch.device("cpu")
     val_batches = [collate(val[i:i + spec.batch_size], spec.task) for i in range(0, len(val), spec.batch_size)]
@@ -195,8 +196,10 @@ def run_plain(store: Path, spec: Spec, threads: int) -> dict:
         loss = train_epoch(model, batches(rng.permutation(len(train))), optimizer, device, epoch=epoch)
         scheduler.step()
         seconds, cpu_seconds = time.perf_counter() - started, process_cpu() - cpu_started
+        validation_started = time.perf_counter()
         val_loss, scores, targets = evaluate(model, val_batches, device)
         epochs.append({"epoch": epoch, "epoch_seconds": seconds, "videos": float(loss.samples),
+                       "val_seconds": time.perf_counter() - validation_started,
                        "collate_seconds": collate_s[0], "epoch_process_cpu_s": cpu_seconds,
                        "train_loss": loss.mean, "val_loss": val_loss,
                        "val_map": compute_metrics(targets, scores, labels)["map"]})
@@ -271,7 +274,7 @@ def run_ray(store: Path, spec: Spec, workers: int, threads: int, work: Path, ray
                                  patience=spec.recipe.patience, seed=spec.seed, mlflow_uri=NO_MLFLOW,
                                  **({"direct_read_max_mb": 0} if ray_data else {}))
             config.out.mkdir(parents=True)
-            base = build_trainer(config, "bench", info=read_info(store))  # (raydata: reads, materializes), statistics
+            base = build_trainer(config, "bench", store=FeatureStore(store))  # (raydata: read, materialize), stats
             loop = base.train_loop_config
             same = loop.model == spec.model and loop.recipe == spec.recipe
             trainer = TorchTrainer(
@@ -426,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lstm-steps", type=int, default=48)
     p.add_argument("--lstm-hidden", type=int, default=256)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
+    p.add_argument("--command-line", action="store_true",
+                   help="measure `asrn train` as a command instead (own Ray and joined Ray; benchmarks/train_cli.py)")
+    p.add_argument("--cli-epochs", default="1,6", help="with --command-line: the two epoch counts")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one run
     p.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -446,16 +452,18 @@ def main(argv: list[str] | None = None) -> int:
     from asrn.synth_features import synthesize_feature_store
     from asrn.train import TrainConfig, loop_config_for
 
+    if args.command_line:
+        return command_line(args, argv)
     info = machine()
     started = time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory(prefix="asrn-bench-train-") as tmp:
         work = Path(tmp)
         store = synthesize_feature_store(work / "store", num_videos=args.num_videos, seed=0)
-        num_train = len(load_videos(store, splits=["train"]))
+        num_train = len(FeatureStore(store).split_ids("train"))
         config = TrainConfig(features=store, task=args.task, out=work, variant=args.variant, recipe=args.recipe,
                              epochs=args.epochs, patience=args.epochs + 1)
-        loop = loop_config_for(config, read_info(store))
+        loop = loop_config_for(config, FeatureStore(store))
         spec = Spec(task=loop.task, model=loop.model, recipe=loop.recipe, batch_size=loop.batch_size, seed=loop.seed,
                     variant=args.variant)
         (work / "spec.pkl").write_bytes(pickle.dumps(spec))
@@ -509,6 +517,38 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: result[k] for k in ("load_average_1min_over_runs", "summary", "ratio_ray_to_plain")},
                      indent=1))
     print(f"written to {args.out}")
+    return 0
+
+
+def command_line(args, argv: list[str] | None) -> int:
+    """`--command-line`: benchmarks/train_cli.py's rounds, written to results/train_cli.json."""
+    from train_cli import bench_command_line
+
+    from asrn.synth_features import synthesize_feature_store
+    from asrn.train import TrainConfig, loop_config_for
+
+    info, started = machine(), time.perf_counter()
+    low, high = (int(v) for v in args.cli_epochs.split(","))
+    with tempfile.TemporaryDirectory(prefix="asrn-bench-cli-") as tmp:
+        work = Path(tmp)
+        store = synthesize_feature_store(work / "store", num_videos=args.num_videos, seed=0)
+        config = TrainConfig(features=store, task=args.task, out=work, recipe=args.recipe, epochs=high,
+                             patience=high + 1)
+        loop = loop_config_for(config, FeatureStore(store))
+        spec = Spec(task=loop.task, model=loop.model, recipe=loop.recipe, batch_size=loop.batch_size, seed=loop.seed,
+                    variant=args.variant)
+        measured = bench_command_line(store, spec, run_plain, work, args.rounds, [low, high])
+    result = {"benchmark": "asrn train as a command: fixed cost and per-epoch cost, starting its own Ray and joining "
+                           "a running one, against the plain loop's epoch (see benchmarks/train_cli.py)",
+              "command": " ".join(["python", "benchmarks/train.py", *(argv if argv is not None else sys.argv[1:])]),
+              "settings": {"num_videos": args.num_videos, "rounds": args.rounds, "workers": 1,
+                           "recipe": args.recipe, "mlflow": "sqlite"},
+              "machine": info, **measured, "load_average_end": load(),
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    out = args.out if args.out.name != "train.json" else args.out.with_name("train_cli.json")
+    write_results(out, result)
+    print(json.dumps(result["summary"], indent=1))
+    print(f"written to {out}")
     return 0
 
 

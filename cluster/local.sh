@@ -95,7 +95,9 @@ our_pid() {
 alive() { our_pid "$1" >/dev/null; }
 
 print_exports() {  # quoted for eval, whatever the state dir is called
-    printf 'export %s=%q\n' RAY_ADDRESS "http://127.0.0.1:$DASHBOARD_PORT" RAY_AUTH_MODE token \
+    # RAY_ADDRESS (the job server) is for `ray job submit`; `asrn` commands join the GCS at ASRN_RAY_ADDRESS
+    printf 'export %s=%q\n' RAY_ADDRESS "http://127.0.0.1:$DASHBOARD_PORT" ASRN_RAY_ADDRESS "127.0.0.1:$GCS_PORT" \
+        RAY_AUTH_MODE token \
         RAY_AUTH_TOKEN_PATH "$STATE/auth_token" MLFLOW_TRACKING_URI "http://127.0.0.1:$MLFLOW_PORT"
 }
 
@@ -160,6 +162,12 @@ cmd_up() {
     export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/auth_token"
     export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"   # jobs on this cluster log here
     export RAY_USAGE_STATS_ENABLED=0
+    # every worker of this cluster asks its own State API (Train V2's placement-group cleaner does), not the one
+    # "auto" finds: with another Ray instance on this machine, "auto" fails and a sweep waits forever
+    export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
+    # Ray Train's controller polls every 0.25 s, not 2 s; no preemption watcher (asrn.ray_session)
+    export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="${RAY_TRAIN_HEALTH_CHECK_INTERVAL_S:-0.25}"
+    export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="${RAY_TRAIN_ENABLE_PREEMPTION_WATCHER:-0}"
     export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${ASRN_DRAIN_TIMEOUT_S:-0}"  # `down` means now
     # Patience on a busy small machine: the raylet gives its agents 15 s to start by default.
     export RAY_agent_register_timeout_ms="${RAY_agent_register_timeout_ms:-120000}"

@@ -99,12 +99,12 @@ def ray_cluster(s3_server):
     server's variables: they inherit the environment the cluster starts in)."""
     import ray
 
-    # the dashboard serves the State API that Train V2's PlacementGroupCleaner needs when Tune stops a trial;
-    # without it a stopped trial's placement group leaks and the next trial waits forever
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False,
-             runtime_env={"env_vars": {"TQDM_DISABLE": "1"}})
-    yield ray
-    ray.shutdown()
+    from asrn.ray_session import ray_session
+
+    # lean, as the commands start it, with the dashboard: it serves the State API that Train V2's placement-group
+    # cleaner needs when Tune stops a trial (asrn.ray_session)
+    with ray_session(num_cpus=4, dashboard=True):
+        yield ray
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The CLI: its error contract (an AsrnError is one line and exit 1; any other exception is a bug with its
-traceback), `--help` showing the real defaults, and the README's command list agreeing with `--help`."""
+traceback), `--help` showing the real defaults, and the docs agreeing with `--help` (docs/commands.md lists every
+flag; every command line in the README and docs/ uses only real flags)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from asrn.cli import _HelpWithDefaults, build_parser, job_argv, main
 from asrn.errors import AsrnError
 from asrn.loop import RECIPES
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS_PAGE = ROOT / "docs" / "commands.md"
+DOC_PAGES = [ROOT / "README.md", ROOT / "cluster" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "dropout", "hidden", "epochs", "patience")
 
 
@@ -37,7 +40,7 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
         main(["synth", "features", "--out", str(tmp_path / "s"), "--num-videos", "10"])
 
 
-# ---------------------------------------------------------------- --help and the README
+# ---------------------------------------------------------------- --help and the docs
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
     """'train', 'synth videos', ... -> its parser."""
@@ -57,10 +60,10 @@ def _help_flags(parser: argparse.ArgumentParser) -> set[str]:
     return set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", usage)) - {"--help"}
 
 
-def _readme_commands() -> dict[str, set[str]]:
-    """The flags of each command in the README's "## Commands" block (continuation lines are indented)."""
+def _synopsis_commands() -> dict[str, set[str]]:
+    """The flags of each command in docs/commands.md's "## Synopsis" block (continuation lines are indented)."""
     groups = {name.split()[0] for name in _commands() if " " in name}  # synth, weights: commands of two words
-    section = README.read_text().split("\n## Commands\n", 1)[1]
+    section = COMMANDS_PAGE.read_text().split("\n## Synopsis\n", 1)[1]
     block = section.split("```\n", 2)[1]
     commands: dict[str, str] = {}
     name = None
@@ -77,15 +80,59 @@ def _readme_commands() -> dict[str, set[str]]:
     return {name: set(re.findall(r"--[a-z][a-z0-9-]*", text)) for name, text in commands.items()}
 
 
-def test_the_readme_lists_every_flag_of_every_command():
-    readme, commands = _readme_commands(), _commands()
-    assert set(readme) == set(commands)
+def test_the_commands_page_lists_every_flag_of_every_command():
+    listed, commands = _synopsis_commands(), _commands()
+    assert set(listed) == set(commands)
     for name, parser in commands.items():
-        assert readme[name] == _help_flags(parser), name
+        assert listed[name] == _help_flags(parser), name
     aliases = {s for p in commands.values() for a in p._actions for s in a.option_strings[1:] if s != "--help"}
     assert aliases == {"--mlflow-uri", "--experiment"}
-    text = README.read_text()
+    text = "\n".join(page.read_text() for page in DOC_PAGES)
     assert all(f"`{alias}`" in text for alias in aliases)  # the old spellings are documented too
+
+
+def _command_lines(text: str) -> list[str]:
+    """The logical lines of a page's code blocks (`\\`-continued and indented continuation lines joined), and its
+    inline code that starts with `asrn `."""
+    parts = text.split("```")
+    lines = [span for prose in parts[0::2] for span in re.findall(r"`(asrn [^`]+)`", prose)]
+    for block in parts[1::2]:
+        joined = ""
+        for line in block.splitlines()[1:]:
+            line = line.split(" #", 1)[0].rstrip()
+            if joined and (joined.endswith("\\") or line[:1].isspace()):
+                joined = joined.rstrip("\\") + " " + line.strip()
+                continue
+            if joined:
+                lines.append(joined)
+            joined = line
+        lines.append(joined)
+    return lines
+
+
+def _documented_invocations() -> list[tuple[str, str, set[str]]]:
+    """(page, command, flags) for every `asrn COMMAND ...` or `python -m jobs.COMMAND ...` in a code block."""
+    commands = _commands()
+    found = []
+    for page in DOC_PAGES:
+        for line in _command_lines(page.read_text()):
+            for match in re.finditer(r"(?:^|\s)(?:asrn |python -m jobs\.)([a-z]+)(?: ([a-z]+))?", line):
+                name = " ".join(w for w in match.groups() if w)
+                name = name if name in commands else match.group(1)
+                if name in commands:
+                    flags = re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line[match.end():].split(" asrn ", 1)[0])
+                    found.append((str(page.relative_to(ROOT)), name, set(flags)))
+    return found
+
+
+def test_every_documented_command_line_uses_real_flags():
+    """A flag renamed or removed in --help fails here while the README or a docs page still shows it."""
+    commands = _commands()
+    invocations = _documented_invocations()
+    assert {name for _, name, _ in invocations} >= {"extract", "train", "tune", "predict", "synth videos"}
+    for page, name, flags in invocations:
+        known = {s for a in commands[name]._actions for s in a.option_strings}
+        assert flags <= known, (page, name, sorted(flags - known))
 
 
 def _config_classes() -> dict:

@@ -415,6 +415,7 @@ def _http(url: str, token: str | None = None, data: dict | None = None) -> int:
 def test_local_cluster_prints_the_client_environment(local_cluster):
     exports = local_cluster["exports"]
     assert exports["RAY_ADDRESS"] == f"http://127.0.0.1:{PORTS['ASRN_DASHBOARD_PORT']}"
+    assert exports["ASRN_RAY_ADDRESS"] == f"127.0.0.1:{PORTS['ASRN_RAY_PORT']}"  # what `asrn` commands join
     assert exports["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{PORTS['ASRN_MLFLOW_PORT']}"
     assert exports["RAY_AUTH_MODE"] == "token"
     assert Path(exports["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
@@ -577,9 +578,12 @@ def test_tune_on_a_cluster_with_no_cpus_waits_for_a_node_to_join(tmp_path, s3_fo
             assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log}"
             time.sleep(1)
 
+    # beside the session's cluster, its workers must be told where their own State API is (asrn.ray_session)
+    dashboard = _free_port()
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
     try:
         start("head", [str(VENV_BIN / "ray"), "start", "--head", "--port", gcs.split(":")[1],
-                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_port()),
+                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
                               "--num-cpus", "0", *common, *_node_ports(head_ports)])
         wait_for("the GCS", lambda: socket.socket().connect_ex(("127.0.0.1", int(gcs.split(":")[1]))) == 0, "head")
         out = f"{s3_folder}/out"  # the sweep's outputs too: only MLflow's sqlite file is on this disk

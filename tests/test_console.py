@@ -9,7 +9,7 @@ import os
 
 import ray
 
-from asrn.console import CONSOLE_FILTER, SETUP_HOOK, quiet_ray_console, ray_runtime_env
+from asrn.console import CONSOLE_FILTER, quiet_ray_console
 
 RAY_DIR = os.path.dirname(ray.__file__)
 
@@ -51,13 +51,6 @@ def test_the_filter_sits_on_console_handlers_only_and_comes_off():
     finally:
         quiet_ray_console(False)
     assert not any(CONSOLE_FILTER in h.filters for h in console)
-
-
-def test_the_job_runs_the_hook_in_every_worker_unless_verbose():
-    assert ray_runtime_env(verbose=False) == {"worker_process_setup_hook": SETUP_HOOK}
-    assert ray_runtime_env(verbose=True) is None
-    module, name = SETUP_HOOK.rsplit(".", 1)
-    assert getattr(__import__(module, fromlist=[name]), name) is quiet_ray_console  # importable by that name
 
 
 def test_the_epoch_line_has_elapsed_time_and_an_eta_without_start_up(monkeypatch, capsys):

@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from asrn.encoders import (
+    DEEPID_FACE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     PRESETS,
@@ -46,7 +47,7 @@ def test_lite_random_init_warns_and_is_fast(offline):
         encoders = build_encoders("lite", offline)
     assert time.perf_counter() - start < 20  # ~0.3 s when idle; generous for a loaded 2-core machine
     assert list(encoders) == list(MODALITIES)
-    assert {e.weights for e in encoders.values()} == {RANDOM_INIT}
+    assert {e.weights for m, e in encoders.items() if m != "face"} == {RANDOM_INIT}  # face: dlib's, pretrained
 
 
 def test_lite_dims(offline):
@@ -55,10 +56,11 @@ def test_lite_dims(offline):
     for modality, encoder in encoders.items():
         spec = PRESETS["lite"][modality]
         batch = encoder.preprocess(inputs[modality])
-        assert batch.shape == (1, spec.in_channels, *spec.input_size)
+        channels_first = (spec.in_channels, *spec.input_size)  # dlib's face chips stay (h, w, 3) uint8
+        assert batch.shape[1:] == (channels_first if modality != "face" else (*spec.input_size, 3))
         out = encoder.encode(batch)
         assert out.shape == (1, spec.dim) == (1, encoder.dim) and out.dtype == torch.float32
-    assert {m: e.dim for m, e in encoders.items()} == {"rgb": 512, "motion": 512, "body": 512, "face": 260}
+    assert {m: e.dim for m, e in encoders.items()} == {"rgb": 512, "motion": 512, "body": 512, "face": 128}
 
 
 def test_random_init_is_deterministic_across_builds(offline):
@@ -82,7 +84,7 @@ def test_weights_file_is_used_with_sha256(offline):
     encoders = quiet_build("lite", offline)
     provenance = f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     assert encoders["rgb"].weights == encoders["body"].weights == encoders["motion"].weights == provenance
-    assert encoders["face"].weights == RANDOM_INIT
+    assert encoders["face"].weights.startswith("pretrained:dlib_face_recognition_resnet_model_v1@sha256:")
     torch.testing.assert_close(encoders["rgb"].net.conv1.weight, state["conv1.weight"])
     # TSN cross-modality init: RGB filters averaged over channels, replicated over the 10 flow channels
     expected = state["conv1.weight"].mean(1, keepdim=True).expand(-1, 10, -1, -1)
@@ -118,14 +120,15 @@ def test_unreadable_weights_file_names_the_file(offline):
 
 
 def test_paper_dims(offline):
-    """Shapes of the paper backbones, traced on the meta device (no weights, no compute); the face net for real."""
-    assert {m: s.dim for m, s in PRESETS["paper"].items()} == {"rgb": 2048, "motion": 2048, "body": 4096, "face": 260}
-    for modality, spec in PRESETS["paper"].items():
+    """Shapes of the paper backbones, traced on the meta device (no weights, no compute); the DeepID net for real
+    (the face encoder with a deepid.pth; dlib's descriptor otherwise, tests/test_faces.py)."""
+    assert {m: s.dim for m, s in PRESETS["paper"].items()} == {"rgb": 2048, "motion": 2048, "body": 4096, "face": 128}
+    for modality, spec in list(PRESETS["paper"].items())[:3]:
         with torch.device("meta"):
             net, provenance = build_backbone(modality, spec, offline)
             out = net.eval()(torch.empty(2, spec.in_channels, *spec.input_size))
         assert out.shape == (2, spec.dim) and provenance == RANDOM_INIT, modality
-    face = DeepID(PRESETS["paper"]["face"].input_size, 260).eval()
+    face = DeepID(DEEPID_FACE.input_size, 260).eval()
     assert face(torch.rand(2, 3, 55, 47)).shape == (2, 260)
 
 
@@ -193,9 +196,9 @@ def test_uint8_preprocessing_gives_the_old_float_numbers(offline):
     rng = np.random.default_rng(7)
     inputs = lite_inputs(3, seed=7)  # sizes that need resizing
     at_size = {m: rng.integers(0, 256, (3, *e.input_size, 3), dtype=np.uint8) for m, e in encoders.items()
-               if m != "motion"}  # already at the input size: no resize
+               if m in ("rgb", "body")}  # already at the input size: no resize; face: dlib's chips, test_faces.py
     levels = rng.integers(0, 2 * FLOW_ZERO + 1, (3, 10, 120, 160), dtype=np.uint8)  # as the CPU stage ships flow
-    cases = [(m, inputs[m]) for m in ("rgb", "body", "face")] + list(at_size.items())
+    cases = [(m, inputs[m]) for m in ("rgb", "body")] + list(at_size.items())
     for modality, images in cases:
         encoder = encoders[modality]
         new = encoder.preprocess(images)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from asrn import mlflow_runs
+from asrn import mlflow_model, mlflow_runs
 
 
 def test_standard_mlflow_variables_are_honoured(monkeypatch, tmp_path):
@@ -87,14 +87,14 @@ def test_the_logged_model_loads_back_and_scores_as_best_pt(store, tmp_path, monk
     checkpoint = _best_pt(store, tmp_path / "best.pt")
     run_id, _ = mlflow_runs.open_run(uri, "exp", "run", {}, tmp_path / "mlflow_run.json", resume=False)
     videos = load_videos(store, splits=["val", "test"])
-    info = mlflow_runs.log_best_model(uri, run_id, checkpoint, videos[0], registered_name="asrn-test")
+    info = mlflow_model.log_best_model(uri, run_id, checkpoint, videos[0], registered_name="asrn-test")
     assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow's global URI was only borrowed
 
     expected = _predict_path_scores(checkpoint, videos)
-    packed = mlflow_runs.pack_videos(videos, read_info(store).dims)
+    packed = mlflow_model.pack_videos(videos, read_info(store).dims)
     assert packed.shape[0] == len(videos) and len({v.num_steps for v in videos}) > 1  # padded to the longest
     experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
-    with mlflow_runs.using_tracking_uri(uri):
+    with mlflow_model.using_tracking_uri(uri):
         for model_uri in (info.model_uri, "models:/asrn-test/1"):
             loaded = mlflow.pytorch.load_model(model_uri)
             assert isinstance(loaded, torch.nn.Module)
@@ -105,7 +105,7 @@ def test_the_logged_model_loads_back_and_scores_as_best_pt(store, tmp_path, monk
         logged = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list")
     assert str(info.registered_model_version) == "1"
     assert [m.model_id for m in logged] == [info.model_id] and logged[0].source_run_id == run_id
-    width = mlflow_runs.packed_width({"rgb": 128, "motion": 64, "body": 64, "face": 32})
+    width = mlflow_model.packed_width({"rgb": 128, "motion": 64, "body": 64, "face": 32})
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, -1, width)
     assert info.saved_input_example_info is not None and info.metadata["labels"][0] == "sub:dominant"
 
@@ -122,7 +122,7 @@ def test_a_model_is_logged_from_a_working_directory_that_is_gone(store, tmp_path
     gone.mkdir()
     monkeypatch.chdir(gone)
     gone.rmdir()
-    info = mlflow_runs.log_best_model(uri, run_id, checkpoint, load_videos(store, splits=["test"])[0])
+    info = mlflow_model.log_best_model(uri, run_id, checkpoint, load_videos(store, splits=["test"])[0])
     assert info.model_uri.startswith("models:/")
 
 
@@ -131,8 +131,8 @@ def test_the_scoring_model_names_a_wrong_input(store, tmp_path):
     from asrn.store import load_videos
 
     model, saved = load_checkpoint(_best_pt(store, tmp_path / "best.pt"))
-    scorer = mlflow_runs.ScoringModel(model, saved["task"], saved["labels"])
-    packed = torch.from_numpy(mlflow_runs.pack_videos(load_videos(store, splits=["val"])[:2], scorer.dims))
+    scorer = mlflow_model.ScoringModel(model, saved["task"], saved["labels"])
+    packed = torch.from_numpy(mlflow_model.pack_videos(load_videos(store, splits=["val"])[:2], scorer.dims))
     with pytest.raises(ValueError, match=r"expected \(videos, steps, 291\): rgb \(128\) \| motion"):
         scorer(packed[..., :-1])
     gap = packed.clone()

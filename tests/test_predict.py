@@ -171,8 +171,8 @@ def test_shot_indices_follow_boundaries():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c["store_info"]["dims"].update(face=128), r"face dim 128, but the lite preset's face encoder "
-                                                         r"produces dim 260"),
+    (lambda c: c["store_info"]["dims"].update(face=260), r"face dim 260, but the lite preset's face encoder "
+                                                         r"produces dim 128"),
     (lambda c: c["store_info"].update(preset="synthetic"), r"preset 'synthetic' \(dims rgb 512.*lite: rgb 512"),
 ])
 def test_features_the_checkpoint_was_not_trained_on_are_refused(trained, tmp_path, change, message, rewrite_checkpoint):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from asrn.sequence import collate
-from asrn.shards import ResidentSplit, read_split, shard_positions, store_megabytes
-from asrn.store import load_videos, part_files
+from asrn.shards import ResidentSplit, direct_read_choice, read_split, shard_positions
+from asrn.store import FeatureStore, load_videos, part_files
 from asrn.synth_features import synthesize_feature_store
 
 
@@ -32,7 +32,7 @@ def test_a_store_on_s3_gives_each_rank_the_same_shard_as_the_local_one(store, s3
     filesystem, path = pafs.FileSystem.from_uri(f"{s3_folder}/store")
     pafs.copy_files(str(store), path, destination_filesystem=filesystem)
     remote = f"{s3_folder}/store"
-    assert store_megabytes(remote) == store_megabytes(store)
+    assert FeatureStore(remote).resident_bytes(2) == FeatureStore(store).resident_bytes(2)
     for rank in range(2):
         here, there = read_split(store, "train", rank, 2), read_split(remote, "train", rank, 2)
         assert [v.video_id for v in there] == [v.video_id for v in here]
@@ -48,7 +48,6 @@ def test_read_split_gives_each_rank_its_shard_of_the_sorted_ids(store):
     whole = {v.video_id: v for v in load_videos(store, splits=["train"])}
     v = shards[1][0]
     np.testing.assert_array_equal(v.features["rgb"], whole[v.video_id].features["rgb"])
-    assert 0 < store_megabytes(store) == sum(f.stat().st_size for f in part_files(store)) / 1e6
 
 
 def test_a_resident_batch_equals_collate_of_its_videos(store):
@@ -84,3 +83,33 @@ def test_every_rank_runs_the_same_number_of_steps(store):
     n_batches = {len(ResidentSplit.of(read_split(store, "train", rank, 3), "sub").epoch_order(5, 0, 1))
                  for rank in range(3)}
     assert len(n_batches) == 1
+
+
+def test_the_resident_size_is_the_padded_float32_copy_a_worker_holds(store):
+    """Each worker holds ceil(N_train / W) train videos and all of val, float32, padded to each split's longest
+    video, with per-step masks: several times the float16 Parquet on disk, read from the timestamps alone."""
+    opened, world = FeatureStore(store), 3
+    per_step = sum(opened.info.dims.values()) * 4 + 4 + 1  # features (float32), 4 present masks and the step mask
+    want = 0
+    for split, held in (("train", lambda n: math.ceil(n / world)), ("val", lambda n: n)):
+        steps = [v.num_steps for v in load_videos(store, splits=[split])]
+        want += held(len(steps)) * max(steps) * per_step
+    assert opened.resident_bytes(world) == want
+    shard = ResidentSplit.of(read_split(store, "train", 0, world), "sub")
+    val = ResidentSplit.of(read_split(store, "val"), "sub")
+    held = sum(x.numel() * x.element_size() for r in (shard, val) for x in r.padded.features.values())
+    assert held <= opened.resident_bytes(world)  # an upper bound: the sequence former keeps fewer steps
+    # one worker holds train and val as float32: more than the whole float16 store (test split included) on disk
+    assert opened.resident_bytes(1) > sum(f.stat().st_size for f in part_files(store))
+
+
+def test_direct_reads_are_chosen_by_the_resident_size_and_the_memory_share(store):
+    opened = FeatureStore(store)
+    mb = opened.resident_bytes(2) / 1e6
+    direct, why = direct_read_choice(opened, 2, max_mb=math.ceil(mb), node_bytes=10**12)
+    assert direct and f"{mb:.1f} MB resident per worker" in why and "each worker reads its train shard" in why
+    direct, why = direct_read_choice(opened, 2, max_mb=math.floor(mb) - 1 if mb >= 2 else 0, node_bytes=10**12)
+    assert not direct and "Ray Data reads the store" in why
+    direct, why = direct_read_choice(opened, 2, max_mb=10**6, node_bytes=int(mb * 1e6))  # a share of half of it
+    assert not direct and "would exceed one worker's share of this node's memory" in why and "over 2 worker(s)" in why
+    assert direct_read_choice(opened, 2, max_mb=0) == (False, "--direct-read-max-mb 0: Ray Data reads the store")

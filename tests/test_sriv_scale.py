@@ -29,7 +29,7 @@ def test_lengths_total_the_hours(sriv_scale):
 
 
 def test_paper_dims(sriv_scale):
-    assert sriv_scale.paper_dims() == {"rgb": 2048, "motion": 2048, "body": 4096, "face": 260}
+    assert sriv_scale.paper_dims() == {"rgb": 2048, "motion": 2048, "body": 4096, "face": 128}
 
 
 def test_tiny_store_has_the_shape_asked(sriv_scale, tmp_path):

@@ -181,3 +181,70 @@ def test_the_writer_lock_on_s3_refuses_a_live_writer_and_takes_over_a_dead_ones(
     write_json(Location(remote) / ".lock", {"pid": dead.pid, "host": "elsewhere", "token": "t", "since": "then"})
     with pytest.raises(store.StoreLockedError, match="on elsewhere"), store.writer_lock(remote):
         pass
+
+
+# ---------------------------------------------------------------- FeatureStore: what a store is, read one way
+
+def _store_with(folder, videos_by_part: dict[str, list[VideoFeatures]], drop: tuple[str, ...] = ()):
+    """A store whose parts are written by pyarrow directly, without the columns in `drop` (an older store)."""
+    store.write_info(folder, StoreInfo("lite", DIMS, 2.0))
+    for name, videos in videos_by_part.items():
+        pq.write_table(store.videos_to_table(videos).drop_columns(list(drop)), folder / f"{name}.parquet")
+    return folder
+
+
+def _split_videos() -> dict[str, list[VideoFeatures]]:
+    return {"part-0": [_video("a", 5, "train", 1), _video("b", 3, "val", 2)],
+            "part-1": [_video("c", 4, "test", 3), _video("d", 6, "train", 4)]}
+
+
+def test_a_foreign_parquet_file_is_named_once_and_never_read(tmp_path, recwarn):
+    from asrn.shards import read_split
+    from asrn.train import check_store
+
+    _store_with(tmp_path, _split_videos())
+    (tmp_path / "my_notes.parquet").write_bytes(b"notes")  # 5 bytes: pyarrow refuses it as Parquet
+    opened = store.FeatureStore(tmp_path)
+    assert [f.name for f in opened.files] == ["part-0.parquet", "part-1.parquet"]
+    assert [str(w.message) for w in recwarn if issubclass(w.category, store.StoreWarning)] == [
+        f"{tmp_path}: ignoring my_notes.parquet: not part of the store (its data are the part-*.parquet files that "
+        "asrn extract wrote)"]
+    assert opened.files and len(recwarn) == 1  # listed once per opened store
+    info, counts = check_store(tmp_path, "sub")
+    assert counts == {"train": 2, "val": 1, "test": 1} and info.dims == DIMS
+    assert [v.video_id for v in read_split(tmp_path, "train")] == ["a", "d"]  # a worker's direct read
+    assert sorted(v.video_id for v in store.load_videos(tmp_path)) == ["a", "b", "c", "d"]
+    # Ray Data reads the files the store lists, and the worker turns its batches into videos the same way
+    rows = [v.video_id for f in opened.files for v in store.table_to_videos(pq.read_table(f))]
+    assert sorted(rows) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("older", [("part-0", "part-1"), ("part-1",)])
+def test_a_store_written_before_the_tracked_columns_checks_and_reads_them_as_all_false(tmp_path, older):
+    from asrn.shards import read_split
+    from asrn.train import check_store
+
+    videos = _split_videos()
+    _store_with(tmp_path, {k: v for k, v in videos.items() if k in older}, drop=store.TRACKED_COLUMNS)
+    for name in set(videos) - set(older):  # the other part file written today, tracked steps included
+        for v in videos[name]:
+            v.body_tracked = np.ones(v.num_steps, bool)
+        store.write_videos(tmp_path, videos[name], name=name)
+    opened = store.FeatureStore(tmp_path)
+    assert {c: [f.name for f in files] for c, files in opened.absent_columns().items()} == {
+        c: [f"{name}.parquet" for name in older] for c in store.TRACKED_COLUMNS}
+    assert check_store(tmp_path, "sub")[1] == {"train": 2, "val": 1, "test": 1}
+    old_ids = {v.video_id for name in older for v in videos[name]}
+    for read in (read_split(tmp_path, "train"), store.load_videos(tmp_path), opened.videos(["train", "val"])):
+        for v in read:
+            assert not v.face_tracked.any() and v.body_tracked.all() != (v.video_id in old_ids)
+    ray_data_rows = [v for f in opened.files for v in store.table_to_videos(pq.read_table(f))]
+    assert {v.video_id for v in ray_data_rows if not v.body_tracked.any()} == old_ids
+
+
+def test_a_store_without_a_required_column_is_still_refused_by_name(tmp_path):
+    from asrn.train import check_store
+
+    _store_with(tmp_path, _split_videos(), drop=("has_face",))
+    with pytest.raises(FeatureStoreError, match=r"part-0.parquet: lacks column\(s\) has_face"):
+        check_store(tmp_path, "sub")

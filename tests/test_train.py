@@ -256,7 +256,7 @@ def trained(ray_cluster, planted_store, s3_server, tmp_path_factory):
 def test_the_short_run_trains_and_reports_its_scores(trained):
     """Two DDP workers lower the training loss. The issue's bars are printed, not asserted: on its 36 test videos
     the short run's mAP does not beat the same scores given to shuffled videos, and its F1 macro does not beat
-    predicting every class (README, "ASRN on planted data")."""
+    predicting every class (docs/results.md, "The short run does not meet its bar")."""
     config, result, _ = trained
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < 0.9 * losses[0], losses
@@ -393,3 +393,54 @@ def test_the_best_model_is_logged_registered_and_scores_as_best_pt(trained, plan
     with torch.no_grad():
         scores = model(torch.from_numpy(pack_videos(test, read_info(planted_store).dims))).numpy()
     np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def test_the_epoch_logger_writes_mlflow_off_the_callers_thread_and_prints_an_epoch_only_once_logged(
+        tmp_path, monkeypatch):
+    """The controller's callback hands MLflow writes to one thread, which logs an epoch and then prints its line
+    (a driver killed after the line has logged it); the last epoch (here: early stopping) waits for all writes."""
+    import pickle
+    import threading
+
+    from mlflow import MlflowClient
+
+    import asrn.epoch_logger
+    from asrn import mlflow_runs
+    from asrn.epoch_logger import EpochLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id, _ = mlflow_runs.open_run(uri, "exp", "run", {}, tmp_path / "mlflow_run.json", resume=False)
+    printed = []
+
+    def record(line, **kwargs):  # what MLflow holds when each line is printed, and on which thread
+        steps = sorted(m.step for m in MlflowClient(uri).get_metric_history(run_id, "train_loss"))
+        printed.append((line.split(":")[0], steps, threading.current_thread().name))
+
+    monkeypatch.setattr(asrn.epoch_logger, "print", record, raising=False)
+    logger = EpochLogger(epochs=10, tracking_uri=uri, run_id=run_id, patience=2)
+    report = {"train_loss": 0.5, "val_loss": 0.6, "val_map": 0.4, "val_f1_macro": 0.2, "epoch_seconds": 1.0}
+    for epoch, best in ((1, 1), (2, 1), (2, 1), (3, 1)):  # epoch 2 repeated after a restart; 3: patience reached
+        logger.after_report(None, [{**report, "epoch": epoch, "best_epoch": best}], None)
+    assert [(line, steps) for line, steps, _ in printed] == [
+        ("epoch 1/10", [1]), ("epoch 2/10", [1, 2]), ("epoch 2/10", [1, 2]), ("epoch 3/10", [1, 2, 3])]
+    assert {thread for _, _, thread in printed} != {threading.current_thread().name}
+    assert all(thread.startswith("asrn-mlflow") for _, _, thread in printed)
+    assert pickle.loads(pickle.dumps(logger)).logged == {1, 2, 3}  # Ray pickles it: the thread stays behind
+
+
+def test_a_store_with_a_foreign_file_and_without_the_tracked_columns_builds_a_trainer(small_store, tmp_path):
+    """The two stores `asrn train` refused before: a user's file beside the parts, and parts written before
+    body_tracked/face_tracked. Both pass the check and give the workers what they read (Ray runs: lead's check)."""
+    from asrn.shards import read_split
+    from asrn.store import TRACKED_COLUMNS, StoreWarning
+    from asrn.train import build_trainer
+
+    store = _rewrite(small_store, tmp_path / "s", lambda t: t.drop_columns(list(TRACKED_COLUMNS)))
+    (store / "my_notes.parquet").write_bytes(b"notes")
+    with pytest.warns(StoreWarning, match="ignoring my_notes.parquet"):
+        info, counts = check_store(store, "sub")
+    assert sum(counts.values()) == 12
+    trainer = build_trainer(TrainConfig(features=store, task="sub", out=tmp_path / "run"), "older")
+    assert trainer.train_loop_config.store == str(store.resolve())
+    videos = read_split(trainer.train_loop_config.store, "train")
+    assert len(videos) == counts["train"] and not any(v.body_tracked.any() or v.face_tracked.any() for v in videos)

@@ -64,10 +64,51 @@ def _cli_flags(tmp, on_s3: dict[str, str], ray) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_cluster, on_s3, tmp_path_factory):
-    """The shared sweep, interrupted twice: `asrn tune --verbose` is SIGKILLed once its first trial has ended (its
-    console kept in first-driver.log), then `--resume` finishes it; and one trial's Train worker exits hard once
-    after its epoch 2 (ASRN_FAULT_EXIT, in whichever of the two drivers reaches it)."""
+def another_ray(ray_cluster, tmp_path_factory):
+    """A second Ray instance on this machine (`ray start --head`, as a researcher's long-running one), up while the
+    module's sweep runs beside it on the session's cluster: Train V2's placement-group cleaner must still find its
+    own cluster, or the trials ASHA stops keep their CPUs and the sweep waits forever (asrn.ray_session)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray2-", dir="/tmp")  # short: Ray's socket paths live under it
+    log = (tmp_path_factory.mktemp("another-ray") / "ray-start.log").open("w")
+    ray = Path(sys.executable).parent / "ray"
+    agent = ["--dashboard-agent-listen-port=53001", "--dashboard-agent-grpc-port=53002",
+             "--runtime-env-agent-port=53003", "--metrics-export-port=53004"]
+    process = subprocess.Popen([str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                                f"--port={port}", "--num-cpus=0", "--include-dashboard=false", f"--temp-dir={temp}",
+                                "--min-worker-port=26000", "--max-worker-port=26099", *agent],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               env={k: v for k, v in os.environ.items() if not k.startswith("RAY_API_SERVER")})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"ray start failed: {log.name}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    gcs = subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True, text=True).stdout.split()
+    assert len(gcs) >= 2, gcs  # two Ray instances: the condition under which the cleaner used to give up
+    yield f"127.0.0.1:{port}"
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, another_ray, on_s3, tmp_path_factory):
+    """The shared sweep, beside another Ray instance (`another_ray`), interrupted twice: `asrn tune --verbose` is
+    SIGKILLed once its first trial has ended (its console kept in first-driver.log), then `--resume` finishes it;
+    and one trial's Train worker exits hard once after its epoch 2 (ASRN_FAULT_EXIT, in whichever of the two
+    drivers reaches it)."""
     import signal
     import subprocess
     import sys
@@ -289,3 +330,17 @@ def test_a_cluster_that_can_grow_queues_the_trials_instead_of_refusing():
         with pytest.raises(TuneConfigError, match="workers-per-trial"):
             fit_concurrency(4, {"CPU": 4, "GPU": 1}, cluster)
     assert fit_concurrency(8, {"CPU": 2}, {"CPU": 4}, can_grow=True)[0] == 1  # a trial fits now: clamped as before
+
+
+def test_the_searcher_learns_a_trials_best_epoch_not_its_last():
+    """A trial that peaks early and drifts until early stopping delivers its best epoch's checkpoint: Optuna is told
+    that epoch's val mAP (`best_val_map`), not the last epoch's `val_map`, which ASHA compares."""
+    from asrn.search_space import DEFAULT_SPACE, load_search_space, to_tune_space
+    from asrn.tune import build_searcher
+
+    searcher = build_searcher(seed=0)
+    searcher.set_search_properties(None, None, to_tune_space(load_search_space(DEFAULT_SPACE)))
+    assert searcher.suggest("peaked-early") is not None
+    searcher.on_trial_complete("peaked-early", {"epoch": 9, "val_map": 0.41, "best_val_map": 0.63, "best_epoch": 3})
+    [trial] = searcher._ot_study.trials  # Optuna's own record of what it learnt
+    assert trial.value == pytest.approx(0.63)

@@ -80,7 +80,7 @@ def test_fetch_offline_says_what_it_could_not_reach_and_how_to_place_the_files(o
     assert message.startswith(f"cannot reach {mirror}/resnet101-cd907fc2.pth (URLError: ")
     assert "Place the files by hand: download resnet101-cd907fc2.pth, vgg19-dcbb9e9d.pth from" in message
     assert f"copy them into {offline} (then pass --weights-dir" in message
-    assert "deepid: torchvision publishes no weights" in capsys.readouterr().err
+    assert "face: dlib's dlib_face_recognition_resnet_model_v1 ships with" in capsys.readouterr().err
     assert list(offline.iterdir()) == []
 
     with pytest.raises(WeightsFetchError) as raised:  # default folder: torchvision's cache (under TORCH_HOME)
@@ -93,9 +93,8 @@ def test_fetch_offline_says_what_it_could_not_reach_and_how_to_place_the_files(o
 
 def test_missing_weights_names_the_files_without_loading_them(offline):
     assert [str(m) for m in missing_weights("lite", offline)] == [
-        "rgb (resnet18-f37072fd.pth)", "motion (resnet18-f37072fd.pth)", "body (resnet18-f37072fd.pth)",
-        "face (deepid.pth)"]
-    assert [m.downloadable for m in missing_weights("lite", offline)] == [True, True, True, False]
+        "rgb (resnet18-f37072fd.pth)", "motion (resnet18-f37072fd.pth)", "body (resnet18-f37072fd.pth)"]
+    assert [m.downloadable for m in missing_weights("lite", offline)] == [True, True, True]  # face: dlib's, shipped
     (offline / "resnet101-cd907fc2.pth").write_bytes(b"")  # found by name, never read
     (offline / "deepid.pth").write_bytes(b"")
     assert [str(m) for m in missing_weights("paper", offline)] == ["body (vgg19-dcbb9e9d.pth)"]
@@ -119,7 +118,7 @@ def test_fetched_files_are_where_extract_looks(served, offline, monkeypatch):
     loaded, provenance = weights.resolve_weights("resnet18", None)
     assert provenance == "pretrained:ResNet18_Weights.IMAGENET1K_V1"
     torch.testing.assert_close(loaded["conv1.weight"], state["conv1.weight"])
-    assert [str(m) for m in missing_weights("lite", offline)] == ["face (deepid.pth)"]
+    assert [str(m) for m in missing_weights("lite", offline)] == []
 
 
 def test_cli_weights_fetch_offline_is_one_line_and_exit_1(offline, closed_port, no_proxy, capsys):

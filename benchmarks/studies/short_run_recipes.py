@@ -1,11 +1,16 @@
-"""Diagnosis of the issue's short run (240 videos, seed 11, 8 epochs, ASRN): which recipe changes move it.
+"""Study: which recipe changes move the issue's short run (240 videos, seed 11, 8 epochs, ASRN).
 
-    python benchmarks/short_run_recipes.py [--variants default,const,...] [--out benchmarks/results/short_run.json]
+    python benchmarks/studies/short_run_recipes.py [--variants default,const,...] [--out FILE]
+
+Question: is the short run limited by its training budget or recipe (too few steps, lr, schedule, batch, dropout,
+width) or by its data (too few videos)? Answer (results/short_run_recipes.json, one seed): the data; no change
+moves sub test mAP by more than a few hundredths (0.41-0.47 against 0.43 for the default), and 30 epochs without
+early stopping peak at epoch 9 and then overfit.
 
 Each variant is RECIPES["default"] with a few fields changed, trained by benchmarks/ablation.py's `short_run` (one
 process, one thread, selection on val mAP); `ep30` trains 30 epochs without early stopping, to tell a budget limit
 (too few steps) from a data limit (too few videos). Results: test mAP and prevalence mAP, F1 macro at val thresholds
-and at 0.5, and predicting every class, per group.
+and at 0.5, and predicting every class, per group. Writes benchmarks/studies/results/short_run_recipes.json.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+RESULTS = Path(__file__).resolve().parent / "results"
 
 import ablation  # noqa: E402
 from machine import machine  # noqa: E402
@@ -54,7 +59,7 @@ def run(name: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "short_run.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "short_run_recipes.json")
     args = p.parse_args()
     torch.set_num_threads(1)
     results = {"machine": machine(), "variants": {}}
