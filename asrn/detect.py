@@ -27,7 +27,7 @@ from asrn.errors import AsrnError
 from asrn.store import step_mask
 from asrn.tracking import TrackingSettings, track_boxes
 from asrn.tracks import Tracks
-from asrn.weights import resolve_weights
+from asrn.weights import locate_weights, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -339,12 +339,38 @@ def body_from_face(face: np.ndarray) -> np.ndarray:
     return np.array([cx - 1.5 * w, y1 - 0.25 * h, cx + 1.5 * w, y1 + 4.0 * h], np.float32)
 
 
+# Faster R-CNN's memory grows with the frames of one forward pass (its 1,000 RoI features per frame alone take 50 MB,
+# about 110 MB a frame in all at 202x360 on a CPU): frames go through in chunks of this many, so a video of any
+# length needs one chunk's memory. A GPU takes bigger chunks for throughput.
+DETECT_CHUNK_FRAMES = {"cpu": 4, "cuda": 16}
+DETECT_BYTES_PER_FRAME = 256 << 20  # upper bound of one frame's working memory at the 360-px short side
+DETECT_MODEL_BYTES = 256 << 20  # the model's weights and workspace
+
+
+def detection_memory(chunk_frames: int) -> int:
+    """Bytes Faster R-CNN detection needs at most, whatever the video's length (what a Ray task declares)."""
+    return DETECT_MODEL_BYTES + chunk_frames * DETECT_BYTES_PER_FRAME
+
+
+def frame_chunks(num_frames: int, chunk_frames: int) -> list[slice]:
+    """Consecutive slices of at most `chunk_frames` covering range(num_frames)."""
+    return [slice(start, min(start + chunk_frames, num_frames)) for start in range(0, num_frames, chunk_frames)]
+
+
 class FasterRCNNDetector:
-    """torchvision Faster R-CNN (COCO) for persons with trained weights; Haar cascades for faces; both tracked."""
+    """torchvision Faster R-CNN (COCO) for persons with trained weights; Haar cascades for faces; both tracked.
+
+    Runs on `device` in chunks of `chunk_frames` frames, so its memory is bounded by `detection_memory(chunk_frames)`
+    whatever T is; features.json records the device. The device is always chosen by the caller (a process that sees
+    a GPU may not hold it: a Ray task without `num_gpus` still sees the node's GPUs).
+    """
 
     def __init__(self, model: torch.nn.Module, model_name: str, provenance: str,
-                 tracking: TrackingSettings | None = None):
-        self.model = model.eval()
+                 tracking: TrackingSettings | None = None, device: str | torch.device = "cpu",
+                 chunk_frames: int | None = None):
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.chunk_frames = chunk_frames or DETECT_CHUNK_FRAMES.get(self.device.type, DETECT_CHUNK_FRAMES["cpu"])
         self.name = f"{model_name}+haar"
         self.weights = provenance
         self.tracking = tracking or TrackingSettings()
@@ -353,25 +379,44 @@ class FasterRCNNDetector:
     def describe(self) -> dict:
         """What features.json records about this detector."""
         return {"name": self.name, "weights": self.weights, "person_score": PERSON_SCORE,
+                "device": self.device.type, "chunk_frames": self.chunk_frames,
                 "cascades": self.face_detector.settings.to_dict(), "tracking": self.tracking.to_dict()}
 
     @torch.inference_mode()
+    def persons(self, frames: np.ndarray) -> list[np.ndarray]:
+        """(T, H, W, 3) uint8 RGB -> per frame (K, 4) person boxes, `chunk_frames` frames per forward pass."""
+        found = []
+        for chunk in frame_chunks(len(frames), self.chunk_frames):
+            images = torch.from_numpy(np.ascontiguousarray(frames[chunk])).to(self.device)  # (k, H, W, 3) uint8
+            images = images.permute(0, 3, 1, 2).float().div_(255.0)  # (k, 3, H, W)
+            for out in self.model(list(images)):
+                keep = (out["labels"] == COCO_PERSON) & (out["scores"] >= PERSON_SCORE)
+                found.append(out["boxes"][keep].cpu().numpy())
+            del images
+        return found
+
     def detect(self, frames: np.ndarray, frame_indices: np.ndarray, scale: float) -> FrameBoxes:
         height, width = frames.shape[1], frames.shape[2]
-        images = list(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0))
-        outputs = self.model(images)
-        persons = [out["boxes"][(out["labels"] == COCO_PERSON) & (out["scores"] >= PERSON_SCORE)].numpy()
-                   for out in outputs]
+        persons = self.persons(frames)
         factor = working_scale(height, width, self.face_detector.settings.short_side)
         grays = [equalized_gray(frame, factor) for frame in frames]
         faces = faces_over_time(self.face_detector, grays, factor, self.tracking.max_gap)
         return tracked_frame_boxes(persons, faces, width, height, self.tracking, person_from_face=False)
 
 
-def load_faster_rcnn(weights_dir: Path | None) -> FasterRCNNDetector | None:
+def faster_rcnn_weights(weights_dir: Path | None) -> str | None:
+    """The first Faster R-CNN model whose trained weights are on disk, without loading them; None if none is."""
+    for model_name in FASTER_RCNN_MODELS:
+        if locate_weights(model_name, weights_dir) is not None:
+            return model_name
+    return None
+
+
+def load_faster_rcnn(weights_dir: Path | None, device: str = "cpu") -> FasterRCNNDetector | None:
     """The first Faster R-CNN whose trained weights are on disk (weights_dir or torchvision's cache), else None.
 
-    Images are resized to a 360-px short side inside the model (~1.7 frames/s for R50-FPN on 2 CPU cores).
+    Images are resized to a 360-px short side inside the model (~1.7 frames/s for R50-FPN on 2 CPU cores). It runs
+    on `device` ("cuda" in an extract task that holds a GPU share, asrn.extract).
     """
     import torchvision
 
@@ -382,8 +427,9 @@ def load_faster_rcnn(weights_dir: Path | None) -> FasterRCNNDetector | None:
         model = torchvision.models.get_model(model_name, weights=None, weights_backbone=None,
                                              min_size=360, max_size=640)
         model.load_state_dict(state)
-        logger.info("person detector: %s (%s)", model_name, provenance)
-        return FasterRCNNDetector(model, model_name, provenance)
+        detector = FasterRCNNDetector(model, model_name, provenance, device=device)
+        logger.info("person detector: %s (%s) on %s", model_name, provenance, detector.device)
+        return detector
     return None
 
 

@@ -2,8 +2,10 @@
 
 Pipeline, one row per video throughout:
   from_items(manifest rows, one block per video)
-    -> map(_prepare_row, num_cpus=1)              CPU tasks: decode at --fps (decord, or PyAV where decord does
-                                                    not import: the same frames; asrn.video), person/face boxes
+    -> map(_prepare_row, **prepare_resources)     CPU tasks (1 CPU, memory declared; a GPU share for Faster R-CNN
+                                                    on a GPU run with one spare): decode at --fps (decord,
+                                                    or PyAV where decord does not import: the same frames;
+                                                    asrn.video), person/face boxes
                                                     (manifest boxes, else build_detector's offline chain), crops
                                                     and resizes to the encoders' input sizes, DIS flow stacks
     -> map_batches(EncodeVideos, batch_size=--batch-size, compute=ActorPoolStrategy(size=--num-workers),
@@ -60,6 +62,7 @@ wires it into Ray Data and writes the store.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -79,6 +82,13 @@ import pyarrow.compute as pc
 import ray
 import torch
 
+from asrn.detect import (
+    DETECT_CHUNK_FRAMES,
+    FasterRCNNDetector,
+    detection_memory,
+    faster_rcnn_weights,
+    load_faster_rcnn,
+)
 from asrn.encoders import PRESETS, build_encoders, encoder_specs, missing_weights
 from asrn.errors import AsrnError
 from asrn.features import (
@@ -128,6 +138,10 @@ from asrn.weights import cache_dir
 
 STORE_DTYPE = "float16"
 ENCODER_MEMORY = {"lite": 1 << 30, "paper": 3 << 30}  # bytes of RAM reserved per encoder actor (nets + batches)
+# bytes of RAM reserved per prepare task before detection (frames, crops, flow stacks); never equal to an
+# ENCODER_MEMORY, or Ray Data would fuse the two stages (see build_dataset)
+PREPARE_MEMORY = 3 << 29
+DETECT_GPUS = 0.25  # GPU share of a prepare task that runs Faster R-CNN on a GPU run (4 tasks per spare GPU)
 ERROR_COLUMNS = ("path", "stage", "error", "message")  # with video_id: the errors table (store.ERRORS_SCHEMA)
 FAULT_CRASH_VIDEO = "ASRN_FAULT_CRASH_VIDEO"  # tests only: the video whose CPU-stage task kills its worker
 FORWARDED_ENV = ("TORCH_HOME", DECODER_ENV, FAULT_CRASH_VIDEO)  # driver variables the workers see too
@@ -225,13 +239,21 @@ def _error_fields(e: BaseException, stage: str) -> dict[str, str]:
     return {"stage": stage, "error": type(e).__name__, "message": str(e).strip() or type(e).__name__}
 
 
-def _prepare_row(row: dict, settings: VideoSettings) -> dict:
-    """CPU stage (one Ray task per video): manifest row -> row with the pickled PreparedVideo, or an error."""
+@functools.lru_cache(maxsize=2)
+def _gpu_detector(weights_dir: Path | None) -> FasterRCNNDetector | None:
+    """Faster R-CNN on this task's GPU share, built once per worker process (None: no weights on this node)."""
+    return load_faster_rcnn(weights_dir, device="cuda")
+
+
+def _prepare_row(row: dict, settings: VideoSettings, detect_on_gpu: bool = False) -> dict:
+    """CPU stage (one Ray task per video): manifest row -> row with the pickled PreparedVideo, or an error.
+    With `detect_on_gpu` the task holds a GPU share (prepare_resources) and Faster R-CNN runs there."""
     out = {k: row[k] for k in ("video_id", "path", "split", "labels")}
     if os.environ.get(FAULT_CRASH_VIDEO) == row["video_id"]:
         os._exit(1)  # fault injection (tests): a worker that dies as on a segfault
     try:
-        prepared = prepare_video(row["path"], row["boxes"] or None, settings)
+        detector = _gpu_detector(settings.weights_dir) if detect_on_gpu and not row["boxes"] else None
+        prepared = prepare_video(row["path"], row["boxes"] or None, settings, detector)
     except Exception as e:  # noqa: BLE001 - errors are data: one bad video must not fail the dataset
         return {**out, "prepared": b"", "warnings": "", **_error_fields(e, "decode")}
     return {**out, "prepared": pickle.dumps(prepared, protocol=5), "warnings": "\n".join(prepared.warnings),
@@ -308,8 +330,10 @@ def build_dataset(entries: Sequence[ManifestEntry], config: ExtractConfig):
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block per video: one task per video
-    ds = ds.map(_prepare_row, fn_kwargs={"settings": config.settings}, num_cpus=1, runtime_env=runtime_env,
-                max_retries=config.max_retries)  # retries after the worker died; exceptions are caught in the task
+    prepare = prepare_resources(config, ray.cluster_resources().get("GPU", 0.0))
+    ds = ds.map(_prepare_row, fn_kwargs={"settings": config.settings, "detect_on_gpu": "num_gpus" in prepare},
+                runtime_env=runtime_env, max_retries=config.max_retries,  # retries after the worker died; exceptions
+                **prepare)  # are caught in the task
     resources = {"num_gpus": config.gpus_per_worker} if use_gpu else {}
     # The actors' memory reservation also keeps the stages two operators: Ray Data fuses a task map into a
     # following actor map whose remote args are equal, and decoding would then run inside the encoder actors.
@@ -329,6 +353,20 @@ def build_dataset(entries: Sequence[ManifestEntry], config: ExtractConfig):
     )
     ds.context.max_errored_blocks = -1  # a block whose retries ran out is dropped; the driver records its videos
     return ds
+
+
+def prepare_resources(config: ExtractConfig, cluster_gpus: float) -> dict:
+    """Ray resources of one prepare task, declared so that a node is never oversubscribed: a CPU, the memory that
+    decoding (PREPARE_MEMORY) and chunked Faster R-CNN detection (detect.detection_memory) need whatever the video's
+    length, and, on a GPU run whose encoder actors leave DETECT_GPUS of a GPU free, that share for the detector
+    (its memory then lives on the GPU). Detection stays in the prepare task because the crops the encoders take
+    depend on its boxes; moving it into the encoder actors would move cropping (and its CPU work) there too."""
+    detector = faster_rcnn_weights(config.weights_dir)
+    spare_gpus = cluster_gpus - config.num_workers * config.gpus_per_worker
+    if detector is not None and config.gpus_per_worker > 0 and spare_gpus >= DETECT_GPUS:
+        return {"num_cpus": 1, "num_gpus": DETECT_GPUS, "memory": PREPARE_MEMORY}
+    detection = detection_memory(DETECT_CHUNK_FRAMES["cpu"]) if detector is not None else 0
+    return {"num_cpus": 1, "memory": PREPARE_MEMORY + detection}
 
 
 # ---------------------------------------------------------------- the job

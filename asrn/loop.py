@@ -29,6 +29,7 @@ from asrn.sequence import Batch
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "exponential")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # --precision -> the autocast dtype (None: autocast off)
 
 
 class NonFiniteLossError(AsrnError):
@@ -101,42 +102,55 @@ class EpochLoss(NamedTuple):
         return self.loss_sum / max(self.samples, 1)
 
 
-def train_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
-                device: torch.device, autocast: bool = False, epoch: int = 0) -> EpochLoss:
-    """One pass of BCE training (eq. 10) over `batches`.
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a --precision value (None: no autocast); an unknown value is refused, naming it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown: expected one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
-    Losses stay on the device until the epoch ends (no host sync per batch); a non-finite one then raises
-    NonFiniteLossError naming the epoch and the first bad batch, before anything is checkpointed.
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def train_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
+                device: torch.device, precision: str = "fp32", epoch: int = 0) -> EpochLoss:
+    """One pass of BCE training (eq. 10) over `batches`, the forward pass at `precision` ("fp32" | "bf16").
+
+    Losses stay on the device until the epoch ends (no host sync per batch); a non-finite one on any rank then
+    raises NonFiniteLossError on every rank, naming the epoch, the first bad batch and its rank, before anything
+    is checkpointed.
     """
     model.train()
     losses, sizes = [], []
     for batch in batches:
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with _autocast(device, precision):
             logits = model(batch.features, batch.present, batch.mask).logits  # (B, C)
-        loss = asrn_loss(logits.float(), batch.targets)  # eq. 10
+        loss = asrn_loss(logits.float(), batch.targets)  # eq. 10, in float32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
         sizes.append(len(batch.video_ids))
-    if not losses:
-        return EpochLoss(0.0, 0)
-    per_batch = torch.stack(losses).cpu().double().numpy()  # (num_batches,): the epoch's one host sync
-    bad = np.flatnonzero(~np.isfinite(per_batch))
-    if bad.size:
-        raise NonFiniteLossError(f"epoch {epoch}, batch {int(bad[0]) + 1} of {len(sizes)}: training loss is "
-                                 f"{per_batch[bad[0]]}; lower --lr or check the features for inf/NaN")
+    per_batch = torch.stack(losses).cpu().double().numpy() if losses else np.zeros(0)  # the epoch's one host sync
+    bad = agree_first_nonfinite(per_batch)
+    if bad is not None:
+        rank, batch_index, num_batches, value = bad
+        where = f" on rank {rank}" if _world_size() > 1 else ""
+        raise NonFiniteLossError(f"epoch {epoch}, batch {batch_index + 1} of {num_batches}{where}: training loss "
+                                 f"is {value}; lower --lr or check the features for inf/NaN")
     return EpochLoss(float(per_batch @ np.asarray(sizes, np.float64)), int(sum(sizes)))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device,
-             autocast: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
+             precision: str = "fp32") -> tuple[float, np.ndarray, np.ndarray]:
     """Mean BCE, (N, C) probabilities and (N, C) 0/1 targets of `model` over `batches`, in batch order."""
     model.eval()
     scores, targets, loss_sum = [], [], torch.zeros((), device=device, dtype=torch.float64)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+    with _autocast(device, precision):
         for batch in batches:
             batch = batch.to(device)
             logits = model(batch.features, batch.present, batch.mask).logits.float()  # (B, C)
@@ -146,6 +160,49 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device,
     scores_np = torch.cat(scores).cpu().numpy()  # (N, C)
     targets_np = torch.cat(targets).cpu().numpy()  # (N, C)
     return float(loss_sum) / len(scores_np), scores_np, targets_np
+
+
+# ---------------------------------------------------------------- decisions every rank takes alike
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo (and MPI) CPU ones."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree_first_nonfinite(per_batch: np.ndarray) -> tuple[int, int, int, float] | None:
+    """(rank, batch index, batches, loss) of the first non-finite loss on any rank (lowest batch, then lowest rank),
+    the same on every rank; None when every rank's losses are finite. One all-gather of 4 numbers per rank."""
+    bad = np.flatnonzero(~np.isfinite(per_batch))
+    mine = [float(bad[0]), float(per_batch[bad[0]])] if bad.size else [np.inf, 0.0]
+    world = _world_size()
+    if world == 1:
+        return None if not bad.size else (0, int(mine[0]), len(per_batch), mine[1])
+    dist = torch.distributed
+    row = torch.tensor([mine[0], float(dist.get_rank()), float(len(per_batch)), mine[1]], dtype=torch.float64,
+                       device=_collective_device())
+    rows = [torch.empty_like(row) for _ in range(world)]
+    dist.all_gather(rows, row)
+    table = torch.stack(rows).cpu().numpy()  # (world, 4): first bad batch, rank, batches, loss
+    first = min((r for r in table if np.isfinite(r[0])), key=lambda r: (r[0], r[1]), default=None)
+    return None if first is None else (int(first[1]), int(first[0]), int(first[2]), float(first[3]))
+
+
+def shared_score(score: float) -> float:
+    """Rank 0's value of `score` on every rank: early stopping and checkpoint selection read one number, the one
+    rank 0 reports, so no rank stops (or saves) while the others go on. Without a process group: `score`."""
+    if _world_size() == 1:
+        return score
+    value = torch.tensor([score], dtype=torch.float64, device=_collective_device())
+    torch.distributed.broadcast(value, src=0)
+    return float(value.item())
 
 
 def check_finite_scores(scores: np.ndarray, where: str) -> np.ndarray:

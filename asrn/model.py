@@ -4,6 +4,12 @@ into a global video feature, and global-local temporal attention (GLA) over a se
 Reads top to bottom like §3. Shapes: B videos, T steps, M = len(MODALITIES) modalities, D_m input widths,
 H = config.hidden, C classes. `mask` (B, T) marks valid steps; padding sits at the end (as `sequence.collate`
 builds it) and never changes an output.
+
+Precision, chosen per part (asrn.loop's `precision` sets the autocast): under bf16 autocast the projections, the
+attention scores and the classifier run in bfloat16; every recurrence (the BDLSTM, GLA's LSTM, the no-gla and
+lstm baselines) runs in float32 with autocast off (`RECURRENT_DTYPE`): CUDA autocast would run cuDNN's LSTM in
+float16, where most gradients reaching the GLA LSTM fall below float16's smallest normal and nothing here scales
+them, and a cell state summed over T steps in bfloat16's 8-bit mantissa drifts. `part_dtypes` reports what ran.
 """
 
 from __future__ import annotations
@@ -34,6 +40,14 @@ FORGET_BIAS = 1.0
 # Dropout on the multimodal layer (§3.1 "we apply dropout to this multimodal layer"); the paper gives no rate, so a
 # modest one, capped by config.dropout so that dropout=0 turns every dropout off.
 FUSION_DROPOUT = 0.3
+
+# Every recurrence runs in at least this dtype, whatever the autocast (see the module docstring; float64 stays).
+RECURRENT_DTYPE = torch.float32
+
+
+def recurrent_input(x: Tensor) -> Tensor:
+    """x widened to RECURRENT_DTYPE when narrower (bf16/fp16 from autocast); float32 and float64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, RECURRENT_DTYPE))
 
 
 class ModelConfigError(AsrnError):
@@ -94,6 +108,13 @@ def last_valid(h: Tensor, mask: Tensor) -> Tensor:
     """The hidden state at each video's last valid step: (B, T, H) -> (B, H)."""
     index = (mask.sum(1) - 1).clamp(min=0)  # (B,)
     return h[torch.arange(h.shape[0], device=h.device), index]
+
+
+def run_lstm(lstm: nn.LSTM, x: Tensor) -> Tensor:
+    """(B, T, D) -> (B, T, H) hidden states of `lstm`, computed in RECURRENT_DTYPE with autocast off."""
+    with torch.autocast(x.device.type, enabled=False):
+        h, _ = lstm(recurrent_input(x))
+    return h
 
 
 def uniform_over(mask: Tensor) -> Tensor:
@@ -182,14 +203,17 @@ class BoundaryLSTM(nn.Module):
         self.shot_score = nn.Linear(hidden, 1)  # the logit of ω_s (eq. 7)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.autocast(x.device.type, enabled=False):  # the whole block in RECURRENT_DTYPE
+            return self._forward(recurrent_input(x), mask)
+
+    def _forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         gate_x = self.gate_input(x)  # (B, T, 4H)  W_y x_t + b of every step at once
         # eq. 5 is linear inside τ: vᵀ(W_si x_t + W_sh h_{t-1} + b_s) = (W_siᵀv)ᵀx_t + (W_shᵀv)ᵀh_{t-1} + vᵀb_s, so the
         # boundary detector costs one dot product per step instead of an (H, H) matmul
         v = self.boundary_v  # (H,)
         boundary_x = x @ (self.boundary_input.weight.t() @ v) + self.boundary_input.bias @ v  # (B, T)
         boundary_w = self.boundary_hidden.weight.t() @ v  # (H,)  W_shᵀv
-        # eqs. 4-6 step by step, as one autograd node; under autocast the recurrence runs in gate_x's dtype, as the
-        # per-step matmuls of an autograd loop would
+        # eqs. 4-6 step by step, as one autograd node, in gate_x's dtype (RECURRENT_DTYPE from forward)
         dtype = gate_x.dtype
         h_seq, s = _BoundaryRecurrence.apply(gate_x, boundary_x.to(dtype), self.gate_hidden.weight.to(dtype),
                                              boundary_w.to(dtype), mask.bool(), torch.is_grad_enabled())
@@ -324,7 +348,7 @@ class GlobalLocalAttention(nn.Module):
         self.score = nn.Linear(hidden, 1, bias=False)  # w
 
     def forward(self, x: Tensor, mask: Tensor, v_global: Tensor) -> tuple[Tensor, Tensor]:
-        h, _ = self.lstm(x)  # (B, T, H); unidirectional, so end padding never reaches a valid step
+        h = run_lstm(self.lstm, x)  # (B, T, H) float32; unidirectional, end padding never reaches a valid step
         A = torch.tanh(self.global_proj(v_global).unsqueeze(1) + self.local_proj(h))  # (B, T, H)  eq. 8
         a = masked_softmax(self.score(A).squeeze(-1), mask, dim=1)  # (B, T)  a_t = softmax_t(wᵀ A_t)
         pooled = (a.unsqueeze(-1) * h).sum(1)  # (B, H)  Σ_t a_t h_t (eq. 9)
@@ -429,7 +453,7 @@ class ASRN(nn.Module):
             v_global, boundaries, shot_weights = self.shots(x, mask)  # (B, H), (B, T), (B, T)
             pooled, temporal_attention = self.attention(x, mask, v_global)  # (B, H), (B, T)
         elif variant in ("no-gla", "lstm"):
-            h, _ = self.lstm(x)  # (B, T, H)
+            h = run_lstm(self.lstm, x)  # (B, T, H) float32
             pooled = last_valid(h, mask)  # (B, H)
         else:  # tsn, mean
             h = torch.tanh(self.project(x))  # (B, T, H)
@@ -479,6 +503,27 @@ def _init_lstm_gates(w_input: Tensor, w_hidden: Tensor, bias: Tensor | None, hid
     if bias is not None:
         bias.zero_()
         bias[hidden:2 * hidden] = FORGET_BIAS
+
+
+def part_dtypes(model: ASRN, features: dict[str, Tensor], present: dict[str, Tensor], mask: Tensor) -> dict[str, str]:
+    """Run `model` once (under whatever autocast the caller set) and name the dtype each part's output had:
+    {"fusion": "torch.bfloat16", "shots": "torch.float32", ...}, for the parts this variant has."""
+    seen: dict[str, str] = {}
+
+    def record(name: str):
+        def hook(_module, _inputs, output) -> None:
+            first = output[0] if isinstance(output, tuple) else output
+            seen[name] = str(first.dtype)
+        return hook
+
+    parts = {"fusion", "shots", "attention", "attention.lstm", "lstm", "project", "classifier"}
+    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name in parts]
+    try:
+        model(features, present, mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
 def asrn_loss(logits: Tensor, targets: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """`asrn predict`: relation scores and attention figures for videos, with a trained checkpoint, in one process.
 
 Per video: prepare_video + encode_prepared with the preset, fps and encoders the checkpoint's feature store was
-made with (checkpoint["store_info"]), the sequence former and ASRN in eval mode, then three files:
+made with (checkpoint["store_info"]), rounded to the store's precision (`at_store_precision`: float16 as extract
+writes it), the sequence former and ASRN in eval mode, then three files:
   scores.json     per class of the checkpoint's task {"score": p, "threshold": t, "predicted": p >= t} (t: chosen
                   on val at training time, stored in best.pt; --threshold sets one for all), top relations,
                   video, checkpoint, preset, fps, detector, step counts, warnings
@@ -46,7 +47,7 @@ from asrn.manifest import read_manifest
 from asrn.model import ASRN
 from asrn.plots import plot_attention
 from asrn.sequence import collate
-from asrn.store import MODALITIES
+from asrn.store import MODALITIES, VideoFeatures, table_to_videos, videos_to_table
 from asrn.video import VideoDecodeError, decode_clip
 
 MODALITY_NAMES = {"rgb": "image", "motion": "motion", "body": "body", "face": "face"}  # the paper's words
@@ -270,6 +271,16 @@ def _display_frames(path: str, fps: float, frame_indices: np.ndarray, fallback: 
     return [by_index.get(int(i), by_index[int(j)]) for i, j in zip(frame_indices, nearest, strict=True)]
 
 
+STORE_DTYPE = "float16"  # what `asrn extract` writes; a checkpoint's store_info.dtype says otherwise when recorded
+
+
+def at_store_precision(video: VideoFeatures, store_info: dict) -> VideoFeatures:
+    """The video as the checkpoint's store holds it: through the store's own row writer and reader at the store's
+    dtype (features.json's `dtype`, else float16), so the model sees the values it was trained on, not float32
+    features it never saw."""
+    return table_to_videos(videos_to_table([video], store_info.get("dtype") or STORE_DTYPE))[0]
+
+
 def _extract(path: str, boxes: str | Path | None, settings: VideoSettings, detector: Detector | None,
              encoders: dict[str, Encoder]):
     """prepare_video + encode_prepared of one video; an unreadable video stays a VideoDecodeError."""
@@ -308,7 +319,8 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
         warnings.append(note)
 
     task = checkpoint["task"]
-    video = to_video_features(prepared, features, Path(path).stem, "test", ())
+    video = at_store_precision(to_video_features(prepared, features, Path(path).stem, "test", ()),
+                               checkpoint["store_info"])
     batch = collate([video], task)
     with torch.no_grad():
         out = model.eval()(batch.features, batch.present, batch.mask)

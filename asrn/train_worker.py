@@ -159,7 +159,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     torch.manual_seed(config.seed)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    autocast = config.use_gpu and device.type == "cuda"  # bf16 autocast on GPU only
+    precision = "bf16" if config.use_gpu and device.type == "cuda" else "fp32"  # asrn.loop.PRECISIONS
     net = ASRN(config.model)
     # copies: arrays that come out of Ray's object store are read-only, which torch.as_tensor warns about
     net.set_input_stats({m: (np.array(mean), np.array(std)) for m, (mean, std) in config.input_stats.items()})
@@ -174,12 +174,12 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     for epoch in range(progress.epoch + 1, config.recipe.epochs + 1):
         started = time.perf_counter()
         batches = epoch_batches(epoch)
-        loss_sum, seen = _all_reduce_sum(list(train_epoch(model, batches, optimizer, device, autocast, epoch)))
+        loss_sum, seen = _all_reduce_sum(list(train_epoch(model, batches, optimizer, device, precision, epoch)))
         _inject_fault(config.fault, rank, epoch)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         seconds = time.perf_counter() - started
-        val_loss, scores, targets = evaluate(net, val_batches, device, autocast)
+        val_loss, scores, targets = evaluate(net, val_batches, device, precision)
         val = compute_metrics(targets, scores, labels)
         improved = progress.update(epoch, val["map"])
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,

@@ -242,8 +242,9 @@ def run_epoch(model: ASRN, optimizer, scheduler, train: list[VideoFeatures], fra
     timer = {"collate_s": 0.0, "batches": 0, "videos": 0, "padded_steps": 0, "valid_steps": 0, "batch_bytes": 0}
     load_before, cpu_before = load(), time.process_time()
     started = time.perf_counter()
+    precision = "bf16" if device.type == "cuda" else "fp32"
     loss = train_epoch(model, batches((train[i] for i in order), RECIPES["paper"].batch_size, timer, device,
-                                      on_batch), optimizer, device, autocast=device.type == "cuda", epoch=epoch)
+                                      on_batch), optimizer, device, precision, epoch=epoch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - started

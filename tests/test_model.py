@@ -12,6 +12,7 @@ from asrn.model import (
     ModelConfig,
     ModelConfigError,
     asrn_loss,
+    part_dtypes,
     straight_through_step,
 )
 from asrn.store import MODALITIES
@@ -234,7 +235,8 @@ def test_boundary_lstm_keeps_its_parameters():
 
 
 def test_boundary_lstm_without_grad_and_under_autocast():
-    """no_grad gives the same outputs; bf16 autocast (the GPU recipe's; CPU here) runs and trains the parameters."""
+    """no_grad gives the same outputs; under bf16 autocast (the GPU recipe's; CPU here) the recurrence still runs in
+    float32, equal to its float32 run, and trains the parameters."""
     torch.manual_seed(2)
     lstm = BoundaryLSTM(8)
     x, mask = torch.randn(3, 6, 8), torch.arange(6)[None, :] < torch.tensor([6, 4, 1])[:, None]
@@ -244,7 +246,8 @@ def test_boundary_lstm_without_grad_and_under_autocast():
             assert torch.equal(a, b)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         v_global, s, omega = lstm(x, mask)
-    assert s.dtype == torch.bfloat16  # the recurrence ran in the autocast dtype
+    assert s.dtype == v_global.dtype == torch.float32  # the recurrence ran in float32, autocast or not
+    assert torch.equal(v_global, with_grad[0]) and torch.equal(s, with_grad[1])
     assert set(s.unique().tolist()) <= {0.0, 1.0} and (s[~mask] == 0).all() and torch.isfinite(v_global).all()
     v_global.float().sum().backward()
     for name, param in lstm.named_parameters():
@@ -355,3 +358,28 @@ def test_input_stats_standardise_and_travel_in_the_state_dict():
     torch.testing.assert_close(restored(moved, present, mask).logits, model(moved, present, mask).logits)
     with pytest.raises(ValueError, match="input stats of 'face'"):
         model.set_input_stats({"face": (np.zeros(7), np.ones(7))})
+
+
+RECURRENT_PARTS = {"asrn": ("shots", "attention.lstm"), "no-mfa": ("shots", "attention.lstm"), "no-gla": ("lstm",),
+                   "lstm": ("lstm",), "tsn": (), "mean": ()}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_autocast_keeps_recurrences_in_float32(variant):
+    """Under bf16 autocast (CPU here, CUDA on a GPU) every LSTM runs in float32 and the projections in bf16; the
+    gradients stay finite and the loss stays close to the float32 model's."""
+    features, present, mask = _inputs([9, 6, 3, 1], seed=3)
+    targets = (torch.rand(4, 8, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    model = _model(variant, hidden=32).eval()  # eval: no dropout, so the two runs see the same network
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dtypes = part_dtypes(model, features, present, mask)
+        low = asrn_loss(model(features, present, mask).logits.float(), targets)
+    assert set(RECURRENT_PARTS[variant]) <= set(dtypes)
+    for part in RECURRENT_PARTS[variant]:
+        assert dtypes[part] == "torch.float32", (part, dtypes)
+    assert dtypes["classifier"] == "torch.bfloat16"  # autocast did run: the parts not chosen otherwise are bf16
+    low.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    full = asrn_loss(model(features, present, mask).logits, targets)
+    assert abs(low.item() - full.item()) < 0.02 * full.item(), (low.item(), full.item())

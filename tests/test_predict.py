@@ -256,3 +256,34 @@ def test_a_real_photo_finds_the_face_without_boxes(trained, astronaut_video, tmp
 def test_predict_imports_no_ray():
     code = "import sys, asrn.cli, asrn.predict; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+@pytest.mark.parametrize("recorded", [{"dtype": "float16"}, {}])
+def test_predict_feeds_the_model_the_stores_row(trained, tmp_path, rewrite_checkpoint, recorded):
+    """The features predict gives the model equal the row the store holds for that video (float16, as extract
+    writes it; also when the checkpoint's store_info records no dtype), built here without Ray."""
+    from asrn.checkpoint import load_checkpoint
+    from asrn.predict import predict_video
+    from asrn.store import load_videos, write_info, write_videos
+
+    def store_dtype(checkpoint):
+        checkpoint["store_info"].pop("dtype", None)
+        checkpoint["store_info"].update(recorded)
+
+    checkpoint_path = rewrite_checkpoint(trained["checkpoint"], tmp_path / "best.pt", store_dtype)
+    entry = trained["entries"][2]
+    prepared = prepare_video(entry.path, entry.boxes, VideoSettings(preset="lite", fps=FPS))
+    encoders = build_encoders("lite")
+    row = to_video_features(prepared, encode_prepared(prepared, encoders), entry.video_id, entry.split, entry.labels)
+    write_info(tmp_path / "store", StoreInfo(preset="lite", dims=LITE_DIMS, fps=FPS, encoders={}, weights={},
+                                             detector="tracks", dtype="float16"))
+    write_videos(tmp_path / "store", [row], dtype="float16")
+    (stored,) = load_videos(tmp_path / "store")
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    fed = []
+    model.register_forward_pre_hook(lambda _module, args: fed.append({m: x.clone() for m, x in args[0].items()}))
+    predict_video(entry.path, model, checkpoint, encoders, boxes=entry.boxes)
+    batch = collate([stored], TASK)
+    for m in MODALITIES:
+        assert torch.equal(fed[0][m], batch.features[m]), m
+    assert not np.array_equal(stored.features["rgb"], row.features["rgb"])  # the round trip did change values
