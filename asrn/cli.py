@@ -144,6 +144,9 @@ def _add_train_arguments(sub) -> None:
     _add_recipe_arguments(p)
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--use-gpu", action="store_true", default=False, help="one GPU per worker")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="autocast of projections and attention; every LSTM stays float32 (default: bf16 with "
+                        "--use-gpu, else fp32)")
     p.add_argument("--epochs", type=int, default=None, help=_recipe_default("epochs"))
     p.add_argument("--lr", type=float, default=None, help=_recipe_default("lr"))
     p.add_argument("--weight-decay", type=float, default=None, help=_recipe_default("weight_decay"))
@@ -253,8 +256,9 @@ def run(args: argparse.Namespace) -> None:
         from asrn.extract import ExtractConfig, extract_features
         extract_features(_config_from_args(ExtractConfig, args))
     elif args.command == "train":
-        from asrn.train import TrainConfig, train
-        train(_config_from_args(TrainConfig, args))
+        from asrn.train import TrainConfig, train, with_run_values
+        flags = with_run_values(vars(args), given_flags(args.argv))
+        train(_config_from_args(TrainConfig, argparse.Namespace(**flags)))
     elif args.command == "tune":
         from asrn.tune import TuneConfig, tune
         tune(_config_from_args(TuneConfig, args))
@@ -290,8 +294,15 @@ def job_argv(command: str, argv: Sequence[str]) -> list[str]:
     return args
 
 
+def given_flags(argv: Sequence[str]) -> set[str]:
+    """The dests of the long flags named on a command line (`--lr 0.1`, `--lr=0.1`)."""
+    return {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     quiet_mlflow_console(not getattr(args, "verbose", False))
     try:
         run(args)

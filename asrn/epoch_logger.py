@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import ray.train
 
+DIVERGED = "diverged"  # a report's key: training stopped on a non-finite loss (the message); the driver raises it
+
 
 class EpochLogger(ray.train.UserCallback):
     """Prints each epoch and logs it to MLflow (step = epoch).
@@ -52,6 +54,10 @@ class EpochLogger(ray.train.UserCallback):
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         m = metrics[0]  # rank 0's; every worker reports the same validation figures
         epoch, now = int(m["epoch"]), time.time()
+        if DIVERGED in m:
+            self._in_order(None, f"epoch {epoch}/{self.epochs}: stopped: {m[DIVERGED]}")
+            self.flush()
+            return
         if epoch in self.logged:
             self._in_order(None, f"epoch {epoch}/{self.epochs}: repeated after a restart (logged before)")
             return

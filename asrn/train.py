@@ -65,12 +65,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from asrn import mlflow_model, mlflow_runs
 from asrn.checkpoint import load_training_state, write_checkpoint
-from asrn.epoch_logger import EpochLogger, epoch_metrics, log_unlogged_epochs  # noqa: F401 - epoch_metrics: API
+from asrn.epoch_logger import DIVERGED, EpochLogger, epoch_metrics, log_unlogged_epochs  # noqa: F401 - API
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError, encode, task_labels
 from asrn.locations import Location
-from asrn.loop import RECIPES, NonFiniteLossError, Recipe, check_finite_scores
+from asrn.loop import PRECISIONS, RECIPES, NonFiniteLossError, Recipe, check_finite_scores
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, VARIANTS, ModelConfig
 from asrn.ray_session import lean_trainer_class, ray_session
@@ -87,6 +87,8 @@ from asrn.store import (
 from asrn.train_worker import FAULT_ENV, REPORTED_METRICS, LoopConfig, train_loop_per_worker  # noqa: F401 - API
 
 SELECT_METRIC = "val_map"  # early stopping and checkpoint selection
+RESUME_FIELDS = ("features", "task", "variant", "recipe", "num_workers", "lr", "weight_decay", "batch_size", "dropout",
+                 "hidden", "epochs", "patience", "seed", "precision")  # what `--resume` must not change
 RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "dropout", "hidden", "epochs", "patience")
 
 
@@ -132,6 +134,7 @@ class TrainConfig:
     checkpoint_every: int = 5  # besides improvements and the last epoch
     direct_read_max_mb: int = 1024  # stores up to this size: each worker reads its shard itself (asrn.shards);
     # larger ones stream through Ray Data; 0: always Ray Data
+    precision: str | None = None  # fp32 | bf16 (asrn.loop); default bf16 with --use-gpu, else fp32
 
     def __post_init__(self) -> None:
         self.features, self.out = Location(self.features), Location(self.out)
@@ -144,6 +147,9 @@ class TrainConfig:
         for name in RECIPE_FIELDS:
             if getattr(self, name) is None:
                 setattr(self, name, getattr(RECIPES[self.recipe], name))
+        self.precision = self.precision or ("bf16" if self.use_gpu else "fp32")
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         checks = {
             "lr": self.lr > 0 and np.isfinite(self.lr), "weight_decay": 0 <= self.weight_decay < 1,
             "batch_size": self.batch_size >= 1, "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1,
@@ -158,6 +164,13 @@ class TrainConfig:
                 raise TrainConfigError(f"{name} = {getattr(self, name)!r}: must be {rules.get(name, '>= 1')}")
         if self.register_model is not None and not self.register_model.strip():
             raise TrainConfigError("--register-model: the registered model's name is empty")
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """Each field that would change the optimisation of the run saved as `saved` (its config.json), named as
+        its flag: "--lr 0.001 differs from the run's 0.003"."""
+        mine = self.to_dict()
+        return [f"--{name.replace('_', '-')} {mine[name]} differs from the run's {saved[name]}"
+                for name in RESUME_FIELDS if name in saved and mine[name] != saved[name]]
 
     def to_dict(self) -> dict:
         return {f.name: str(v) if isinstance(v := getattr(self, f.name), Path | Location) else v for f in fields(self)}
@@ -216,7 +229,7 @@ def loop_config_for(config: TrainConfig, store: FeatureStore, input_stats: dict 
     computed from the store when it has none for this train split)."""
     return LoopConfig(task=config.task, model=config.model_config(store.info.dims), recipe=config.effective_recipe(),
                       batch_size=max(1, config.batch_size // config.num_workers), seed=config.seed,
-                      use_gpu=config.use_gpu, checkpoint_every=config.checkpoint_every,
+                      use_gpu=config.use_gpu, precision=config.precision, checkpoint_every=config.checkpoint_every,
                       input_stats=input_stats or store.train_statistics()[0],
                       fault=os.environ.get(FAULT_ENV), verbose=config.verbose)
 
@@ -401,7 +414,10 @@ def _fit(config: TrainConfig, run_name: str, store: FeatureStore, counts: dict[s
             logger = EpochLogger(config.epochs, tracking_uri, run_id, logged, patience=config.patience)
             trainer = build_trainer(config, run_name, [logger], store, counts=counts,
                                     say=lambda message: print(message, flush=True))
-            return trainer.fit()
+            result = trainer.fit()
+            if diverged := (result.metrics or {}).get(DIVERGED):  # every rank stopped on it: not a worker failure
+                raise NonFiniteLossError(diverged)
+            return result
     except BaseException as e:
         if run_id:
             mlflow_runs.finish_run(tracking_uri, run_id, "FAILED")
@@ -422,6 +438,27 @@ def _non_finite_loss(error: BaseException) -> str | None:
     return None
 
 
+def _check_resume(config: TrainConfig) -> None:
+    """`--resume` continues the run as it was: a flag that would change its optimisation is refused, by name."""
+    record = config.out / "config.json"
+    if not config.resume or not record.is_file():
+        return
+    if conflicts := config.resume_conflicts(json.loads(record.read_text())):
+        raise TrainConfigError(f"--resume {config.out}: {'; '.join(conflicts)}. Resume with the run's values (leave "
+                               "those flags out) or start a new run in another --out")
+
+
+def with_run_values(flags: dict, given: set[str]) -> dict:
+    """`asrn train --resume`: the flags of the run being resumed (its config.json) where this command line gives
+    none, so that leaving out `--epochs` continues the run's 100 epochs, not the recipe's 40; `given`: the flags
+    this command line names. Without --resume, or without a config.json, `flags` as they are."""
+    record = Location(flags["out"]) / "config.json"
+    if not flags.get("resume") or not record.is_file():
+        return flags
+    saved = json.loads(record.read_text())
+    return {**flags, **{k: saved[k] for k in RESUME_FIELDS if k in saved and k not in given and k in flags}}
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train, write the outputs listed in the module docstring, and print where they and the MLflow run are."""
     tracking_uri, run_id = mlflow_runs.tracking_uri_for(config.mlflow_uri), None
@@ -433,6 +470,7 @@ def train(config: TrainConfig) -> TrainResult:
     info, counts = check_store(store, config.task, say=lambda message: print(message, flush=True))
     config.out.mkdir(parents=True, exist_ok=True)
     run_name = _run_name(config)
+    _check_resume(config)
     write_json(config.out / "config.json", config.to_dict())
     if tracking_uri:
         run_id, tracking_uri = mlflow_runs.open_run(

@@ -28,8 +28,9 @@ import torch
 
 from asrn.checkpoint import load_training_state, save_training_state
 from asrn.console import quiet_ray_console
+from asrn.epoch_logger import DIVERGED
 from asrn.labels import task_labels
-from asrn.loop import Recipe, build_optimizer, evaluate, train_epoch
+from asrn.loop import NonFiniteLossError, Recipe, build_optimizer, evaluate, shared_score, train_epoch
 from asrn.metrics import compute_metrics
 from asrn.model import ASRN, ModelConfig
 from asrn.sequence import Batch, collate
@@ -49,13 +50,14 @@ class LoopConfig:
     model: ModelConfig
     recipe: Recipe
     batch_size: int  # per worker
-    seed: int
+    seed: int  # rank r seeds torch with seed + r after the model's (identical) initialisation
     use_gpu: bool
     input_stats: dict[str, tuple[np.ndarray, np.ndarray]]  # the train split's per-dimension (mean, std)
     checkpoint_every: int
     fault: str | None = None  # FAULT_ENV's value on the driver (tests only)
     verbose: bool = False  # Ray's routine lines on the console too
     store: str | None = None  # direct reads (asrn.shards): the store's URI or absolute path; None: Ray Data's shards
+    precision: str = "fp32"  # asrn.loop.PRECISIONS
 
 
 def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
@@ -127,8 +129,29 @@ class Progress:
         return improved
 
 
-def _restore(net, optimizer, scheduler) -> Progress:
-    """Continue after the last reported epoch (a restarted worker group or `--resume`), else start fresh."""
+def rng_state() -> dict:
+    """This process's torch random state (dropout masks, ...): CPU and, where there is one, the current GPU."""
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def gathered_rng_states() -> list[dict]:
+    """Every rank's `rng_state`, in rank order (a collective: every rank calls it at the same epochs)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [rng_state()]
+    states: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def _restore(net, optimizer, scheduler, rank: int) -> Progress:
+    """Continue after the last reported epoch (a restarted worker group or `--resume`), random state included,
+    else start fresh."""
     checkpoint = ray.train.get_checkpoint()
     if not checkpoint:
         return Progress()
@@ -137,6 +160,8 @@ def _restore(net, optimizer, scheduler) -> Progress:
     net.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if rank < len(state.get("rng") or []):  # a checkpoint of as many ranks (or more) as this group has
+        set_rng_state(state["rng"][rank])
     return Progress(state["epoch"], state["best_score"], state["best_epoch"], state["stale"], state["history"])
 
 
@@ -156,16 +181,16 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     Reports REPORTED_METRICS plus lr, best_epoch, best_val_map, epoch_seconds and train_samples_per_s.
     """
     quiet_ray_console(not config.verbose)  # after Ray Train configured this worker's logging (asrn.console)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    precision = "bf16" if config.use_gpu and device.type == "cuda" else "fp32"  # asrn.loop.PRECISIONS
     net = ASRN(config.model)
+    torch.manual_seed(config.seed + rank)  # each rank its own dropout masks
     # copies: arrays that come out of Ray's object store are read-only, which torch.as_tensor warns about
     net.set_input_stats({m: (np.array(mean), np.array(std)) for m, (mean, std) in config.input_stats.items()})
     model = ray.train.torch.prepare_model(net)  # DDP over gloo (CPU) or NCCL (GPU); `net` stays the plain module
     optimizer, scheduler = build_optimizer(model, config.recipe)
-    progress = _restore(net, optimizer, scheduler)
+    progress = _restore(net, optimizer, scheduler, rank)
     epoch_batches, val_batches = _worker_data(config, rank, device)
     labels = list(task_labels(config.task))
     if progress.history and (progress.epoch >= config.recipe.epochs or progress.stale >= config.recipe.patience):
@@ -173,14 +198,20 @@ def train_loop_per_worker(config: LoopConfig) -> None:
         return
     for epoch in range(progress.epoch + 1, config.recipe.epochs + 1):
         started = time.perf_counter()
-        batches = epoch_batches(epoch)
-        loss_sum, seen = _all_reduce_sum(list(train_epoch(model, batches, optimizer, device, precision, epoch)))
+        try:
+            loss_sum, seen = _all_reduce_sum(list(train_epoch(model, epoch_batches(epoch), optimizer, device,
+                                                              config.precision, epoch)))
+        except NonFiniteLossError as e:  # raised alike on every rank (asrn.loop): all report it, none fails
+            ray.train.report({"epoch": epoch, "val_map": float("nan"), "best_val_map": progress.best_score,
+                              "best_epoch": progress.best_epoch, DIVERGED: str(e)})
+            return
         _inject_fault(config.fault, rank, epoch)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         seconds = time.perf_counter() - started
-        val_loss, scores, targets = evaluate(net, val_batches, device, precision)
+        val_loss, scores, targets = evaluate(net, val_batches, device, config.precision)
         val = compute_metrics(targets, scores, labels)
+        val["map"] = shared_score(val["map"])  # rank 0's: one early-stopping and checkpoint decision for all
         improved = progress.update(epoch, val["map"])
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
                    **{f"val_{k}": val[k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")},
@@ -188,9 +219,12 @@ def train_loop_per_worker(config: LoopConfig) -> None:
                    "epoch_seconds": seconds, "train_samples_per_s": seen / seconds}
         progress.history.append(metrics)
         last = epoch == config.recipe.epochs or progress.stale >= config.recipe.patience
-        checkpoint = rank == 0 and (improved or last or epoch % config.checkpoint_every == 0)
-        _report(metrics, progress, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict()} if checkpoint else None)
+        if improved or last or epoch % config.checkpoint_every == 0:  # the same on every rank (shared score)
+            rng = gathered_rng_states()  # every rank's, so that a restart repeats its epochs exactly
+            _report(metrics, progress, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "rng": rng} if rank == 0 else None)
+        else:
+            _report(metrics, progress, None)
         if progress.stale >= config.recipe.patience:
             break  # early stopping
 

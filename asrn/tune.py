@@ -51,11 +51,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from asrn import mlflow_model, mlflow_runs
 from asrn.checkpoint import load_training_state
+from asrn.epoch_logger import DIVERGED
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError
 from asrn.locations import Location
-from asrn.loop import RECIPES
+from asrn.loop import RECIPES, NonFiniteLossError
 from asrn.ray_session import lean_environment, ray_session
 from asrn.search_space import DEFAULT_SPACE, HYPERPARAMETERS, Dimension, load_search_space, to_tune_space
 from asrn.store import FeatureStore, StoreInfo
@@ -206,8 +207,10 @@ def train_trial(hyperparameters: dict, trial_defaults: dict, info: StoreInfo, in
     lean_environment()  # Ray Train hands these on to the trial's controller (a joined cluster's trials lack them)
     config = TrainConfig(**{**trial_defaults, **trial_hyperparameters(hyperparameters, {})})
     trial_id = ray.tune.get_context().get_trial_id()
-    build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()],
-                  store=FeatureStore(config.features, info=info, warn=False), input_stats=input_stats).fit()
+    result = build_trainer(config, run_name=trial_id, callbacks=[TuneReportCallback()],
+                           store=FeatureStore(config.features, info=info, warn=False), input_stats=input_stats).fit()
+    if diverged := (result.metrics or {}).get(DIVERGED):  # the trial fails on it, once, not as a worker failure
+        raise NonFiniteLossError(diverged)
 
 
 def trial_status(last_result: dict | None, epochs: int, patience: int, failed: bool = False) -> str:

@@ -448,3 +448,54 @@ def test_a_store_with_a_foreign_file_and_without_the_tracked_columns_builds_a_tr
     assert trainer.train_loop_config.store == str(store.resolve())
     videos = read_split(trainer.train_loop_config.store, "train")
     assert len(videos) == counts["train"] and not any(v.body_tracked.any() or v.face_tracked.any() for v in videos)
+
+
+def test_resume_refuses_a_flag_that_would_change_the_run_and_keeps_the_ones_left_out(small_store, tmp_path):
+    from asrn.cli import given_flags
+    from asrn.train import _check_resume, with_run_values
+
+    out = tmp_path / "run"
+    out.mkdir()
+    first = TrainConfig(features=small_store, task="sub", out=out, epochs=100, lr=3e-3)
+    (out / "config.json").write_text(json.dumps(first.to_dict()))
+    # `--resume` without --epochs: the run's 100 epochs, not the recipe's
+    flags = {f.name: None for f in dataclasses.fields(TrainConfig)} | {"features": small_store, "task": "sub",
+                                                                        "out": out, "resume": True}
+    resumed = with_run_values(flags, given_flags(["--resume"]))
+    assert resumed["epochs"] == 100 and resumed["lr"] == pytest.approx(3e-3)
+    _check_resume(TrainConfig(**{k: v for k, v in resumed.items() if v is not None}))  # the same run: accepted
+    # a new --lr and --epochs named on the command line: refused, each by name, never half applied
+    changed = with_run_values({**flags, "lr": 1e-3, "epochs": 60}, given_flags(["--lr", "0.001", "--epochs=60"]))
+    with pytest.raises(TrainConfigError) as refused:
+        _check_resume(TrainConfig(**{k: v for k, v in changed.items() if v is not None}))
+    assert "--lr 0.001 differs from the run's 0.003" in str(refused.value)
+    assert "--epochs 60 differs from the run's 100" in str(refused.value)
+    assert with_run_values({**flags, "resume": False}, set()) == {**flags, "resume": False}  # a new run: as given
+
+
+def test_precision_is_a_flag_recorded_with_the_run(small_store, tmp_path):
+    assert TrainConfig(features=small_store, task="sub", out=tmp_path).precision == "fp32"
+    assert TrainConfig(features=small_store, task="sub", out=tmp_path, use_gpu=True).precision == "bf16"
+    config = TrainConfig(features=small_store, task="sub", out=tmp_path, precision="bf16")
+    assert config.to_dict()["precision"] == "bf16"
+    with pytest.raises(TrainConfigError, match="--precision 'fp16'"):
+        TrainConfig(features=small_store, task="sub", out=tmp_path, precision="fp16")
+
+
+def test_a_restored_rank_draws_the_random_numbers_it_would_have_drawn():
+    from asrn.train_worker import gathered_rng_states, set_rng_state
+
+    torch.manual_seed(5)
+    [saved] = gathered_rng_states()  # no process group: this process's state only
+    expected = torch.rand(4)  # e.g. the next epoch's dropout masks
+    torch.manual_seed(99)  # a restarted worker, seeded afresh
+    set_rng_state(saved)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_diverged_report_is_one_line_and_not_logged(capsys):
+    from asrn.epoch_logger import DIVERGED, EpochLogger
+
+    EpochLogger(epochs=5).after_report(None, [{"epoch": 3, "val_map": float("nan"), DIVERGED: "epoch 3, batch 2 of "
+                                               "3 on rank 1: training loss is nan"}], None)
+    assert capsys.readouterr().out == "epoch 3/5: stopped: epoch 3, batch 2 of 3 on rank 1: training loss is nan\n"
