@@ -62,10 +62,19 @@ class Batch:
     video_ids: list[str]
     steps: list[np.ndarray]  # the kept step indices per video (into the original T)
 
-    def to(self, device: torch.device | str) -> Batch:
-        return replace(self, features={m: x.to(device) for m, x in self.features.items()},
-                       present={m: p.to(device) for m, p in self.present.items()},
-                       mask=self.mask.to(device), targets=self.targets.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device, non_blocking=non_blocking)
+
+        return replace(self, features={m: move(x) for m, x in self.features.items()},
+                       present={m: move(p) for m, p in self.present.items()}, mask=move(self.mask),
+                       targets=move(self.targets))
+
+    def pin_memory(self) -> Batch:
+        """In page-locked host memory, so that a copy to a GPU can overlap the computation (`to(non_blocking)`)."""
+        return replace(self, features={m: x.pin_memory() for m, x in self.features.items()},
+                       present={m: p.pin_memory() for m, p in self.present.items()}, mask=self.mask.pin_memory(),
+                       targets=self.targets.pin_memory())
 
 
 def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None) -> np.ndarray:

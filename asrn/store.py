@@ -592,6 +592,14 @@ class FeatureStore:
         check_dims(videos, self.info.dims, str(self))
         return videos
 
+    def iter_videos(self, splits: Iterable[str]) -> Iterator[list[VideoFeatures]]:
+        """The videos of `splits`, one part file at a time: what a reader holds is a part, not the store."""
+        for f in self.files:
+            videos = table_to_videos(self.read(f, filters=[("split", "in", list(splits))]))
+            if videos:
+                check_dims(videos, self.info.dims, str(f))
+                yield videos
+
     def split_ids(self, split: str) -> list[str]:
         """The sorted video ids of `split`, reading only the video_id and split columns."""
         return sorted(i for f in self.files for i in self.read(f, columns=["video_id"], filters=[("split", "=", split)])

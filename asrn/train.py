@@ -373,14 +373,16 @@ def report_best_model(state: dict, config: TrainConfig, store: FeatureStore, out
     columns: dict[str, list] = {"video_id": [], "split": [], "labels": [], **{name: [] for name in labels}}
     scored = {}
     example = None
-    for split in ("val", "test"):
-        videos = store.videos([split])
-        example = example or videos[0]
-        scored[split] = (np.stack([encode(v.labels, config.task) for v in videos]),
-                         predict_scores(model, videos, config.task, config.batch_size))
-        columns["video_id"] += [v.video_id for v in videos]
-        columns["split"] += [split] * len(videos)
-        columns["labels"] += [[name for name in v.labels if name in labels] for v in videos]
+    for split in ("val", "test"):  # streamed a part file at a time: the scores are kept, not the features
+        targets, scores = [], []
+        for videos in store.iter_videos([split]):
+            example = example or videos[0]
+            targets.append(np.stack([encode(v.labels, config.task) for v in videos]))
+            scores.append(predict_scores(model, videos, config.task, config.batch_size))
+            columns["video_id"] += [v.video_id for v in videos]
+            columns["split"] += [split] * len(videos)
+            columns["labels"] += [[name for name in v.labels if name in labels] for v in videos]
+        scored[split] = (np.concatenate(targets), np.concatenate(scores))
         for j, name in enumerate(labels):
             columns[name] += scored[split][1][:, j].tolist()
     thresholds = choose_thresholds(*scored["val"])

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,10 +71,25 @@ def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
         os._exit(1)
 
 
-def _batches(iterator, batch_size: int, task: str, **kwargs):
-    """Ray Data pyarrow batches -> collated `Batch`es."""
-    for table in iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow", **kwargs):
-        yield collate(table_to_videos(table), task)
+def _batches(iterator, batch_size: int, task: str, device: torch.device, **kwargs) -> Iterator[Batch]:
+    """Ray Data pyarrow batches -> collated `Batch`es on `device`, made one batch ahead on a thread while the
+    current one trains (Ray Data prefetches the blocks); on a GPU pinned and copied without blocking."""
+    cuda = device.type == "cuda"
+
+    def ready(table) -> Batch:
+        batch = collate(table_to_videos(table), task)
+        return batch.pin_memory().to(device, non_blocking=True) if cuda else batch
+
+    tables = iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2, **kwargs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrn-collate") as collator:
+        pending = None
+        for table in tables:
+            upcoming = collator.submit(ready, table)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
 
 
 def _worker_data(config: LoopConfig, rank: int, device: torch.device) -> tuple[Callable[[int], Iterable[Batch]],
@@ -91,8 +107,8 @@ def _worker_data(config: LoopConfig, rank: int, device: torch.device) -> tuple[C
         return lambda epoch: train_split.epoch_batches(config.batch_size, config.seed, epoch), val
     train_shard = ray.train.get_dataset_shard("train")
     # the val set is small and read whole by every worker: read it once, score it every epoch
-    val = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task))
-    return lambda epoch: _batches(train_shard, config.batch_size, config.task,
+    val = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task, device))
+    return lambda epoch: _batches(train_shard, config.batch_size, config.task, device,
                                   local_shuffle_buffer_size=4 * config.batch_size,
                                   local_shuffle_seed=config.seed + epoch), val
 

@@ -248,3 +248,22 @@ def test_a_store_without_a_required_column_is_still_refused_by_name(tmp_path):
     _store_with(tmp_path, _split_videos(), drop=("has_face",))
     with pytest.raises(FeatureStoreError, match=r"part-0.parquet: lacks column\(s\) has_face"):
         check_store(tmp_path, "sub")
+
+
+def test_a_split_streams_one_part_at_a_time_and_adds_up_to_the_whole(tmp_path):
+    import shutil
+
+    from asrn.synth_features import synthesize_feature_store
+
+    one_part = synthesize_feature_store(tmp_path / "one", num_videos=30, seed=3)
+    videos = store.FeatureStore(one_part).videos()
+    where = tmp_path / "three"
+    where.mkdir()
+    shutil.copy(one_part / store.INFO_FILE, where / store.INFO_FILE)
+    for part, start in enumerate(range(0, 30, 10)):
+        store.write_videos(where, videos[start:start + 10], name=f"part-{part:05d}")
+    opened = store.FeatureStore(where)
+    parts = list(opened.iter_videos(["val", "test"]))
+    assert len(opened.files) == 3 and all(len(p) <= 10 for p in parts)
+    streamed = [v.video_id for p in parts for v in p]
+    assert streamed == [v.video_id for v in opened.videos(["val", "test"])] and streamed

@@ -499,3 +499,21 @@ def test_a_diverged_report_is_one_line_and_not_logged(capsys):
     EpochLogger(epochs=5).after_report(None, [{"epoch": 3, "val_map": float("nan"), DIVERGED: "epoch 3, batch 2 of "
                                                "3 on rank 1: training loss is nan"}], None)
     assert capsys.readouterr().out == "epoch 3/5: stopped: epoch 3, batch 2 of 3 on rank 1: training loss is nan\n"
+
+
+def test_ray_data_batches_are_collated_ahead_in_order(small_store):
+    """The Ray Data input path collates the next batch on a thread while the current one trains, in order."""
+    from asrn.store import FeatureStore, videos_to_table
+    from asrn.train_worker import _batches
+
+    videos = FeatureStore(small_store).videos(["train"])[:7]
+
+    class Shard:  # what Ray Train's get_dataset_shard gives: iter_batches over pyarrow tables
+        def iter_batches(self, batch_size, batch_format, prefetch_batches, **kwargs):
+            assert batch_format == "pyarrow" and prefetch_batches >= 1
+            for i in range(0, len(videos), batch_size):
+                yield videos_to_table(videos[i:i + batch_size])
+
+    batches = list(_batches(Shard(), 3, "sub", torch.device("cpu")))
+    assert [len(b.video_ids) for b in batches] == [3, 3, 1]
+    assert [i for b in batches for i in b.video_ids] == [v.video_id for v in videos]
