@@ -54,6 +54,9 @@ def quiet_ray_console(quiet: bool = True) -> None:
 
     if quiet:  # Ray calling its own deprecated options (e.g. Ray Train's DatasetManager): nothing a user can act on
         warnings.filterwarnings("ignore", category=RayDeprecationWarning, module=r"ray\.")
+        # asrn.extract bounds its tasks' and actors' retries (max_retries, max_task_retries): Ray 2.60 takes those
+        # only as `ray_remote_args`, which it deprecates without a replacement (removed in Ray 2.64)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=RayDeprecationWarning)
     # ray.init's token notice is filtered on its logger: ray.init replaces the console handlers before it warns
     targets = [logging.getLogger(TOKEN_AUTH_LOGGER)]
     targets += [h for name in ("ray.data", "ray", "") for h in _console_handlers(logging.getLogger(name))]

@@ -194,7 +194,9 @@ def _report(metrics: dict, progress: Progress, state: dict | None) -> None:
 def train_loop_per_worker(config: LoopConfig) -> None:
     """One Ray Train worker: restore the last checkpoint if any, then train, validate and report each epoch.
 
-    Reports REPORTED_METRICS plus lr, best_epoch, best_val_map, epoch_seconds and train_samples_per_s.
+    Reports REPORTED_METRICS plus lr, best_epoch, best_val_map, epoch_seconds, train_samples_per_s and
+    previous_epoch_cycle_seconds (the previous epoch from start to start: its report and the wait for the controller
+    included; NaN on the first).
     """
     quiet_ray_console(not config.verbose)  # after Ray Train configured this worker's logging (asrn.console)
     torch.manual_seed(config.seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
@@ -212,8 +214,11 @@ def train_loop_per_worker(config: LoopConfig) -> None:
     if progress.history and (progress.epoch >= config.recipe.epochs or progress.stale >= config.recipe.patience):
         ray.train.report(progress.history[-1])  # resumed after the end: report where it ended (Tune needs one)
         return
+    previous = None  # when the previous epoch started: one epoch's whole cycle, report included, is the difference
     for epoch in range(progress.epoch + 1, config.recipe.epochs + 1):
         started = time.perf_counter()
+        cycle = started - previous if previous is not None else float("nan")
+        previous = started
         try:
             loss_sum, seen = _all_reduce_sum(list(train_epoch(model, epoch_batches(epoch), optimizer, device,
                                                               config.precision, epoch)))
@@ -232,7 +237,8 @@ def train_loop_per_worker(config: LoopConfig) -> None:
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
                    **{f"val_{k}": val[k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")},
                    "lr": lr, "best_epoch": progress.best_epoch, "best_val_map": progress.best_score,
-                   "epoch_seconds": seconds, "train_samples_per_s": seen / seconds}
+                   "epoch_seconds": seconds, "train_samples_per_s": seen / seconds,
+                   "previous_epoch_cycle_seconds": cycle}
         progress.history.append(metrics)
         last = epoch == config.recipe.epochs or progress.stale >= config.recipe.patience
         if improved or last or epoch % config.checkpoint_every == 0:  # the same on every rank (shared score)

@@ -10,10 +10,13 @@ Method:
   Ray started once with `ray start --head` and the same environment; its start is not counted).
 - Rounds interleave every (mode, epochs) pair: own E1, join E1, own E2, join E2, repeated; the 1-minute load average
   before and after each run is recorded.
-- Per round and mode, the linear model wall(E) = fixed + E x epoch gives epoch = (wall(E2) - wall(E1)) / (E2 - E1)
-  and fixed = wall(E1) - E1 x epoch; median and best over the rounds. The command's own console lines, timestamped
-  here, split the E1 run into phases: start to "ray:" (imports, store check, MLflow run), Ray start, store loading,
-  Train start to the first epoch's line, and the end (best.pt, scores, MLflow model).
+- An epoch's cost in the command: the median whole cycle of an epoch in the worker (train, validate, report, wait
+  for the controller's poll; epochs 2..E2-1), which the worker reports; the fixed cost: the E2 run's wall time less E2
+  such epochs. (An epoch is a fraction of a second here, so the linear model wall(E) = fixed + E x epoch over
+  two runs drowns in their noise; both are recorded.)
+- The command's own console lines, timestamped here, split the E2 run into phases: start to "ray:" (imports,
+  store check, MLflow run), Ray start, store loading, Train start to the first epoch's line, and the end
+  (best.pt, scores, MLflow model).
 - The plain loop's epoch (train pass + validation, asrn.loop, 1 thread, in-process, no Ray) is measured in this
   process before the rounds; the per-epoch overhead is the command's epoch minus it.
 - CPU: the command's process tree as reaped by this script (getrusage of children: the driver and what it waited
@@ -34,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from machine import load, spread
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+:")
@@ -57,24 +61,41 @@ def phases(lines: list[tuple[float, str]], wall: float) -> dict:
             "train_start_s": epochs[0] - loaded, "end_s": wall - epochs[-1]}
 
 
-def run_command(store: Path, out: Path, epochs: int, tracking: str, address: str | None) -> dict:
+def epoch_gap(out: Path, tracking: str) -> float | None:
+    """The median whole cycle of an epoch in the worker (train, validate, report and wait for the controller to take
+    the report; epochs 2..E-1), as the worker logs it (`previous_epoch_cycle_seconds`): the lines a driver prints
+    arrive in batches (Ray forwards worker output so, and MLflow's writer catches up in bursts)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    cycles = [m.value for m in MlflowClient(tracking).get_metric_history(run_id, "previous_epoch_cycle_seconds")
+              if m.step >= 3 and np.isfinite(m.value)]  # the cycle of epochs 2.. (epoch 1 warms up)
+    return float(np.median(cycles)) if cycles else None
+
+
+def run_command(store: Path, out: Path, epochs: int, tracking: str, address: str | None, env: dict) -> dict:
     command = [str(Path(sys.executable).parent / "asrn"), "train", "--features", str(store), "--task", "sub",
                "--out", str(out), "--epochs", str(epochs), "--patience", str(epochs + 1), "--num-workers", "1",
                "--tracking-uri", tracking, *(["--address", address] if address else [])]
     before, cpu0, t0 = load(), children_cpu(), time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
     lines = [(time.perf_counter() - t0, line.rstrip()) for line in process.stdout]
     wall = time.perf_counter() - t0
     if process.wait():
         raise SystemExit(f"{' '.join(command)} failed:\n" + "\n".join(line for _, line in lines[-30:]))
+    gap = epoch_gap(out, tracking)
     return {"epochs": epochs, "wall_s": round(wall, 2), "cpu_reaped_s": round(children_cpu() - cpu0, 2),
+            **({"epoch_gap_s": round(gap, 3)} if gap is not None else {}),
             "load_before": before, "load_after": load(), "phases": {k: round(v, 2) for k, v in
                                                                     phases(lines, wall).items()}}
 
 
-def start_lean_ray(work: Path) -> tuple[subprocess.Popen, str]:
-    """One lean Ray (`ray start --head`, the environment of asrn.ray_session), for the `join` runs."""
+def start_lean_ray(work: Path) -> tuple[subprocess.Popen, str, dict]:
+    """One lean Ray (`ray start --head`, the environment of asrn.ray_session, token authentication as
+    cluster/local.sh sets it up), for the `join` runs; returns it, its address and the clients' environment."""
     from asrn.ray_session import API_SERVER_ENV, lean_environment
 
     lean_environment()
@@ -84,7 +105,9 @@ def start_lean_ray(work: Path) -> tuple[subprocess.Popen, str]:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     gcs, dashboard = ports
-    env = {**os.environ, API_SERVER_ENV: f"http://127.0.0.1:{dashboard}"}
+    (work / "auth_token").write_text(os.urandom(32).hex())
+    client = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(work / "auth_token")}
+    env = {**os.environ, **client, API_SERVER_ENV: f"http://127.0.0.1:{dashboard}"}
     temp = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
     process = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                                 "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--dashboard-port={dashboard}",
@@ -96,7 +119,7 @@ def start_lean_ray(work: Path) -> tuple[subprocess.Popen, str]:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", gcs)) == 0:
                 time.sleep(3)  # the raylet registers after the GCS listens
-                return process, f"127.0.0.1:{gcs}"
+                return process, f"127.0.0.1:{gcs}", client
         if process.poll() is not None:
             break
         time.sleep(0.5)
@@ -111,20 +134,22 @@ def plain_epoch_seconds(store: Path, spec, run_plain) -> dict:
 
 
 def estimates(runs: list[dict], low: int, high: int) -> dict:
-    """Per round: epoch and fixed cost from the two epoch counts (see the module docstring)."""
+    """Per round: epoch and fixed cost (see the module docstring), and the two-run linear model beside them."""
     by_round = {}
     for run in runs:
-        by_round.setdefault(run["round"], {})[run["epochs"]] = run["wall_s"]
-    epoch = [(r[high] - r[low]) / (high - low) for r in by_round.values()]
-    fixed = [r[low] - low * e for r, e in zip(by_round.values(), epoch, strict=True)]
-    return {"epoch_s": spread(epoch, min), "fixed_s": spread(fixed, min)}
+        by_round.setdefault(run["round"], {})[run["epochs"]] = run
+    epoch = [r[high]["epoch_gap_s"] for r in by_round.values()]
+    fixed = [r[high]["wall_s"] - high * e for r, e in zip(by_round.values(), epoch, strict=True)]
+    linear = [(r[high]["wall_s"] - r[low]["wall_s"]) / (high - low) for r in by_round.values()]
+    return {"epoch_s": spread(epoch, min), "fixed_s": spread(fixed, min),
+            "linear_model_epoch_s": spread(linear, min)}
 
 
 def bench_command_line(store: Path, spec, run_plain, work: Path, rounds: int, epoch_counts: list[int]) -> dict:
     low, high = epoch_counts
     plain = plain_epoch_seconds(store, spec, run_plain)
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    cluster, address = start_lean_ray(work)
+    cluster, address, client = start_lean_ray(work)
     runs = []
     try:
         for round_ in range(1, rounds + 1):
@@ -132,9 +157,11 @@ def bench_command_line(store: Path, spec, run_plain, work: Path, rounds: int, ep
                 for mode in ("own", "join"):
                     out = work / f"cli-{mode}-{epochs}-{round_}"
                     run = {"mode": mode, "round": round_,
-                           **run_command(store, out, epochs, tracking, address if mode == "join" else None)}
+                           **run_command(store, out, epochs, tracking, *((address, client) if mode == "join"
+                                                                          else (None, {})))}
                     runs.append(run)
-                    print(f"round {round_} {mode} {epochs} epoch(s): {run['wall_s']} s, phases {run['phases']}, "
+                    print(f"round {round_} {mode} {epochs} epoch(s): {run['wall_s']} s, epoch gap "
+                          f"{run.get('epoch_gap_s')} s, phases {run['phases']}, "
                           f"load {run['load_before'][0]}->{run['load_after'][0]}", flush=True)
     finally:
         os.killpg(cluster.pid, signal.SIGTERM)
@@ -145,7 +172,7 @@ def bench_command_line(store: Path, spec, run_plain, work: Path, rounds: int, ep
         summary[mode] = estimates(mine, low, high)
         summary[mode]["epoch_overhead_s"] = spread(
             [e - plain["epoch_with_validation_s"] for e in summary[mode]["epoch_s"]["all"]], min)
-        summary[mode]["phases_of_the_short_run"] = {
-            k: spread([r["phases"][k] for r in mine if r["epochs"] == low], min) for k in PHASES}
+        summary[mode]["phases_of_the_long_run"] = {
+            k: spread([r["phases"][k] for r in mine if r["epochs"] == high], min) for k in PHASES}
     return {"plain_loop": {"epoch_with_validation_s": plain["epoch_with_validation_s"], "threads": 1},
             "epoch_counts": [low, high], "summary": summary, "runs": runs}

@@ -66,3 +66,17 @@ def test_the_epoch_line_has_elapsed_time_and_an_eta_without_start_up(monkeypatch
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("epoch 1/10:") and "elapsed 60 s, ETA 72 s" in lines[0]  # 9 x the epoch's 8 s
     assert "elapsed 70 s, ETA 80 s" in lines[1] and "elapsed 80 s, ETA 70 s" in lines[2]  # 10 s an epoch
+
+
+def test_rays_deprecation_of_the_retry_arguments_extract_needs_stays_off_the_console():
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_ray_console()
+        warnings.warn("`ray_remote_args` is deprecated and will be removed in Ray 2.64. Use the named remote "
+                      "parameters instead.", RayDeprecationWarning, stacklevel=1)  # as Ray Data words it
+        warnings.warn("something else Ray deprecates", RayDeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else Ray deprecates"]

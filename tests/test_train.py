@@ -372,6 +372,9 @@ def test_the_console_shows_the_projects_lines_not_rays(trained):
     assert f"epoch 1/{SHORT_RUN_EPOCHS}:" in console and "ETA" in console
     for ray_line in ("Reporting training result", "Checkpoint successfully created", "execution finished"):
         assert ray_line not in console, ray_line
+    # every line is one of the project's: nothing of Ray's, MLflow's or a library's warnings in between
+    project = ("store ", "store: ", "training ", "ray: ", "epoch ")
+    assert [line for line in console.splitlines() if not line.startswith(project)] == [], console
 
 
 @pytest.mark.ray
