@@ -415,9 +415,10 @@ def _build_face_encoder(spec: EncoderSpec, weights_dir: Path | None, device: str
     return encoder
 
 
-def build_encoders(preset: str, weights_dir: Path | None = None, device: str = "cpu") -> dict[str, Encoder]:
+def build_encoders(preset: str, weights_dir: Path | None = None, device: str = "cpu",
+                   warn: bool = True) -> dict[str, Encoder]:
     """{modality: Encoder} for a preset (`encoder_specs`), keys in MODALITIES order; one warning lists random-init
-    modalities."""
+    modalities (`warn=False`: none, where the driver has said it already)."""
     encoders: dict[str, Encoder] = {}
     for modality, spec in encoder_specs(preset, weights_dir).items():
         if modality == "face":
@@ -427,7 +428,7 @@ def build_encoders(preset: str, weights_dir: Path | None = None, device: str = "
         cls = FlowEncoder if spec.in_channels != 3 else Encoder
         encoders[modality] = cls(modality, spec, net, provenance, device)
     random = [f"{m} ({e.name})" for m, e in encoders.items() if e.weights == RANDOM_INIT]
-    if random:
+    if random and warn:
         message = weights_help(", ".join(random))
         warnings.warn(message, stacklevel=2)
         logger.warning(message)

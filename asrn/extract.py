@@ -272,7 +272,8 @@ class EncodeVideos:
         self.window = window  # encode only the steps this sequence-former window keeps (None: all)
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.encoders = build_encoders(preset, Path(weights_dir) if weights_dir else None, device)
+        # the driver has named the random-init encoders once; each actor saying it again is noise
+        self.encoders = build_encoders(preset, Path(weights_dir) if weights_dir else None, device, warn=False)
         self.names = json.dumps({m: e.name for m, e in self.encoders.items()}, sort_keys=True)
         self.weights = json.dumps({m: e.weights for m, e in self.encoders.items()}, sort_keys=True)
 
@@ -351,6 +352,8 @@ def build_dataset(entries: Sequence[ManifestEntry], config: ExtractConfig):
         max_task_retries=config.max_retries,  # a batch whose actor dies (restarted each time) is retried so often
         **resources,
     )
+    if not config.verbose and hasattr(ds.context, "issue_detectors_config"):  # Ray 2.60's hints, after the fact
+        ds.context.issue_detectors_config.detectors = []  # (e.g. "used up to 828 MiB of its 1 GiB"), off the console
     ds.context.max_errored_blocks = -1  # a block whose retries ran out is dropped; the driver records its videos
     return ds
 

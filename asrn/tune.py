@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import optuna
 import ray
 import ray.data
 import ray.train
@@ -437,6 +438,8 @@ def build_searcher(seed: int) -> OptunaSearch:
 
 def _build_tuner(config: TuneConfig, space: dict[str, Dimension], trainable, max_concurrent: int, recorder,
                  storage: str) -> ray.tune.Tuner:
+    if not config.verbose:  # Optuna's INFO lines ("A new study created ...") off the console
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = ConcurrencyLimiter(build_searcher(config.seed), max_concurrent=max_concurrent)
     # ASHA compares trials at the same epoch: on the current val mAP
     scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=config.epochs,
