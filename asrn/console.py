@@ -80,8 +80,10 @@ MLFLOW_FILTER = MlflowNoticeFilter()
 
 def quiet_mlflow_console(quiet: bool = True) -> None:
     """MLflow's routine lines off the console unless not `quiet`: system-metrics monitoring's INFO lines (started,
-    stopped, no GPU) and the pickle notice. Set on MLflow's loggers by name: MLflow need not be imported yet."""
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING if quiet else logging.NOTSET)
+    stopped, no GPU), a new sqlite store's table creation, and the pickle notice. Set on MLflow's loggers by name:
+    MLflow need not be imported yet."""
+    for name in ("mlflow.system_metrics", "mlflow.store.db.utils"):  # and a new sqlite store's "Creating tables"
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
     pytorch = logging.getLogger("mlflow.pytorch")
     if quiet:
         pytorch.addFilter(MLFLOW_FILTER)

@@ -436,16 +436,20 @@ def build_searcher(seed: int) -> OptunaSearch:
     return OptunaSearch(metric=BEST_METRIC, mode=MODE, sampler=TPESampler(seed=seed))
 
 
+def build_scheduler(config: TuneConfig):
+    """ASHA (or FIFO): it compares trials at the same epoch, on the current val mAP."""
+    if config.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=config.epochs,
+                         grace_period=min(config.grace_period, config.epochs), reduction_factor=config.reduction_factor)
+
+
 def _build_tuner(config: TuneConfig, space: dict[str, Dimension], trainable, max_concurrent: int, recorder,
                  storage: str) -> ray.tune.Tuner:
     if not config.verbose:  # Optuna's INFO lines ("A new study created ...") off the console
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = ConcurrencyLimiter(build_searcher(config.seed), max_concurrent=max_concurrent)
-    # ASHA compares trials at the same epoch: on the current val mAP
-    scheduler = (ASHAScheduler(metric=METRIC, mode=MODE, time_attr="epoch", max_t=config.epochs,
-                               grace_period=min(config.grace_period, config.epochs),
-                               reduction_factor=config.reduction_factor)
-                 if config.scheduler == "asha" else FIFOScheduler())
+    scheduler = build_scheduler(config)
     return ray.tune.Tuner(
         trainable,
         param_space=to_tune_space(space),
