@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import ray.train
 
 DIVERGED = "diverged"  # a report's key: training stopped on a non-finite loss (the message); the driver raises it
+MEASURED_AT = "measured_at"  # a report's key: when its epoch ended (Unix seconds), MLflow's timestamp for its metrics
 
 
 class EpochLogger(ray.train.UserCallback):
@@ -94,7 +95,7 @@ class EpochLogger(ray.train.UserCallback):
         if reported is not None:
             from asrn.mlflow_runs import log_metrics
 
-            log_metrics(self.tracking_uri, self.run_id, epoch_metrics(reported), step=int(reported["epoch"]))
+            log_epoch(self.tracking_uri, self.run_id, reported)
         print(line, flush=True)
 
     def flush(self) -> None:
@@ -111,8 +112,18 @@ def _import_mlflow() -> None:
 
 
 def epoch_metrics(reported: dict) -> dict:
-    """An epoch's report as MLflow metrics (the epoch is the step)."""
-    return {k: v for k, v in reported.items() if k != "epoch"}
+    """An epoch's report as MLflow metrics (the epoch is the step, its end the timestamp)."""
+    return {k: v for k, v in reported.items() if k not in ("epoch", MEASURED_AT)}
+
+
+def log_epoch(tracking_uri: str, run_id: str, reported: dict) -> None:
+    """Log an epoch's metrics stamped with the time it ended, not the time of the write: MLflow sorts a metric's
+    history by timestamp, so an epoch logged late (from a checkpoint, below) still sits in its place."""
+    from asrn.mlflow_runs import log_metrics
+
+    measured = reported.get(MEASURED_AT)
+    log_metrics(tracking_uri, run_id, epoch_metrics(reported), step=int(reported["epoch"]),
+                timestamp_ms=int(measured * 1000) if measured is not None else None)
 
 
 def log_unlogged_epochs(tracking_uri: str, run_id: str, history: list[dict]) -> list[int]:
@@ -121,10 +132,10 @@ def log_unlogged_epochs(tracking_uri: str, run_id: str, history: list[dict]) -> 
     A driver killed between an epoch's checkpoint and its MLflow batch leaves that epoch only in the checkpoint,
     and the resumed run starts after it.
     """
-    from asrn.mlflow_runs import log_metrics, logged_steps
+    from asrn.mlflow_runs import logged_steps
 
     logged = logged_steps(tracking_uri, run_id, "train_loss")
     missing = [h for h in history if int(h["epoch"]) not in logged]
     for h in missing:
-        log_metrics(tracking_uri, run_id, epoch_metrics(h), step=int(h["epoch"]))
+        log_epoch(tracking_uri, run_id, h)
     return [int(h["epoch"]) for h in missing]

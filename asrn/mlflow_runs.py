@@ -97,12 +97,13 @@ def log_params(tracking_uri: str, run_id: str, params: dict) -> None:
     client.log_batch(run_id, params=new, tags=changed)
 
 
-def log_metrics(tracking_uri: str, run_id: str, metrics: dict, step: int, tags: dict[str, str] | None = None) -> None:
-    """Log the finite numbers of `metrics` at `step` (and `tags`) in one batch."""
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict, step: int, tags: dict[str, str] | None = None,
+                timestamp_ms: int | None = None) -> None:
+    """Log the finite numbers of `metrics` at `step` (and `tags`) in one batch, stamped `timestamp_ms` (now)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
-    now = int(time.time() * 1000)
+    now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
     values = [Metric(k, float(v), now, step) for k, v in metrics.items() if is_number(v)]
     MlflowClient(tracking_uri).log_batch(run_id, metrics=values,
                                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])

@@ -29,7 +29,7 @@ import torch
 
 from asrn.checkpoint import load_training_state, save_training_state
 from asrn.console import quiet_ray_console
-from asrn.epoch_logger import DIVERGED
+from asrn.epoch_logger import DIVERGED, MEASURED_AT
 from asrn.labels import task_labels
 from asrn.loop import NonFiniteLossError, Recipe, build_optimizer, evaluate, shared_score, train_epoch
 from asrn.metrics import compute_metrics
@@ -238,7 +238,7 @@ def train_loop_per_worker(config: LoopConfig) -> None:
                    **{f"val_{k}": val[k] for k in ("map", "f1_macro", "f1_micro", "acc", "subacc")},
                    "lr": lr, "best_epoch": progress.best_epoch, "best_val_map": progress.best_score,
                    "epoch_seconds": seconds, "train_samples_per_s": seen / seconds,
-                   "previous_epoch_cycle_seconds": cycle}
+                   "previous_epoch_cycle_seconds": cycle, MEASURED_AT: time.time()}
         progress.history.append(metrics)
         last = epoch == config.recipe.epochs or progress.stale >= config.recipe.patience
         if improved or last or epoch % config.checkpoint_every == 0:  # the same on every rank (shared score)

@@ -52,7 +52,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from asrn import mlflow_model, mlflow_runs
 from asrn.checkpoint import load_training_state
-from asrn.epoch_logger import DIVERGED
+from asrn.epoch_logger import DIVERGED, MEASURED_AT
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import TASKS, UnknownTaskError
@@ -280,7 +280,9 @@ class SweepRecorder(ray.tune.Callback):
             self._logged[run_id] = mlflow_runs.logged_steps(self.tracking_uri, run_id, "val_map")
         if epoch not in self._logged[run_id]:
             self._logged[run_id].add(epoch)
-            mlflow_runs.log_metrics(self.tracking_uri, run_id, {k: result.get(k) for k in EPOCH_METRICS}, step=epoch)
+            measured = result.get(MEASURED_AT)  # the epoch's end, as for `asrn train` (asrn.epoch_logger.log_epoch)
+            mlflow_runs.log_metrics(self.tracking_uri, run_id, {k: result.get(k) for k in EPOCH_METRICS}, step=epoch,
+                                    timestamp_ms=int(measured * 1000) if measured is not None else None)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._finish(trial, trial_status(trial.last_result, self.epochs, self.patience))

@@ -185,22 +185,28 @@ def test_load_checkpoint_refuses_other_files(tmp_path):
 SHORT_RUN_EPOCHS = 8
 
 
-def test_epochs_only_in_the_checkpoint_are_logged_to_mlflow_once(tmp_path):
-    """A driver killed between an epoch's checkpoint and its MLflow batch: the resumed run logs that epoch."""
+def test_epochs_only_in_the_checkpoint_are_logged_to_mlflow_once_and_in_their_place(tmp_path):
+    """A driver killed between an epoch's checkpoint and its MLflow batch: the resumed run logs that epoch, after
+    later ones, yet MLflow's history (sorted by timestamp) lists it in epoch order: it is stamped when it ended."""
+    import time
+
     from mlflow import MlflowClient
 
     from asrn import mlflow_runs
+    from asrn.epoch_logger import MEASURED_AT, log_epoch
     from asrn.train import log_unlogged_epochs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id, _ = mlflow_runs.open_run(uri, "exp", "run", {}, tmp_path / "mlflow_run.json", resume=False)
-    history = [{"epoch": e, "train_loss": 1.0 / e, "val_map": 0.1 * e} for e in (1, 2, 3)]
+    start = time.time() - 60
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_map": 0.1 * e, MEASURED_AT: start + e} for e in (1, 2, 3)]
     for h in (history[0], history[2]):
-        mlflow_runs.log_metrics(uri, run_id, {"train_loss": h["train_loss"]}, step=h["epoch"])
+        log_epoch(uri, run_id, {"epoch": h["epoch"], "train_loss": h["train_loss"], MEASURED_AT: h[MEASURED_AT]})
     assert log_unlogged_epochs(uri, run_id, history) == [2]
     assert log_unlogged_epochs(uri, run_id, history) == []
     client = MlflowClient(uri)
-    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3]
+    assert MEASURED_AT not in client.get_run(run_id).data.metrics
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_map")] == [(2, pytest.approx(0.2))]
 
 
