@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 PROGRESS_BARS_OFF = "Progress bars disabled"  # Ray Data's notice, once per process, when its progress bars are off
 TOKEN_AUTH_NOTICE = "Token authentication is enabled"  # ray.init's warning on every local start: nothing to act on
 TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 MLFLOW_PICKLE_NOTICE = "Saving pytorch model by Pickle"  # asrn.mlflow_model.log_best_model pickles on purpose
+# Ray's C++ core worker, once per actor Ray Data starts in a pool: it passes each actor its DataContext and
+# transformer by object reference and restarts dead actors (ray-project/ray issue 53727); the references live as long
+# as the pipeline, so the restart it warns about works
+ACTOR_ARGS_NOTICE = "has constructor arguments in the object store and max_restarts > 0"
 
 
 class RayConsoleFilter(logging.Filter):
@@ -89,3 +97,44 @@ def quiet_mlflow_console(quiet: bool = True) -> None:
         pytorch.addFilter(MLFLOW_FILTER)
     else:
         pytorch.removeFilter(MLFLOW_FILTER)
+
+
+@contextmanager
+def stderr_without(notices: tuple[str, ...] = (ACTOR_ARGS_NOTICE,)) -> Iterator[None]:
+    """Keep the lines that contain one of `notices` off this process's stderr while inside.
+
+    Ray's C++ core writes to file descriptor 2 directly, where no logging setting reaches, so the descriptor itself
+    goes through a pipe that a thread forwards line by line. Enter it after `ray.init`: a process started inside
+    would inherit the pipe.
+    """
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    console = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    wanted = [n.encode() for n in notices]
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            pending = b""
+            while chunk := pipe.read(65536):
+                *lines, pending = (pending + chunk).split(b"\n")
+                kept = b"".join(line + b"\n" for line in lines if not any(w in line for w in wanted))
+                _write_all(console, kept)
+            _write_all(console, pending)
+
+    thread = threading.Thread(target=forward, name="asrn-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(console, 2)  # closes the pipe's write end: the thread reads to its end and stops
+        thread.join(timeout=10)
+        if not thread.is_alive():  # else a child holds the pipe: the thread still forwards to `console`
+            os.close(console)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]

@@ -62,6 +62,7 @@ wires it into Ray Data and writes the store.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -82,6 +83,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
+from asrn.console import stderr_without
 from asrn.detect import (
     DETECT_CHUNK_FRAMES,
     FasterRCNNDetector,
@@ -603,8 +605,9 @@ def _run_pipeline(todo: list[ManifestEntry], config: ExtractConfig, writer: _Sto
     ray_log = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
     ray_log.addHandler(handler)
     try:
-        for table in build_dataset(todo, config).iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(table)
+        with contextlib.nullcontext() if config.verbose else stderr_without():  # Ray's C++ line per encoder actor
+            for table in build_dataset(todo, config).iter_batches(batch_size=None, batch_format="pyarrow"):
+                writer.add(table)
         writer.add_lost([e for e in todo if e.video_id not in writer.seen], handler.dropped)
         writer.flush()
         writer.flush_errors()

@@ -80,3 +80,25 @@ def test_rays_deprecation_of_the_retry_arguments_extract_needs_stays_off_the_con
                       "parameters instead.", RayDeprecationWarning, stacklevel=1)  # as Ray Data words it
         warnings.warn("something else Ray deprecates", RayDeprecationWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something else Ray deprecates"]
+
+
+def test_rays_core_worker_notice_is_kept_off_stderr_and_everything_else_passes_in_order():
+    """Ray's C++ core writes its actor-arguments line to file descriptor 2 itself: the filter works at that level,
+    on a separate process's real stderr, and gives the descriptor back afterwards."""
+    import subprocess
+    import sys
+
+    script = """
+import os, sys
+from asrn.console import ACTOR_ARGS_NOTICE, stderr_without
+with stderr_without():
+    os.write(2, b"before\\n")
+    os.write(2, ("W1205 core_worker.cc:1] Actor with class name: 'MapWorker' " + ACTOR_ARGS_NOTICE + ". See\\n").encode())
+    print("from python", file=sys.stderr)
+    os.write(2, b"split ")
+    os.write(2, b"line\\nno newline at the end")
+os.write(2, b"\\nafter\\n")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "before\nfrom python\nsplit line\nno newline at the end\nafter\n"

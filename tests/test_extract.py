@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from asrn.console import ACTOR_ARGS_NOTICE
 from asrn import extract as extract_module
 from asrn import store, video
 from asrn.encoders import PRESETS, build_encoders
@@ -522,6 +523,7 @@ def test_a_killed_driver_then_a_rerun_store_every_video_exactly_once(ray_cluster
     os.kill(driver.pid, signal.SIGKILL)
     assert driver.wait() == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-2000:]
     assert (out / store.LOCK_FILE).exists()  # the dead driver's lock: taken over below
+    assert ACTOR_ARGS_NOTICE not in (tmp_path / "driver.log").read_text()  # Ray's C++ line per encoder actor
 
     summary = extract_features(ExtractConfig(manifest=manifest, out=out, batch_size=2, videos_per_part=2))
     assert summary.skipped >= 2
