@@ -93,7 +93,7 @@ import os, sys
 from asrn.console import ACTOR_ARGS_NOTICE, stderr_without
 with stderr_without():
     os.write(2, b"before\\n")
-    os.write(2, ("W1205 core_worker.cc:1] Actor with class name: 'MapWorker' " + ACTOR_ARGS_NOTICE + ". See\\n").encode())
+    os.write(2, ("W1205 core_worker.cc:1] Actor 'MapWorker' " + ACTOR_ARGS_NOTICE + ". See\\n").encode())
     print("from python", file=sys.stderr)
     os.write(2, b"split ")
     os.write(2, b"line\\nno newline at the end")

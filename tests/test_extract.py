@@ -24,9 +24,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from asrn.console import ACTOR_ARGS_NOTICE
 from asrn import extract as extract_module
 from asrn import store, video
+from asrn.console import ACTOR_ARGS_NOTICE
 from asrn.encoders import PRESETS, build_encoders
 from asrn.extract import ExtractConfig, ExtractError, extract_features
 from asrn.features import PreparedVideo, VideoSettings, VideoStageError, encode_prepared, prepare_video
