@@ -33,7 +33,9 @@ Method (GitHub issue 14, point 4):
   5-point-aligned chips, the default) and face_deepid (the DeepID-style net on box crops, as before; a deepid.pth
   selects it): the CPU stage (prepare_video of every video, alignment or cropping included) then the face encoder
   on every present face, one torch thread; ms per step and per face. Only face sides: Ray is not started, e.g.
-  `--order face_dlib,face_deepid --num-videos 4 --rounds 2`.
+  `--order face_dlib,face_deepid --num-videos 4 --rounds 2`. The whole pipeline with each: pipeline_<W>w (dlib,
+  the default) against pipeline_<W>w_deepid (a deepid.pth in --weights-dir), e.g. `--order
+  pipeline_1w,pipeline_1w_deepid --num-videos 24 --rounds 3 --out benchmarks/results/extract_face_pipeline.json`.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from asrn.features import PreparedVideo, VideoSettings, encode_batch, prepare_vi
 from asrn.manifest import read_manifest  # noqa: E402
 from asrn.synth_videos import synthesize_videos  # noqa: E402
 
-SIDE = re.compile(r"^(?:encoders_(\d+)t|pipeline_(\d+)w|face_(dlib|deepid))$")
+SIDE = re.compile(r"^(?:encoders_(\d+)t|pipeline_(\d+)w(_deepid)?|face_(dlib|deepid))$")
 
 
 class EncodeVideos(extract_module.EncodeVideos):
@@ -126,11 +128,12 @@ def run_encoders(prepared: list[PreparedVideo], threads: int, batch_size: int) -
             "load_average_before": load_before, "load_average_after": load()[0]}
 
 
-def run_pipeline(manifest: Path, work: Path, workers: int, batch_size: int) -> dict:
+def run_pipeline(manifest: Path, work: Path, workers: int, batch_size: int, weights_dir: Path | None = None) -> dict:
     load_before = load()[0]
     TimedWriter.rows = []
     config = ExtractConfig(manifest=manifest, out=work / f"feats-{workers}", preset="lite", fps=2.0,
-                           num_workers=workers, cpus_per_worker=1.0, batch_size=batch_size, overwrite=True)
+                           num_workers=workers, cpus_per_worker=1.0, batch_size=batch_size, overwrite=True,
+                           weights_dir=weights_dir)
     baseline = DescendantCpu()
     baseline._read()  # Ray's processes outlive a run (raylet, idle workers): count only what they use in this one
     with DescendantCpu() as cpu:
@@ -204,7 +207,8 @@ def summarize(runs: list[dict]) -> dict:
 def ratios(summary: dict) -> dict:
     """The issue's two targets, on steady state and on the whole run, medians and bests."""
     pairs = {"pipeline_1w/encoders_1t": ("pipeline_1w", "encoders_1t", 0.8),
-             "pipeline_2w/pipeline_1w": ("pipeline_2w", "pipeline_1w", 1.6)}
+             "pipeline_2w/pipeline_1w": ("pipeline_2w", "pipeline_1w", 1.6),
+             "pipeline_1w/pipeline_1w_deepid": ("pipeline_1w", "pipeline_1w_deepid", None)}  # dlib's cost
     out = {}
     for label, (a, b, target) in pairs.items():
         if a in summary and b in summary:
@@ -212,7 +216,8 @@ def ratios(summary: dict) -> dict:
             for span in ("steady_steps_per_s", "whole_steps_per_s"):
                 for stat in ("median", "best"):
                     entry[f"{span}_{stat}"] = round(summary[a][span][stat] / summary[b][span][stat], 3)
-            entry["met_steady_median"] = entry["steady_steps_per_s_median"] >= target
+            if target is not None:
+                entry["met_steady_median"] = entry["steady_steps_per_s_median"] >= target
             out[label] = entry
     return out
 
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-videos", type=int, default=125, help="12 steps each at fps 2: 125 -> 1,500 steps")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--order", default="encoders_1t,pipeline_1w,pipeline_2w",
-                        help="one round, in order: encoders_<T>t and pipeline_<W>w, comma-separated")
+                        help="one round, in order: encoders_<T>t, pipeline_<W>w[_deepid], face_dlib, face_deepid; "
+                        "comma-separated")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per encoder batch (both sides)")
     parser.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs of the local Ray (default 2x cores)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "extract.json")
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.order.split(",") if n]
     bad = [n for n in names if not SIDE.match(n)]
     if bad:
-        parser.error(f"--order: unknown side(s) {', '.join(bad)}; expected encoders_<T>t, pipeline_<W>w, "
+        parser.error(f"--order: unknown side(s) {', '.join(bad)}; expected encoders_<T>t, pipeline_<W>w[_deepid], "
                      "face_dlib or face_deepid")
     os.environ.setdefault("TQDM_DISABLE", "1")
     import ray
@@ -266,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(1, args.rounds + 1):
                 for name in names:  # interleaved: A, B, C, A, B, C, ...
                     m = SIDE.match(name)
-                    if m.group(3):
+                    if m.group(4):
                         runs.append({"name": name, "round": round_, **run_face(manifest, faces[name][1],
                                                                                faces[name][0])})
                         print(f"round {round_} {name}: {runs[-1]}", flush=True)
                         continue
                     run = (run_encoders(prepared, int(m.group(1)), args.batch_size) if m.group(1)
-                           else run_pipeline(manifest, work, int(m.group(2)), args.batch_size))
+                           else run_pipeline(manifest, work, int(m.group(2)), args.batch_size,
+                                             deepid_dir if m.group(3) else None))
                     runs.append({"name": name, "round": round_, **run})
                     print(f"round {round_} {name}: {run['steady_steps_per_s']} steps/s steady, "
                           f"{run['whole_steps_per_s']} whole ({run['whole_s']} s), load "
