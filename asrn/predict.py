@@ -7,8 +7,9 @@ writes it), the sequence former and ASRN in eval mode, then three files:
                   on val at training time, stored in best.pt; --threshold sets one for all), top relations,
                   video, checkpoint, preset, fps, detector, step counts, warnings
   attention.json  the kept steps: timestamps, temporal attention a_t (sums to 1), modality attention c_t per step
-                  (image, motion, body, face; sums to 1 over the modalities present), BDLSTM boundaries s_t, shot
-                  weights ω, shot index per step, keyframes; plus has_body / has_face of every sampled step
+                  (image, motion, body, face; sums to 1 over the modalities present), BDLSTM boundaries s_t (with
+                  the default boundaries="cuts": the clip's cuts, asrn.shots), shot weights ω, shot index per step,
+                  keyframes (one per shot); plus has_body / has_face of every sampled step
   attention.png   paper Fig. 7: a keyframe per shot with the temporal attention as a colour bar under them (light =
                   high), the modality attention over time, and the top relations
 Layout: one video -> the files go in --out itself; several videos -> --out/<name>/ per video, where <name> is the
@@ -246,11 +247,13 @@ def shot_indices(boundaries: np.ndarray) -> np.ndarray:
 
 
 def keyframe_positions(shot_index: np.ndarray, attention: np.ndarray, even: int = EVEN_KEYFRAMES,
-                       most: int = MAX_KEYFRAMES) -> list[int]:
+                       most: int = MAX_KEYFRAMES, real_shots: bool = False) -> list[int]:
     """Kept-step positions to show: per shot the step of highest temporal attention (at most `most` shots, those
-    with the most attention); with fewer than two shots `even` evenly spaced steps."""
+    with the most attention). `real_shots`: the shots are the video's own (the model's boundaries are the detected
+    cuts), so a single-shot video shows one keyframe; otherwise fewer than two shots show `even` evenly spaced steps
+    (the paper's detector finding no shot says nothing about the video)."""
     shots = np.unique(shot_index)
-    if shots.size < 2:
+    if shots.size < 2 and not (real_shots and shots.size):
         return sorted(set(np.rint(np.linspace(0, attention.size - 1, min(even, attention.size))).astype(int)))
     per_shot = [(float(attention[shot_index == s].sum()), int(np.flatnonzero(shot_index == s)[
         np.argmax(attention[shot_index == s])])) for s in shots]
@@ -323,13 +326,14 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
                                checkpoint["store_info"])
     batch = collate([video], task)
     with torch.no_grad():
-        out = model.eval()(batch.features, batch.present, batch.mask)
+        out = model.eval()(batch.features, batch.present, batch.mask, **batch.shots())
     steps = batch.steps[0]  # (K,)
     k = steps.size
     temporal = out.temporal_attention[0, :k].float().numpy()  # (K,)
     boundaries = out.boundaries[0, :k].float().numpy()  # (K,)
     shots = shot_indices(boundaries)
-    keyframes = keyframe_positions(shots, temporal)
+    real_shots = model.config.boundaries == "cuts" and model.config.variant in ("asrn", "no-mfa")
+    keyframes = keyframe_positions(shots, temporal, real_shots=real_shots)
     frame_indices = prepared.frame_indices[steps]
     images = _display_frames(path, settings.fps, frame_indices[keyframes], prepared.rgb[steps][keyframes], warnings)
     thresholds = np.full(len(checkpoint["labels"]), threshold) if threshold is not None \
