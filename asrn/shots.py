@@ -61,3 +61,12 @@ def detect_shot_starts(frames: np.ndarray, settings: ShotSettings = ShotSettings
     if starts.size:
         starts[0] = True
     return starts
+
+
+def steps_after_cuts(frame_indices: np.ndarray, cut_frames: list[int]) -> np.ndarray:
+    """(T,) bool truth at the sampled steps: step t opens a shot when a cut frame lies in (frame_t-1, frame_t]
+    (step 0 always), what detect_shot_starts should find for a video whose cuts are known."""
+    frames = np.asarray(frame_indices, np.int64)
+    cuts = np.asarray(cut_frames, np.int64)
+    shot = np.searchsorted(np.sort(cuts), frames, side="right")  # (T,) cuts at or before each step's frame
+    return np.concatenate([[True], shot[1:] != shot[:-1]]) if frames.size else np.zeros(0, bool)
