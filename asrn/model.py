@@ -198,9 +198,10 @@ class BoundaryLSTM(nn.Module):
     The hidden state that closes each shot (the step before a boundary, and the last valid step) is a shot feature
     F_s; V_g = Σ_s ω_s F_s with ω a learned softmax over the shots of a video (eq. 7). Padding steps carry the state
     through unchanged and never end a shot. Where `forced` (B, T) is True, s_t is `cuts` (the store's shot starts)
-    instead of eq. 5's detector, and no gradient reaches the detector from that step. The cell is the standard LSTM (g_t through tanh, o_t through σ), which
-    the extracted eq. 4 garbles. The steps run in `_BoundaryRecurrence`, one autograd node with its own backward:
-    an autograd loop cost ~2.4x nn.LSTM forward + backward on CPU (benchmarks/bdlstm.py).
+    instead of eq. 5's detector, and no gradient reaches the detector from that step. The cell is the standard LSTM
+    (g_t through tanh, o_t through σ), which the extracted eq. 4 garbles. The steps run in `_BoundaryRecurrence`,
+    one autograd node with its own backward: an autograd loop cost ~2.4x nn.LSTM forward + backward on CPU
+    (benchmarks/bdlstm.py).
     """
 
     def __init__(self, hidden: int):

@@ -87,8 +87,9 @@ from asrn.store import (
 from asrn.train_worker import FAULT_ENV, REPORTED_METRICS, LoopConfig, train_loop_per_worker  # noqa: F401 - API
 
 SELECT_METRIC = "val_map"  # early stopping and checkpoint selection
-RESUME_FIELDS = ("features", "task", "variant", "boundaries", "recipe", "num_workers", "lr", "weight_decay", "batch_size", "dropout",
-                 "hidden", "epochs", "patience", "seed", "precision")  # what `--resume` must not change
+RESUME_FIELDS = ("features", "task", "variant", "boundaries", "recipe", "num_workers", "lr", "weight_decay",
+                 "batch_size", "dropout", "hidden", "epochs", "patience", "seed",
+                 "precision")  # what `--resume` must not change
 RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "dropout", "hidden", "epochs", "patience")
 
 
@@ -111,7 +112,7 @@ class TrainConfig:
     task: str
     out: Location  # a local folder or a URI
     variant: str = "asrn"
-    boundaries: str = "cuts"  # the BDLSTM's s_t: the store's shots where known, or the paper's detector (BOUNDARY_FORMS)
+    boundaries: str = "cuts"  # the BDLSTM's s_t: the store's shots where known, else the paper's (BOUNDARY_FORMS)
     recipe: str = "default"
     num_workers: int = 1
     use_gpu: bool = False
@@ -321,7 +322,8 @@ def predict_scores(model: ASRN, videos, task: str, batch_size: int) -> np.ndarra
     with torch.no_grad():
         for i in range(0, len(videos), batch_size):
             batch = collate(videos[i:i + batch_size], task)
-            scores.append(torch.sigmoid(model(batch.features, batch.present, batch.mask, **batch.shots()).logits.float()).numpy())
+            logits = model(batch.features, batch.present, batch.mask, **batch.shots()).logits  # (B, C)
+            scores.append(torch.sigmoid(logits.float()).numpy())
     return check_finite_scores(np.concatenate(scores), f"model on {len(videos)} video(s)")
 
 

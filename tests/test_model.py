@@ -421,7 +421,8 @@ def test_cuts_form_uses_the_store_shots_where_known_and_the_detector_elsewhere()
     ref = paper(features, present, mask, shot_start, known)
     assert torch.equal(out.boundaries[:2].bool(), shot_start[:2])
     for b in range(2):
-        ends = torch.cat([shot_start[b, 1:], torch.tensor([False])]) | (torch.arange(mask.shape[1]) == mask[b].sum() - 1)
+        last = torch.arange(mask.shape[1]) == mask[b].sum() - 1
+        ends = torch.cat([shot_start[b, 1:], torch.tensor([False])]) | last
         assert ((out.shot_weights[b] > 0) == (ends & mask[b])).all()
     assert torch.equal(out.boundaries[2], ref.boundaries[2])
     assert not torch.equal(out.boundaries[:2], ref.boundaries[:2])  # the unsupervised form ignores the cuts

@@ -33,8 +33,8 @@ from asrn.predict import (
     shot_indices,
 )
 from asrn.sequence import collate, kept_shot_starts
-from asrn.store import MODALITIES, StoreInfo
 from asrn.shots import steps_after_cuts
+from asrn.store import MODALITIES, StoreInfo
 from asrn.synth_videos import synthesize_videos, write_photo_clip
 from asrn.video import VideoDecodeError
 
