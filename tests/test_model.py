@@ -442,3 +442,27 @@ def test_boundaries_form_is_checked():
     with pytest.raises(ModelConfigError, match="boundaries 'learnt' is unknown"):
         ModelConfig(dims=dict(DIMS), num_classes=8, boundaries="learnt")
     assert ModelConfig(dims=dict(DIMS), num_classes=8).boundaries == "cuts"
+
+
+def test_a_checkpoint_from_before_the_boundaries_field_loads_as_the_unsupervised_form(tmp_path, rewrite_checkpoint):
+    """Such a checkpoint was trained with the paper's detector alone; it must keep predicting that way."""
+    from asrn.checkpoint import load_checkpoint, write_checkpoint
+    from asrn.store import StoreInfo
+
+    model = _model()
+    written = write_checkpoint(tmp_path / "best.pt", model.state_dict(), model.config, {}, "sub",
+                               StoreInfo("lite", dict(DIMS), 2.0), epoch=1, val_metrics={})
+    assert load_checkpoint(written)[0].config.boundaries == "cuts"
+    old = rewrite_checkpoint(written, tmp_path / "old.pt", lambda c: c["model_config"].pop("boundaries"))
+    loaded, _ = load_checkpoint(old)
+    assert loaded.config.boundaries == "unsupervised"
+
+
+def test_the_train_flag_reaches_the_model():
+    from asrn.train import TrainConfig, TrainConfigError
+
+    config = TrainConfig(features="store", task="sub", out="run", boundaries="unsupervised")
+    assert config.model_config(DIMS).boundaries == "unsupervised"
+    assert TrainConfig(features="store", task="sub", out="run").model_config(DIMS).boundaries == "cuts"
+    with pytest.raises(TrainConfigError, match="unknown boundaries 'shots'"):
+        TrainConfig(features="store", task="sub", out="run", boundaries="shots")
