@@ -463,7 +463,7 @@ def with_run_values(flags: dict, given: set[str]) -> dict:
     record = Location(flags["out"]) / "config.json"
     if not flags.get("resume") or not record.is_file():
         return flags
-    saved = json.loads(record.read_text())
+    saved = {"boundaries": "unsupervised", **json.loads(record.read_text())}  # a run from before the flag had none
     return {**flags, **{k: saved[k] for k in RESUME_FIELDS if k in saved and k not in given and k in flags}}
 
 
