@@ -93,6 +93,7 @@ class EpochLogger(ray.train.UserCallback):
 
     def _log_then_print(self, reported: dict | None, line: str) -> None:
         if reported is not None:
+            from asrn.mlflow_runs import log_metrics
 
             log_epoch(self.tracking_uri, self.run_id, reported)
         print(line, flush=True)
