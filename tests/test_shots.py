@@ -70,3 +70,18 @@ def test_photo_clip_refuses_empty_shots(tmp_path, shots):
 
     with pytest.raises(SyntheticDataError, match="one positive length per photograph"):
         write_photo_clip(tmp_path / "bad.mp4", shots)
+
+
+def test_extraction_stores_the_cuts_per_step(tmp_path):
+    """prepare_video (extract's CPU stage, without Ray) finds the cuts; the store row carries them through Parquet."""
+    from asrn.features import VideoSettings, prepare_video, to_video_features
+    from asrn.store import MODALITIES, table_to_videos, videos_to_table
+
+    (entry,) = read_manifest(synthesize_videos(tmp_path, num_videos=6, seed=5, seconds=4.0))[:1]
+    meta = json.loads((tmp_path / "meta" / f"{entry.video_id}.json").read_text())
+    prepared = prepare_video(entry.path, entry.boxes, VideoSettings(preset="lite", fps=FPS))
+    truth = steps_after_cuts(prepared.frame_indices, meta["cut_frames"])
+    assert truth.sum() >= 3 and prepared.shot_start.tolist() == truth.tolist()
+    zeros = {m: np.zeros((prepared.num_steps, 2), np.float32) for m in MODALITIES}
+    (row,) = table_to_videos(videos_to_table([to_video_features(prepared, zeros, entry.video_id, "train", [])]))
+    assert row.shot_start.tolist() == truth.tolist()
