@@ -302,7 +302,9 @@ def test_predict_draws_one_keyframe_per_real_shot_and_its_boundaries_fall_on_the
     attention = json.loads((out / "multi" / "attention.json").read_text())
     opens = np.flatnonzero(attention["boundaries"][1:]) + 1  # kept steps opening a shot after the first
     truth = np.flatnonzero(kept_shot_starts(steps_after_cuts(multi.frame_indices, cuts), np.arange(multi.steps.size)))
-    assert len(opens) == len(cuts) and np.array_equal(opens, truth[1:])
+    assert len(opens) == len(cuts) and np.array_equal(opens, truth[1:]) and attention["boundaries_from"] == "cuts"
+    sampled_frames = np.rint(np.asarray(attention["sampled_steps"]["timestamps"]) * 10).astype(int)  # 10 fps clip
+    assert attention["sampled_steps"]["shot_start"] == steps_after_cuts(sampled_frames, cuts).tolist()
     times = np.asarray(attention["timestamps"])
     for j, cut in zip(opens, np.asarray(cuts) / 10.0, strict=True):  # the clip runs at 10 fps: cut times in seconds
         assert times[j - 1] < cut <= times[j], (j, cut)  # the shot opens at the first kept step after its cut
