@@ -466,3 +466,22 @@ def test_the_train_flag_reaches_the_model():
     assert TrainConfig(features="store", task="sub", out="run").model_config(DIMS).boundaries == "cuts"
     with pytest.raises(TrainConfigError, match="unknown boundaries 'shots'"):
         TrainConfig(features="store", task="sub", out="run", boundaries="shots")
+
+
+def test_the_training_loop_feeds_the_model_the_stores_shots():
+    """loop.evaluate scores a collated batch with its shots: the same as the model given them, not as without."""
+    from asrn.loop import evaluate
+    from asrn.sequence import collate
+    from asrn.synth_features import generate_videos
+
+    videos = [s.video for s in generate_videos(6, seed=1, dims=DIMS)]
+    batch = collate(videos, "sub")
+    torch.manual_seed(0)
+    model = ASRN(ModelConfig(dims=dict(DIMS), num_classes=8, hidden=16)).eval()
+    with torch.no_grad():
+        model.shots.boundary_v.mul_(8.0)  # the paper's detector fires elsewhere than the cuts
+        with_shots = torch.sigmoid(model(batch.features, batch.present, batch.mask, **batch.shots()).logits)
+        without = torch.sigmoid(model(batch.features, batch.present, batch.mask).logits)
+    _, scores, _ = evaluate(model, [batch], torch.device("cpu"))
+    assert batch.shot_known.all() and np.allclose(scores, with_shots.numpy(), atol=1e-6)
+    assert not np.allclose(scores, without.numpy(), atol=1e-4)
