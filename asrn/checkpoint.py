@@ -4,7 +4,7 @@ Ray-free, so that prediction runs in a plain process and tests build checkpoints
 `best.pt` keys (a dict written by torch.save):
   format        "asrn-checkpoint";  version  1
   model_state   ASRN state_dict (plain, not DDP-wrapped)
-  model_config  ModelConfig as a dict (dims, num_classes, variant, hidden, dropout)
+  model_config  ModelConfig as a dict (dims, num_classes, variant, hidden, dropout, boundaries: absent = unsupervised)
   train_config  TrainConfig as a JSON-able dict
   task, labels  the task and its ordered class names (model output order)
   store_info    the store's features.json content (preset, dims, fps, encoders, weights, detector, ...)
@@ -143,11 +143,12 @@ def _check_keys(value: object, key: str, known: set[str], required: set[str], pa
 
 
 def _model_config(raw: object, path: Path) -> ModelConfig:
-    """The ModelConfig of a checkpoint: every field written by asdict must be there, and no other."""
+    """The ModelConfig of a checkpoint: every field written by asdict must be there, and no other; a checkpoint
+    from before `boundaries` was trained with the paper's unsupervised detector and loads as such."""
     names = {f.name for f in fields(ModelConfig)}
-    raw = _check_keys(raw, "model_config", names, names, path)
+    raw = _check_keys(raw, "model_config", names, names - {"boundaries"}, path)
     try:
-        return ModelConfig(**raw)
+        return ModelConfig(**{"boundaries": "unsupervised", **raw})
     except AsrnError as e:
         raise CheckpointError(f"{path}: model_config: {e}") from e
 

@@ -17,7 +17,7 @@ from asrn.errors import AsrnError
 from asrn.labels import TASKS
 from asrn.locations import Location
 from asrn.loop import RECIPES
-from asrn.model import VARIANTS
+from asrn.model import BOUNDARY_FORMS, VARIANTS
 
 
 def _config_from_args(config_cls, args: argparse.Namespace):
@@ -142,6 +142,10 @@ def _add_train_arguments(sub) -> None:
     p = _parser(sub, "train", "train ASRN with Ray Train, recorded in MLflow")
     _add_inputs(p, "run folder: best.pt, metrics.json, predictions.parquet, plots")
     _add_recipe_arguments(p)
+    p.add_argument("--boundaries", choices=list(BOUNDARY_FORMS), default="cuts",
+                   help="the BDLSTM's shot boundaries: cuts = the store's shot_start column where a video has it "
+                        "(the paper's detector elsewhere); unsupervised = the paper's detector alone "
+                        "(default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--use-gpu", action="store_true", default=False, help="one GPU per worker")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,

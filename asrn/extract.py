@@ -510,7 +510,7 @@ class _StoreWriter:
             weights=weights or (self.existing.weights if self.existing else {}),
             detector=", ".join(sorted(self.detectors)), decoder=", ".join(sorted(self.decoders)), dtype=STORE_DTYPE,
             extra={"extract_config": config.to_dict(), "detection": dict(sorted(self.detection.items())),
-                   ENCODED_STEPS_KEY: config.encoded_steps})
+                   "shots": config.settings.shots.describe(), ENCODED_STEPS_KEY: config.encoded_steps})
 
     def write_info(self, final: bool = False) -> None:
         """features.json; the final one also caches the train split's input statistics (store.input_stats_record),

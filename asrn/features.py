@@ -21,6 +21,7 @@ from asrn.encoders import Encoder, EncoderError, crop_boxes, encoder_specs, face
 from asrn.errors import AsrnError
 from asrn.flow import FLOW_PAIRS, flow_stacks, quantize_flow
 from asrn.sequence import select_steps
+from asrn.shots import ShotSettings, detect_shot_starts
 from asrn.store import MODALITIES, VideoFeatures
 from asrn.tracks import load_tracks
 from asrn.video import decode_clip
@@ -45,6 +46,7 @@ class VideoSettings:
     fps: float = 2.0
     weights_dir: Path | None = None
     max_side: int | None = MAX_SIDE
+    shots: ShotSettings = ShotSettings()  # the cut detector run on the sampled frames (asrn.shots)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class PreparedVideo:
     has_face: np.ndarray  # (T,) bool
     body_tracked: np.ndarray  # (T,) bool: not detected, box carried by tracking (crop taken from that box)
     face_tracked: np.ndarray  # (T,) bool
+    shot_start: np.ndarray  # (T,) bool: a cut before this step (asrn.shots; step 0 True)
     person_boxes: np.ndarray  # (T, 4) float32 x1 y1 x2 y2 in step-frame pixels; NaN where none
     face_boxes: np.ndarray  # (T, 4) float32
     frame_size: tuple[int, int]  # (H, W) of the step frames the boxes refer to
@@ -107,7 +110,8 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
 
     The decoder is asrn.video's choice ($ASRN_DECODER, else decord where it imports, else PyAV: the same frames).
     Boxes come from `boxes` (a tracks JSON) when given, else from `detector`, else from build_detector's offline
-    chain. Raises VideoStageError naming the stage (decode, detect, flow) with the original error's message.
+    chain; shot cuts from asrn.shots on the sampled frames. Raises VideoStageError naming the stage (decode, shots,
+    detect, flow) with the original error's message.
     """
     specs = encoder_specs(config.preset, config.weights_dir)  # the face entry: dlib's chips or DeepID's crops
     motion_size = specs["motion"].input_size
@@ -117,6 +121,10 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
         rgb = np.stack([resize_image(frame, specs["rgb"].input_size) for frame in clip.frames])  # (T, h, w, 3)
     except Exception as e:
         raise VideoStageError("decode", e) from e
+    try:
+        shot_start = detect_shot_starts(clip.frames, config.shots)  # (T,) bool
+    except Exception as e:
+        raise VideoStageError("shots", e) from e
     try:
         if boxes:
             detector = TracksDetector(load_tracks(boxes))
@@ -136,7 +144,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
     return PreparedVideo(
         path=path, timestamps=clip.timestamps, frame_indices=clip.frame_indices, rgb=rgb, flow=flow,
         body=body, face=face, has_body=found.has_person.copy(), has_face=found.has_face.copy(),
-        body_tracked=found.person_tracked.copy(), face_tracked=found.face_tracked.copy(),
+        body_tracked=found.person_tracked.copy(), face_tracked=found.face_tracked.copy(), shot_start=shot_start,
         person_boxes=found.person, face_boxes=found.face, frame_size=(clip.frames.shape[1], clip.frames.shape[2]),
         detector=detector.name, detection=detector.describe(), decoder=clip.decoder, warnings=list(clip.warnings),
     )
@@ -189,5 +197,5 @@ def to_video_features(prepared: PreparedVideo, features: dict[str, np.ndarray], 
                          timestamp=prepared.timestamps.astype(np.float32), features=features,
                          has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool),
                          body_tracked=prepared.body_tracked.astype(bool),
-                         face_tracked=prepared.face_tracked.astype(bool))
+                         face_tracked=prepared.face_tracked.astype(bool), shot_start=prepared.shot_start.astype(bool))
 

@@ -2,8 +2,9 @@
 
 The logged model (`ScoringModel`) takes one float32 tensor (B, T, F) of store rows, as `asrn extract` writes them
 (before the sequence former), laid out by `pack_videos`: per step the rgb, motion, body and face features, then
-body_present, face_present and valid (1 on a video's steps, 0 on the padding after them); it returns the (B, C)
-class probabilities that `asrn predict` and `asrn train` compute from best.pt.
+body_present, face_present, shot_start (1 where a shot begins; a video whose first step has 0 has unknown shots)
+and valid (1 on a video's steps, 0 on the padding after them); it returns the (B, C) class probabilities that
+`asrn predict` and `asrn train` compute from best.pt.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from asrn.locations import Location
 
 MODEL_NAME = "model"  # the logged model's name in its run (mlflow.pytorch.log_model(name=...))
-PACKED_FLAGS = ("body_present", "face_present", "valid")  # the last columns of a packed input
+PACKED_FLAGS = ("body_present", "face_present", "shot_start", "valid")  # the last columns of a packed input
 EXAMPLE_STEPS = 6  # steps of the input example logged with the model (two windows of the sequence former)
 
 
@@ -38,7 +39,8 @@ def pack_videos(videos: Sequence, dims: dict[str, int], max_steps: int | None = 
     for row, v, n in zip(packed, videos, lengths, strict=True):
         present = v.present()
         columns = [np.asarray(v.features[m], np.float32)[:n] for m in dims]
-        columns += [present["body"][:n, None], present["face"][:n, None], np.ones((n, 1))]
+        shots = np.zeros(n, bool) if v.shot_start is None else v.shot_start[:n]  # all 0: unknown
+        columns += [present["body"][:n, None], present["face"][:n, None], shots[:, None], np.ones((n, 1))]
         row[:n] = np.concatenate(columns, axis=1)
     return packed
 
@@ -65,7 +67,7 @@ class ScoringModel(torch.nn.Module):
         batch = collate(self._videos(packed.detach().float().cpu().numpy()), self.task)
         device = next(self.model.buffers()).device
         batch = batch.to(device)
-        out = self.model(batch.features, batch.present, batch.mask)
+        out = self.model(batch.features, batch.present, batch.mask, **batch.shots())
         return torch.sigmoid(out.logits.float())  # (B, C)
 
     def _videos(self, packed: np.ndarray) -> list:
@@ -82,9 +84,10 @@ class ScoringModel(torch.nn.Module):
             features, start = {}, 0
             for m, d in self.dims.items():
                 features[m], start = row[:n, start:start + d], start + d
+            shots = row[:n, start + 2] > 0.5  # (n,)
             videos.append(VideoFeatures(video_id=str(b), split="", labels=[], timestamp=np.arange(n, dtype=np.float32),
                                         features=features, has_body=row[:n, start] > 0.5,
-                                        has_face=row[:n, start + 1] > 0.5))
+                                        has_face=row[:n, start + 1] > 0.5, shot_start=shots if shots[0] else None))
         return videos
 
 

@@ -26,6 +26,11 @@ from asrn.errors import AsrnError
 from asrn.store import MODALITIES
 
 VARIANTS: tuple[str, ...] = ("asrn", "no-gla", "no-mfa", "lstm", "tsn", "mean")
+BOUNDARY_FORMS: tuple[str, ...] = ("cuts", "unsupervised")
+# cuts          s_t is the store's shot start (the cut detected at extraction, or planted) on videos whose shots are
+#               known, so eq. 6 resets and eq. 7 pools at the video's real shots; the paper's detector elsewhere
+# unsupervised  the paper's form: s_t = τ(vᵀ(...)) of eq. 5 everywhere, trained only through the classification loss
+#               by the straight-through estimator (checkpoints written before this field were trained so)
 # asrn    full model: MFA -> BDLSTM (global V_g) and GLA over a second LSTM -> classifier
 # no-gla  MFA -> plain LSTM, last valid hidden state -> classifier (no shots, no temporal attention)
 # no-mfa  rgb only (one Linear + tanh, no fusion across modalities) -> BDLSTM + GLA as in asrn
@@ -61,10 +66,14 @@ class ModelConfig:
     variant: str = "asrn"
     hidden: int = 256  # fused width and LSTM hidden size
     dropout: float = 0.7  # before the last layer (paper §4.2)
+    boundaries: str = "cuts"  # how the BDLSTM's s_t is found, one of BOUNDARY_FORMS
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ModelConfigError(f"variant {self.variant!r} is unknown: expected one of {', '.join(VARIANTS)}")
+        if self.boundaries not in BOUNDARY_FORMS:
+            raise ModelConfigError(f"boundaries {self.boundaries!r} is unknown: expected one of "
+                                   f"{', '.join(BOUNDARY_FORMS)}")
         if not isinstance(self.dims, dict) or not self.dims:
             raise ModelConfigError(f"dims = {self.dims!r} must map modalities ({', '.join(MODALITIES)}) to widths")
         for m, d in self.dims.items():
@@ -188,9 +197,11 @@ class BoundaryLSTM(nn.Module):
 
     The hidden state that closes each shot (the step before a boundary, and the last valid step) is a shot feature
     F_s; V_g = Σ_s ω_s F_s with ω a learned softmax over the shots of a video (eq. 7). Padding steps carry the state
-    through unchanged and never end a shot. The cell is the standard LSTM (g_t through tanh, o_t through σ), which
-    the extracted eq. 4 garbles. The steps run in `_BoundaryRecurrence`, one autograd node with its own backward:
-    an autograd loop cost ~2.4x nn.LSTM forward + backward on CPU (benchmarks/bdlstm.py).
+    through unchanged and never end a shot. Where `forced` (B, T) is True, s_t is `cuts` (the store's shot starts)
+    instead of eq. 5's detector, and no gradient reaches the detector from that step. The cell is the standard LSTM
+    (g_t through tanh, o_t through σ), which the extracted eq. 4 garbles. The steps run in `_BoundaryRecurrence`,
+    one autograd node with its own backward: an autograd loop cost ~2.4x nn.LSTM forward + backward on CPU
+    (benchmarks/bdlstm.py).
     """
 
     def __init__(self, hidden: int):
@@ -202,11 +213,13 @@ class BoundaryLSTM(nn.Module):
         self.boundary_v = nn.Parameter(torch.empty(hidden).uniform_(-hidden ** -0.5, hidden ** -0.5))  # v
         self.shot_score = nn.Linear(hidden, 1)  # the logit of ω_s (eq. 7)
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, mask: Tensor, cuts: Tensor | None = None,
+                forced: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         with torch.autocast(x.device.type, enabled=False):  # the whole block in RECURRENT_DTYPE
-            return self._forward(recurrent_input(x), mask)
+            return self._forward(recurrent_input(x), mask, cuts, forced)
 
-    def _forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _forward(self, x: Tensor, mask: Tensor, cuts: Tensor | None,
+                 forced: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         gate_x = self.gate_input(x)  # (B, T, 4H)  W_y x_t + b of every step at once
         # eq. 5 is linear inside τ: vᵀ(W_si x_t + W_sh h_{t-1} + b_s) = (W_siᵀv)ᵀx_t + (W_shᵀv)ᵀh_{t-1} + vᵀb_s, so the
         # boundary detector costs one dot product per step instead of an (H, H) matmul
@@ -215,8 +228,12 @@ class BoundaryLSTM(nn.Module):
         boundary_w = self.boundary_hidden.weight.t() @ v  # (H,)  W_shᵀv
         # eqs. 4-6 step by step, as one autograd node, in gate_x's dtype (RECURRENT_DTYPE from forward)
         dtype = gate_x.dtype
+        if forced is not None and not bool(forced.any()):
+            cuts = forced = None  # nothing forced: the paper's detector alone, at its full speed
+        if forced is not None:
+            cuts, forced = cuts.bool() & forced.bool(), forced.bool()  # (B, T) each
         h_seq, s = _BoundaryRecurrence.apply(gate_x, boundary_x.to(dtype), self.gate_hidden.weight.to(dtype),
-                                             boundary_w.to(dtype), mask.bool(), torch.is_grad_enabled())
+                                             boundary_w.to(dtype), mask.bool(), cuts, forced, torch.is_grad_enabled())
         # a shot ends at t when step t+1 opens a new one, or when t is the last valid step
         next_valid = F.pad(mask[:, 1:], (0, 1), value=False)  # (B, T)
         ends = F.pad(s[:, 1:], (0, 1)) + (mask & ~next_valid).to(x.dtype)  # (B, T) in {0, 1}, gradient via s
@@ -238,13 +255,14 @@ class _BoundaryRecurrence(torch.autograd.Function):
     save in ops. First derivatives only (once_differentiable: a double backward raises).
 
     gate_x (B, T, 4H) = W_y x_t + b, boundary_x (B, T) = vᵀ(W_si x_t + b_s), w_gates (4H, H) = W_h,
-    w_boundary (H,) = W_shᵀv, mask (B, T) bool, keep_grad: whether to keep what backward needs
+    w_boundary (H,) = W_shᵀv, mask (B, T) bool, cuts and forced (B, T) bool or both None: s_t = cuts_t where
+    forced_t (a where() on τ's output, zero gradient into u_t there), keep_grad: whether to keep what backward needs
     -> h (B, T, H), s (B, T).
     """
 
     @staticmethod
     def forward(ctx, gate_x: Tensor, boundary_x: Tensor, w_gates: Tensor, w_boundary: Tensor, mask: Tensor,
-                keep_grad: bool) -> tuple[Tensor, Tensor]:
+                cuts: Tensor | None, forced: Tensor | None, keep_grad: bool) -> tuple[Tensor, Tensor]:
         B, H = gate_x.shape[0], w_gates.shape[1]
         full, some = mask.all(0).tolist(), mask.any(0).tolist()  # per step: every video valid, any video valid
         h = c = gate_x.new_zeros(B, H)  # (B, H)
@@ -252,6 +270,8 @@ class _BoundaryRecurrence(torch.autograd.Function):
         w_gates_t, w_boundary_col = w_gates.t(), w_boundary.unsqueeze(1)  # (H, 4H), (H, 1)
         hs, keeps, saved = [], [], []
         steps = zip(gate_x.unbind(1), boundary_x.unsqueeze(2).unbind(1), mask.unsqueeze(2).unbind(1), strict=True)
+        forced_steps = None if forced is None else list(zip(cuts.unsqueeze(2).unbind(1),
+                                                            forced.unsqueeze(2).unbind(1), strict=True))
         with torch.autocast(gate_x.device.type, enabled=False):  # everything in gate_x.dtype
             for t, (x_t, b_t, valid) in enumerate(steps):  # (B, 4H), (B, 1), (B, 1)
                 if not some[t]:  # every video padded: the state carries through
@@ -260,7 +280,11 @@ class _BoundaryRecurrence(torch.autograd.Function):
                     saved.append(None)
                     continue
                 u = torch.addmm(b_t, h, w_boundary_col)  # (B, 1)  eq. 5 inside τ
-                fire = u > 0 if full[t] else (u > 0) & valid  # τ: σ(x) > 0.5 iff x > 0, as straight_through_step
+                fire = u > 0  # τ: σ(x) > 0.5 iff x > 0, as straight_through_step
+                if forced_steps is not None:  # s_t = the store's cut where the video's shots are known
+                    fire = torch.where(forced_steps[t][1], forced_steps[t][0], fire)
+                if not full[t]:
+                    fire = fire & valid
                 keep = torch.where(fire, zero, one)  # (B, 1)  1 - s_t; padding never opens a shot
                 kept_h, kept_c = keep * h, keep * c  # (B, H)  eq. 6: h_{t-1}(1 - s_t), c_{t-1}(1 - s_t)
                 gates = torch.addmm(x_t, kept_h, w_gates_t)  # (B, 4H)  W_y x_t + b + W_h h_{t-1}: the one matmul
@@ -286,18 +310,19 @@ class _BoundaryRecurrence(torch.autograd.Function):
                 keeps.append(keep)
         h_seq, s_seq = torch.stack(hs, dim=1), 1.0 - torch.cat(keeps, dim=1)  # (B, T, H), (B, T)
         ctx.saved, ctx.full = saved, full
-        ctx.save_for_backward(w_gates, w_boundary, mask, h_seq)
+        ctx.save_for_backward(w_gates, w_boundary, mask & ~forced if forced is not None else mask, mask, h_seq)
         return h_seq, s_seq
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_h: Tensor, grad_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
-        w_gates, w_boundary, mask, h_seq = ctx.saved_tensors
+    def backward(ctx, grad_h: Tensor, grad_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None, None, None]:
+        w_gates, w_boundary, detected, mask, h_seq = ctx.saved_tensors
         B, T, H = h_seq.shape
         zero = h_seq.new_zeros(B, H)
-        # straight-through, as straight_through_step: ∂s_t/∂u_t = σ'(u_t) on valid steps, for every step at once
+        # straight-through, as straight_through_step: ∂s_t/∂u_t = σ'(u_t) on valid steps that eq. 5 decided (0 where
+        # s_t was forced to the store's cut), for every step at once
         sig_u = torch.sigmoid(torch.cat([zero[:, :1] if step is None else step[0] for step in ctx.saved], dim=1))
-        du_ds = sig_u * (1.0 - sig_u) * mask  # (B, T)
+        du_ds = sig_u * (1.0 - sig_u) * detected  # (B, T)
         grad_gates = h_seq.new_empty(B, T, 4 * H)  # ∂L/∂gates_t (pre-activation) of every step
         grad_boundary = h_seq.new_empty(B, T)  # ∂L/∂u_t
         kept_h = [zero] * T  # h_{t-1}(1 - s_t)
@@ -330,7 +355,7 @@ class _BoundaryRecurrence(torch.autograd.Function):
         # weight gradients summed over every step at once: Σ_t ∂L/∂gates_tᵀ h_{t-1}(1 - s_t) and Σ_t ∂L/∂u_t h_{t-1}
         grad_w_gates = grad_gates.view(B * T, 4 * H).t() @ torch.stack(kept_h, dim=1).view(B * T, H)  # (4H, H)
         grad_w_boundary = grad_boundary.view(B * T) @ h_prev.view(B * T, H)  # (H,)
-        return grad_gates, grad_boundary, grad_w_gates, grad_w_boundary, None, None
+        return grad_gates, grad_boundary, grad_w_gates, grad_w_boundary, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,7 +463,10 @@ class ASRN(nn.Module):
             elif isinstance(module, BoundaryLSTM):
                 _init_lstm_gates(module.gate_input.weight, module.gate_hidden.weight, module.gate_input.bias, H)
 
-    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor], mask: Tensor) -> ASRNOutput:
+    def forward(self, features: dict[str, Tensor], present: dict[str, Tensor], mask: Tensor,
+                shot_start: Tensor | None = None, shot_known: Tensor | None = None) -> ASRNOutput:
+        """`shot_start` (B, T) bool: the store's shot starts per kept step (sequence.Batch); `shot_known` (B,) bool:
+        which videos have them (None: all, when shot_start is given). Read only by boundaries="cuts"."""
         mask = self._check_mask(mask)
         features = {m: (x - getattr(self, f"input_mean_{m}")) / getattr(self, f"input_std_{m}")
                     if m in self.config.dims and x.shape[-1:] == (self.config.dims[m],) else x
@@ -450,7 +478,8 @@ class ASRN(nn.Module):
         shot_weights = (mask & ~F.pad(mask[:, 1:], (0, 1), value=False)).to(x.dtype)  # one shot, ends at last step
         temporal_attention = uniform_over(mask).to(x.dtype)  # (B, T)
         if variant in ("asrn", "no-mfa"):
-            v_global, boundaries, shot_weights = self.shots(x, mask)  # (B, H), (B, T), (B, T)
+            cuts, forced = self._forced_boundaries(mask, shot_start, shot_known)  # (B, T) each, or None
+            v_global, boundaries, shot_weights = self.shots(x, mask, cuts, forced)  # (B, H), (B, T), (B, T)
             pooled, temporal_attention = self.attention(x, mask, v_global)  # (B, H), (B, T)
         elif variant in ("no-gla", "lstm"):
             h = run_lstm(self.lstm, x)  # (B, T, H) float32
@@ -460,6 +489,19 @@ class ASRN(nn.Module):
             pooled = (temporal_attention.unsqueeze(-1) * h).sum(1)  # (B, H) average over valid steps
         logits = self.classifier(self.dropout(pooled))  # (B, C)  eq. 9, before σ
         return ASRNOutput(logits, modality_attention, boundaries, shot_weights, temporal_attention)
+
+    def _forced_boundaries(self, mask: Tensor, shot_start: Tensor | None,
+                           shot_known: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """(cuts, forced) for BoundaryLSTM: the store's shot starts on the valid steps of videos whose shots are
+        known, with boundaries="cuts"; (None, None) where the paper's detector decides every step."""
+        if self.config.boundaries == "unsupervised" or shot_start is None:
+            return None, None
+        if tuple(shot_start.shape) != tuple(mask.shape):
+            raise ValueError(f"shot_start has shape {tuple(shot_start.shape)}, expected {tuple(mask.shape)}")
+        known = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device) if shot_known is None else shot_known
+        if tuple(known.shape) != (mask.shape[0],):
+            raise ValueError(f"shot_known has shape {tuple(known.shape)}, expected ({mask.shape[0]},)")
+        return shot_start.bool() & mask, known.bool().unsqueeze(1) & mask  # (B, T), (B, T)
 
     @staticmethod
     def _check_mask(mask: Tensor) -> Tensor:

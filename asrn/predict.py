@@ -7,8 +7,10 @@ writes it), the sequence former and ASRN in eval mode, then three files:
                   on val at training time, stored in best.pt; --threshold sets one for all), top relations,
                   video, checkpoint, preset, fps, detector, step counts, warnings
   attention.json  the kept steps: timestamps, temporal attention a_t (sums to 1), modality attention c_t per step
-                  (image, motion, body, face; sums to 1 over the modalities present), BDLSTM boundaries s_t, shot
-                  weights ω, shot index per step, keyframes; plus has_body / has_face of every sampled step
+                  (image, motion, body, face; sums to 1 over the modalities present), BDLSTM boundaries s_t (with
+                  the default boundaries="cuts": the clip's cuts, asrn.shots), shot weights ω, shot index per step,
+                  keyframes (one per shot), boundaries_from (cuts, unsupervised or none); plus has_body /
+                  has_face and the detected shot_start of every sampled step
   attention.png   paper Fig. 7: a keyframe per shot with the temporal attention as a colour bar under them (light =
                   high), the modality attention over time, and the top relations
 Layout: one video -> the files go in --out itself; several videos -> --out/<name>/ per video, where <name> is the
@@ -136,6 +138,8 @@ class VideoPrediction:
     true_labels: list[str] | None = None  # from a manifest, when given
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    boundaries_from: str = "none"  # "cuts": the clip's cuts (asrn.shots); "unsupervised": the paper's detector
+    shot_start: np.ndarray | None = None  # (T,) the cut detector's shot starts at every sampled step
 
     @property
     def predicted(self) -> list[str]:
@@ -173,13 +177,14 @@ class VideoPrediction:
             "frame_indices": self.frame_indices.tolist(),
             "temporal_attention": self.temporal_attention.tolist(),
             "modality_attention": self.modality_attention.tolist(),
-            "boundaries": self.boundaries.tolist(), "shot_weights": self.shot_weights.tolist(),
-            "shot_index": self.shot_index.tolist(), "shots": shots,
+            "boundaries": self.boundaries.tolist(), "boundaries_from": self.boundaries_from,
+            "shot_weights": self.shot_weights.tolist(), "shot_index": self.shot_index.tolist(), "shots": shots,
             "keyframes": [{"step": int(self.steps[k]), "time": float(self.timestamps[k]),
                            "shot": int(self.shot_index[k])} for k in self.keyframes],
             "has_body": self.has_body[self.steps].tolist(), "has_face": self.has_face[self.steps].tolist(),
             "sampled_steps": {"timestamps": self.all_timestamps.tolist(), "has_body": self.has_body.tolist(),
-                              "has_face": self.has_face.tolist()},
+                              "has_face": self.has_face.tolist(),
+                              **({"shot_start": self.shot_start.tolist()} if self.shot_start is not None else {})},
         }
 
 
@@ -246,11 +251,13 @@ def shot_indices(boundaries: np.ndarray) -> np.ndarray:
 
 
 def keyframe_positions(shot_index: np.ndarray, attention: np.ndarray, even: int = EVEN_KEYFRAMES,
-                       most: int = MAX_KEYFRAMES) -> list[int]:
+                       most: int = MAX_KEYFRAMES, real_shots: bool = False) -> list[int]:
     """Kept-step positions to show: per shot the step of highest temporal attention (at most `most` shots, those
-    with the most attention); with fewer than two shots `even` evenly spaced steps."""
+    with the most attention). `real_shots`: the shots are the video's own (the model's boundaries are the detected
+    cuts), so a single-shot video shows one keyframe; otherwise fewer than two shots show `even` evenly spaced steps
+    (the paper's detector finding no shot says nothing about the video)."""
     shots = np.unique(shot_index)
-    if shots.size < 2:
+    if shots.size < 2 and not (real_shots and shots.size):
         return sorted(set(np.rint(np.linspace(0, attention.size - 1, min(even, attention.size))).astype(int)))
     per_shot = [(float(attention[shot_index == s].sum()), int(np.flatnonzero(shot_index == s)[
         np.argmax(attention[shot_index == s])])) for s in shots]
@@ -323,13 +330,14 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
                                checkpoint["store_info"])
     batch = collate([video], task)
     with torch.no_grad():
-        out = model.eval()(batch.features, batch.present, batch.mask)
+        out = model.eval()(batch.features, batch.present, batch.mask, **batch.shots())
     steps = batch.steps[0]  # (K,)
     k = steps.size
     temporal = out.temporal_attention[0, :k].float().numpy()  # (K,)
     boundaries = out.boundaries[0, :k].float().numpy()  # (K,)
     shots = shot_indices(boundaries)
-    keyframes = keyframe_positions(shots, temporal)
+    real_shots = model.config.boundaries == "cuts" and model.config.variant in ("asrn", "no-mfa")  # s_t = the cuts
+    keyframes = keyframe_positions(shots, temporal, real_shots=real_shots)
     frame_indices = prepared.frame_indices[steps]
     images = _display_frames(path, settings.fps, frame_indices[keyframes], prepared.rgb[steps][keyframes], warnings)
     thresholds = np.full(len(checkpoint["labels"]), threshold) if threshold is not None \
@@ -345,7 +353,9 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
         boundaries=boundaries, shot_weights=out.shot_weights[0, :k].float().numpy(), shot_index=shots,
         has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool),
         all_timestamps=prepared.timestamps.astype(np.float64), keyframes=keyframes, keyframe_images=images,
-        warnings=warnings, seconds=time.monotonic() - start)
+        warnings=warnings, seconds=time.monotonic() - start,
+        boundaries_from=model.config.boundaries if model.config.variant in ("asrn", "no-mfa") else "none",
+        shot_start=prepared.shot_start.astype(bool))
 
 
 def write_prediction(prediction: VideoPrediction, out: Path | Location) -> dict[str, Location]:

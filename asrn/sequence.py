@@ -2,7 +2,8 @@
 
 Not every frame has body and face features, so the paper slides a non-overlapping window of three steps over a
 video and keeps, in each window, the step where all four features exist. `collate` then pads the kept steps of a
-batch of videos to the longest (padding at the end) and builds the masks.
+batch of videos to the longest (padding at the end) and builds the masks. A kept step starts a shot when a shot
+began after the previous kept step (`kept_shot_starts`), so the model's shots are the store's shots.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def select_steps(present: dict[str, np.ndarray], window: int = WINDOW) -> np.nda
     return np.arange(n, dtype=np.int64) * window + key.argmax(axis=1)
 
 
+def kept_shot_starts(shot_start: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """(T',) bool: whether each kept step (`steps`, increasing indices into the raw (T,) `shot_start`) is the first
+    kept step of a shot, i.e. some raw step after the previous kept step, up to this one, started a shot."""
+    shot = np.cumsum(np.asarray(shot_start, bool))  # (T,) shot number of each raw step
+    kept = shot[steps]  # (T',)
+    return np.concatenate([[True], kept[1:] != kept[:-1]]) if kept.size else np.zeros(0, bool)
+
+
 @dataclass
 class Batch:
     """A padded batch: what `ASRN.forward` takes, plus targets and bookkeeping for metrics and plots."""
@@ -61,6 +70,12 @@ class Batch:
     targets: torch.Tensor  # (B, C) float32 multi-hot over labels.task_labels(task)
     video_ids: list[str]
     steps: list[np.ndarray]  # the kept step indices per video (into the original T)
+    shot_start: torch.Tensor | None = None  # (B, T) bool: a kept step that opens a shot; False on padding
+    shot_known: torch.Tensor | None = None  # (B,) bool: the store has the video's shots (else shot_start is False)
+
+    def shots(self) -> dict[str, torch.Tensor | None]:
+        """The keyword arguments of `ASRN.forward` that carry the store's shots."""
+        return {"shot_start": self.shot_start, "shot_known": self.shot_known}
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         def move(x: torch.Tensor) -> torch.Tensor:
@@ -68,13 +83,14 @@ class Batch:
 
         return replace(self, features={m: move(x) for m, x in self.features.items()},
                        present={m: move(p) for m, p in self.present.items()}, mask=move(self.mask),
-                       targets=move(self.targets))
+                       targets=move(self.targets), **{k: v if v is None else move(v) for k, v in self.shots().items()})
 
     def pin_memory(self) -> Batch:
         """In page-locked host memory, so that a copy to a GPU can overlap the computation (`to(non_blocking)`)."""
         return replace(self, features={m: x.pin_memory() for m, x in self.features.items()},
                        present={m: p.pin_memory() for m, p in self.present.items()}, mask=self.mask.pin_memory(),
-                       targets=self.targets.pin_memory())
+                       targets=self.targets.pin_memory(),
+                       **{k: v if v is None else v.pin_memory() for k, v in self.shots().items()})
 
 
 def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None) -> np.ndarray:
@@ -112,5 +128,11 @@ def collate(videos: Sequence[VideoFeatures], task: str, window: int = WINDOW, ma
         has[mask] = np.concatenate([v.present()[m][s] for v, s in zip(videos, steps, strict=True)])
         present[m] = torch.from_numpy(has)
     targets = np.stack([encode(v.labels, task) for v in videos])  # (B, C)
+    shot_known = np.array([v.shot_start is not None for v in videos])  # (B,)
+    shot_start = np.zeros(mask.shape, dtype=bool)  # (B, T)
+    for row, v, s in zip(shot_start, videos, steps, strict=True):
+        if v.shot_start is not None:
+            row[:s.size] = kept_shot_starts(v.shot_start, s)
     return Batch(features=features, present=present, mask=torch.from_numpy(mask),
-                 targets=torch.from_numpy(targets), video_ids=[v.video_id for v in videos], steps=steps)
+                 targets=torch.from_numpy(targets), video_ids=[v.video_id for v in videos], steps=steps,
+                 shot_start=torch.from_numpy(shot_start), shot_known=torch.from_numpy(shot_known))

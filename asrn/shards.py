@@ -109,7 +109,8 @@ class ResidentSplit:
         return Batch(features={m: x[index, :width] for m, x in p.features.items()},  # (B, T, D_m)
                      present={m: x[index, :width] for m, x in p.present.items()},  # (B, T)
                      mask=p.mask[index, :width], targets=p.targets[index],  # (B, T), (B, C)
-                     video_ids=[p.video_ids[i] for i in rows], steps=[p.steps[i] for i in rows])
+                     video_ids=[p.video_ids[i] for i in rows], steps=[p.steps[i] for i in rows],
+                     shot_start=p.shot_start[index, :width], shot_known=p.shot_known[index])  # (B, T), (B,)
 
     def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
         """The epoch's batches as row arrays: shuffled by (seed, epoch), length-sorted within chunks of BUCKET

@@ -3,7 +3,8 @@
 Layout of a store folder DIR:
   DIR/part-*.parquet   one row per video: video_id, split, labels, timestamp (T,),
                        rgb/motion/body/face (T, D), has_body/has_face (T,) detected,
-                       body_tracked/face_tracked (T,) carried across a miss by tracking
+                       body_tracked/face_tracked (T,) carried across a miss by tracking,
+                       shot_start (T,) a shot begins at this step (step 0 True; absent: unknown)
   DIR/features.json    StoreInfo: preset, encoders, dims, fps, weights provenance, detector
                        (extra["detection"]: each detector's settings and tracking gap limit;
                        extra["input_stats"]: the train split's per-dimension mean/std and which videos
@@ -111,10 +112,13 @@ class VideoFeatures:
     has_face: np.ndarray  # (T,) bool
     body_tracked: np.ndarray | None = None  # (T,) bool: not detected, box carried by tracking; None: all False
     face_tracked: np.ndarray | None = None  # (T,) bool
+    shot_start: np.ndarray | None = None  # (T,) bool: a shot begins here (a cut before it; step 0); None: unknown
 
     def __post_init__(self) -> None:
         self.body_tracked = step_mask(self.body_tracked, len(self.has_body))
         self.face_tracked = step_mask(self.face_tracked, len(self.has_face))
+        if self.shot_start is not None:
+            self.shot_start = np.asarray(self.shot_start, bool)
 
     @property
     def num_steps(self) -> int:
@@ -141,13 +145,15 @@ def row_schema(dtype: str = "float16") -> pa.Schema:
         ("has_face", pa.list_(pa.bool_())),
         ("body_tracked", pa.list_(pa.bool_())),
         ("face_tracked", pa.list_(pa.bool_())),
+        ("shot_start", pa.list_(pa.bool_())),  # null row: shots unknown
     ])
 
 
 TRACKED_COLUMNS = ("body_tracked", "face_tracked")  # added later: stores written before them read as all False
 # Columns added after the first stores were written, with what their absence reads as. A store written before one
-# of them still reads and trains. A per-step shot-start column joins here when extract writes one ("unknown").
-OPTIONAL_COLUMNS: dict[str, str] = {"body_tracked": "all False", "face_tracked": "all False"}
+# of them still reads and trains.
+OPTIONAL_COLUMNS: dict[str, str] = {"body_tracked": "all False", "face_tracked": "all False",
+                                    "shot_start": "unknown (None)"}
 
 
 def required_columns() -> list[str]:
@@ -192,6 +198,8 @@ def videos_to_table(videos: Sequence[VideoFeatures], dtype: str = "float16") -> 
     columns["has_face"] = pa.array([np.asarray(v.has_face, bool) for v in videos], pa.list_(pa.bool_()))
     for name in TRACKED_COLUMNS:
         columns[name] = pa.array([np.asarray(getattr(v, name), bool) for v in videos], pa.list_(pa.bool_()))
+    columns["shot_start"] = pa.array([None if v.shot_start is None else np.asarray(v.shot_start, bool)
+                                      for v in videos], pa.list_(pa.bool_()))
     return pa.table(columns, schema=row_schema(dtype))
 
 
@@ -223,6 +231,7 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
     has_face = table.column("has_face").to_pylist()
     tracked = {name: table.column(name).to_pylist() if name in table.column_names else [None] * len(ids)
                for name in TRACKED_COLUMNS}
+    shot_start = table.column("shot_start").to_pylist() if "shot_start" in table.column_names else [None] * len(ids)
     videos = []
     for i, video_id in enumerate(ids):
         t = len(stamps[i])
@@ -230,7 +239,8 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
             if matrices[m][i].shape[0] != t:
                 raise FeatureStoreError(f"video {video_id!r}: {m} has {matrices[m][i].shape[0]} steps, "
                                         f"timestamp has {t}")
-        masks = (("has_body", has_body[i]), ("has_face", has_face[i]), *((n, tracked[n][i]) for n in TRACKED_COLUMNS))
+        masks = (("has_body", has_body[i]), ("has_face", has_face[i]), *((n, tracked[n][i]) for n in TRACKED_COLUMNS),
+                 ("shot_start", shot_start[i]))
         for name, mask in masks:
             if mask is not None and len(mask) != t:
                 raise FeatureStoreError(f"video {video_id!r}: {name} has {len(mask)} steps, timestamp has {t}")
@@ -240,6 +250,7 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
             features={m: matrices[m][i] for m in MODALITIES},
             has_body=np.asarray(has_body[i], bool), has_face=np.asarray(has_face[i], bool),
             **{n: None if tracked[n][i] is None else np.asarray(tracked[n][i], bool) for n in TRACKED_COLUMNS},
+            shot_start=None if shot_start[i] is None else np.asarray(shot_start[i], bool),
         ))
     return videos
 

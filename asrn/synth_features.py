@@ -7,7 +7,8 @@ It stands in for SRIV, which is not public: it rewards what the paper's model do
   ~1.25 obj labels a video);
 - shots (BDLSTM): a video of T steps is cut into 3-6 shots; each shot has its own full-rank background (an
   isotropic random mean in every modality, no low-rank subspace a fixed projection could remove) and its own noise
-  level, so shot boundaries are abrupt changes of statistics;
+  level, so shot boundaries are abrupt changes of statistics; the true shot starts go in the store's `shot_start`
+  column, where `asrn extract` writes the cuts it detects;
 - events (GLA): the relation is shown in 1-2 short interaction events (EVENT_STEPS = 6-10 raw steps, 2-4 steps after
   the sequence former; ~18% of a video's kept steps in all), each inside one shot; every label is shown in exactly
   one of them, and nowhere else;
@@ -255,6 +256,7 @@ def _make_video(video_id: str, split: str, labels: tuple[str, ...], rng: np.rand
         video_id=video_id, split=split, labels=list(labels),
         timestamp=(np.arange(num_steps) / fps).astype(np.float32), features=features,
         has_body=present["body"], has_face=present["face"],
+        shot_start=np.concatenate([[True], shot[1:] != shot[:-1]]),  # the true shot changes, as extract stores cuts
     )
     return SyntheticVideo(video=video, shot=shot, relevant=relevant, events=events)
 

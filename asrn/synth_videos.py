@@ -24,7 +24,12 @@ the scene:
 `videos/<id>.mp4` (libx264, yuv420p, one thread and constant QP: the same seed gives byte-identical files;
 with CRF, x264's rate control gave different bytes from one process to the next),
 `boxes/<id>.json` (tracks.save_tracks: every drawn person and head per frame, clipped to the frame),
-`meta/<id>.json` (shots, which are relevant and what was planted) and `manifest.csv`.
+`meta/<id>.json` (shots, which are relevant and what was planted; `cut_frames`: the first frame of every shot after
+the first, the truth `asrn extract`'s cut detector (asrn.shots) is checked against) and `manifest.csv`.
+
+`write_photo_clip` composes a clip from real photographs that scikit-image ships (one slowly panning shot per
+photograph, hard cuts between them): real footage's colour statistics, with known cuts, for the cut detector's and
+`asrn predict`'s tests.
 """
 
 from __future__ import annotations
@@ -150,6 +155,7 @@ def synthesize_videos(out: str | Path, num_videos: int = 60, seed: int = 0, widt
         tracks = _write_video(out / "videos" / f"{video_id}.mp4", video_id, shots, rng, width, height, fps)
         save_tracks(tracks, out / "boxes" / f"{video_id}.json")
         meta = {"video_id": video_id, "labels": list(labels), "fps": fps, "num_frames": num_frames,
+                "cut_frames": [s.start for s in shots[1:]],
                 "shots": [{"start": s.start, "end": s.end, "relevant": bool(s.labels), "labels": list(s.labels),
                            "scene": s.scene} for s in shots]}
         (out / "meta" / f"{video_id}.json").write_text(json.dumps(meta, indent=1))
@@ -432,3 +438,36 @@ def _clip(boxes: list[list[float]], width: int, height: int) -> np.ndarray:
     array[:, 1::2] = np.clip(array[:, 1::2], 0, height)
     keep = (array[:, 2] - array[:, 0] >= 1) & (array[:, 3] - array[:, 1] >= 1)
     return array[keep]
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")  # skimage.data
+PAN_CROP = 0.7  # each shot shows this share of its photograph's width and height, panning across the rest
+
+
+def write_photo_clip(path: str | Path, shot_frames: list[int], photos: tuple[str, ...] = PHOTOS, width: int = 192,
+                     height: int = 144, fps: float = 10.0) -> list[int]:
+    """An H.264 clip of len(shot_frames) shots, shot k panning slowly across photograph photos[k] (skimage.data)
+    for shot_frames[k] frames, hard cuts between shots. Returns the cut frames (the first frame of each shot after
+    the first). One shot: a single-shot clip (a slow pan, no cut)."""
+    from skimage import data
+
+    if len(shot_frames) > len(photos) or min(shot_frames, default=0) < 1:
+        raise SyntheticDataError(f"shot_frames {shot_frames}: one positive length per photograph, at most "
+                                 f"{len(photos)}")
+    frames = []
+    for name, n in zip(photos, shot_frames, strict=False):
+        image = getattr(data, name)()
+        image = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+        h, w = image.shape[:2]
+        ch, cw = int(h * PAN_CROP), int(w * PAN_CROP)
+        for i in range(n):  # the crop window moves left to right over the shot
+            x, y = int((w - cw) * i / max(n - 1, 1)), (h - ch) // 2
+            frames.append(cv2.resize(image[y:y + ch, x:x + cw, :3], (width, height), interpolation=cv2.INTER_AREA))
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"threads": "1", "preset": "fast", "qp": "20"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    return np.cumsum(shot_frames)[:-1].tolist()

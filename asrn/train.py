@@ -72,7 +72,7 @@ from asrn.labels import TASKS, UnknownTaskError, encode, task_labels
 from asrn.locations import Location
 from asrn.loop import PRECISIONS, RECIPES, NonFiniteLossError, Recipe, check_finite_scores
 from asrn.metrics import choose_thresholds, compute_metrics
-from asrn.model import ASRN, VARIANTS, ModelConfig
+from asrn.model import ASRN, BOUNDARY_FORMS, VARIANTS, ModelConfig
 from asrn.ray_session import lean_trainer_class, ray_session
 from asrn.sequence import WINDOW, collate
 from asrn.shards import direct_read_choice
@@ -87,8 +87,9 @@ from asrn.store import (
 from asrn.train_worker import FAULT_ENV, REPORTED_METRICS, LoopConfig, train_loop_per_worker  # noqa: F401 - API
 
 SELECT_METRIC = "val_map"  # early stopping and checkpoint selection
-RESUME_FIELDS = ("features", "task", "variant", "recipe", "num_workers", "lr", "weight_decay", "batch_size", "dropout",
-                 "hidden", "epochs", "patience", "seed", "precision")  # what `--resume` must not change
+RESUME_FIELDS = ("features", "task", "variant", "boundaries", "recipe", "num_workers", "lr", "weight_decay",
+                 "batch_size", "dropout", "hidden", "epochs", "patience", "seed",
+                 "precision")  # what `--resume` must not change
 RECIPE_FIELDS = ("lr", "weight_decay", "batch_size", "dropout", "hidden", "epochs", "patience")
 
 
@@ -111,6 +112,7 @@ class TrainConfig:
     task: str
     out: Location  # a local folder or a URI
     variant: str = "asrn"
+    boundaries: str = "cuts"  # the BDLSTM's s_t: the store's shots where known, else the paper's (BOUNDARY_FORMS)
     recipe: str = "default"
     num_workers: int = 1
     use_gpu: bool = False
@@ -142,6 +144,9 @@ class TrainConfig:
             raise UnknownTaskError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
         if self.variant not in VARIANTS:
             raise TrainConfigError(f"unknown variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
+        if self.boundaries not in BOUNDARY_FORMS:
+            raise TrainConfigError(f"unknown boundaries {self.boundaries!r}: expected one of "
+                                   f"{', '.join(BOUNDARY_FORMS)}")
         if self.recipe not in RECIPES:
             raise TrainConfigError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
         for name in RECIPE_FIELDS:
@@ -181,7 +186,7 @@ class TrainConfig:
 
     def model_config(self, dims: dict[str, int]) -> ModelConfig:
         return ModelConfig(dims=dict(dims), num_classes=len(task_labels(self.task)), variant=self.variant,
-                           hidden=self.hidden, dropout=self.dropout)
+                           hidden=self.hidden, dropout=self.dropout, boundaries=self.boundaries)
 
 
 @dataclass
@@ -317,7 +322,8 @@ def predict_scores(model: ASRN, videos, task: str, batch_size: int) -> np.ndarra
     with torch.no_grad():
         for i in range(0, len(videos), batch_size):
             batch = collate(videos[i:i + batch_size], task)
-            scores.append(torch.sigmoid(model(batch.features, batch.present, batch.mask).logits.float()).numpy())
+            logits = model(batch.features, batch.present, batch.mask, **batch.shots()).logits  # (B, C)
+            scores.append(torch.sigmoid(logits.float()).numpy())
     return check_finite_scores(np.concatenate(scores), f"model on {len(videos)} video(s)")
 
 
@@ -457,7 +463,7 @@ def with_run_values(flags: dict, given: set[str]) -> dict:
     record = Location(flags["out"]) / "config.json"
     if not flags.get("resume") or not record.is_file():
         return flags
-    saved = json.loads(record.read_text())
+    saved = {"boundaries": "unsupervised", **json.loads(record.read_text())}  # a run from before the flag had none
     return {**flags, **{k: saved[k] for k in RESUME_FIELDS if k in saved and k not in given and k in flags}}
 
 

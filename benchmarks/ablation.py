@@ -1,4 +1,5 @@
-"""Ablation of the paper's Tables 2-3 on the SRIV-like synthetic store: asrn, no-gla, no-mfa, lstm, tsn, mean.
+"""Ablation of the paper's Tables 2-3 on the SRIV-like synthetic store: asrn, no-gla, no-mfa, lstm, tsn, mean, and
+ASRN with the paper's unsupervised boundaries (asrn-unsupervised).
 
     nice python benchmarks/ablation.py [--seeds 0,1,2] [--num-videos 2000] [--recipe default] [--set lr=0.001]
                                        [--tasks sub,obj | --tasks all] [--jobs 3] [--short-run]
@@ -15,10 +16,17 @@ and `loop.evaluate`; early stopping after `patience` epochs without a gain in va
 val mAP epoch scored on test: F1 micro/macro, Acc, Subacc at threshold 0.5 (the paper's layout), mAP, and F1 macro
 at per-class thresholds chosen on val. Paired differences to ASRN are per seed.
 
-Diagnostics (asrn and no-mfa, on test): the temporal attention mass a_t on the kept steps that lie in cue events,
-against those steps' share of the kept steps (what uniform weights would give); the BDLSTM boundaries s_t against
-the true shot changes between consecutive kept steps, as precision and recall beside a random detector that fires
-at the same rate (precision = the base rate of changes, recall = the firing rate).
+ASRN's boundary forms (asrn.model.BOUNDARY_FORMS): `asrn` is the default, boundaries="cuts" (s_t is the store's
+shot_start, which the synthetic store holds as the true shot changes, as `asrn extract` holds the detected cuts);
+`asrn-unsupervised` is the paper's detector alone (`asrn train --boundaries unsupervised`). The per-seed table gives
+the paired difference of the two, i.e. whether real shots change ASRN's mAP.
+
+Diagnostics (the variants with a BDLSTM, on test): the temporal attention mass a_t on the kept steps that lie in cue
+events, against those steps' share of the kept steps (what uniform weights would give); the BDLSTM boundaries s_t
+against the true shot changes between consecutive kept steps, as precision and recall beside a random detector that
+fires at the same rate (precision = the base rate of changes, recall = the firing rate). With boundaries="cuts" on
+planted data they are 1 by construction (the wiring from the column to eqs. 5-7 is what they check); how well the
+cut detector finds real cuts is tests/test_shots.py's.
 
 `--short-run` adds the issue's short run: 240 videos (seed 11), 8 epochs, ASRN, against predicting every class
 (F1 macro) and against prevalence (the mAP of random scores).
@@ -53,15 +61,18 @@ from asrn.sequence import collate  # noqa: E402
 from asrn.store import input_statistics  # noqa: E402
 from asrn.synth_features import SyntheticVideo, generate_videos, generator_parameters  # noqa: E402
 
-VARIANTS = ("asrn", "no-gla", "no-mfa", "lstm", "tsn", "mean")
-ROW_NAMES = {"asrn": "ASRN", "no-gla": "ASRN(no GLA)", "no-mfa": "ASRN(no MFA)", "lstm": "LSTM", "tsn": "TSN",
+VARIANTS = ("asrn", "asrn-unsupervised", "no-gla", "no-mfa", "lstm", "tsn", "mean")
+MODEL_FORMS = {"asrn-unsupervised": ("asrn", "unsupervised")}  # row -> (ModelConfig variant, boundaries)
+ROW_NAMES = {"asrn": "ASRN", "asrn-unsupervised": "ASRN (unsupervised boundaries)", "no-gla": "ASRN(no GLA)",
+             "no-mfa": "ASRN(no MFA)", "lstm": "LSTM", "tsn": "TSN",
              "mean": "mean (all modalities)", "all-positive": "every class predicted (trivial)"}
 METRICS = ("f1_micro", "f1_macro", "acc", "subacc")
 HEADERS = ("F1 mi", "F1 ma", "Acc", "Subacc")
 COLUMNS = (*METRICS, "map", "f1_macro_val_thr")
 WINDOW = 3
 GROUPS = {"sub": ("sub",), "obj": ("obj",), "all": ("sub", "obj")}
-DIAGNOSED = ("asrn", "no-mfa")  # the variants with a BDLSTM and GLA
+DIAGNOSED = ("asrn", "asrn-unsupervised", "no-mfa")  # the variants with a BDLSTM and GLA
+ASRN_FORMS = ("asrn", "asrn-unsupervised")  # ASRN itself, not an ablation of it
 DEVICE = torch.device("cpu")
 
 
@@ -83,8 +94,9 @@ def train_variant(data: dict, task: str, variant: str, seed: int, recipe: Recipe
     train = [s.video for s in data["train"]]
     dims = {m: int(x.shape[1]) for m, x in train[0].features.items()}
     torch.manual_seed(seed)
-    model = ASRN(ModelConfig(dims=dims, num_classes=len(labels), variant=variant, hidden=recipe.hidden,
-                             dropout=recipe.dropout))
+    model_variant, boundaries = MODEL_FORMS.get(variant, (variant, "cuts"))
+    model = ASRN(ModelConfig(dims=dims, num_classes=len(labels), variant=model_variant, hidden=recipe.hidden,
+                             dropout=recipe.dropout, boundaries=boundaries))
     model.set_input_stats(stats)
     optimizer, scheduler = build_optimizer(model, recipe)
     val = batches_of([s.video for s in data["val"]], task, 64, max_steps)
@@ -131,7 +143,7 @@ def diagnostics(model: ASRN, test: list[SyntheticVideo], task: str, max_steps: i
     for i in range(0, len(test), 64):
         chunk = test[i:i + 64]
         batch = collate([s.video for s in chunk], task, WINDOW, max_steps)
-        out = model(batch.features, batch.present, batch.mask)
+        out = model(batch.features, batch.present, batch.mask, **batch.shots())
         a, s = out.temporal_attention.numpy(), out.boundaries.numpy()  # (B, T)
         for b, (synth, steps) in enumerate(zip(chunk, batch.steps, strict=True)):
             n = len(steps)
@@ -213,6 +225,24 @@ def cell(summary: dict, key: str) -> str:
     return f"{summary[key]['mean']:.3f} ± {summary[key]['sd']:.3f}"
 
 
+def shots_verdict(runs: dict, num_seeds: int) -> list[str]:
+    """The paired difference over seeds of ASRN with real shots (boundaries="cuts") and with the paper's
+    unsupervised boundaries: mean ± sd of the test mAP difference, and whether it exceeds twice its standard error."""
+    if not all(form in runs for form in ASRN_FORMS):
+        return []
+    diffs = np.array([runs["asrn"][i]["map"] - runs["asrn-unsupervised"][i]["map"] for i in range(num_seeds)])
+    sd = float(diffs.std(ddof=1)) if num_seeds > 1 else float("nan")
+    stderr = sd / np.sqrt(num_seeds)
+    if num_seeds < 2:
+        verdict = "one seed: no paired test"
+    elif abs(diffs.mean()) > 2 * stderr:
+        verdict = "real shots " + ("raise" if diffs.mean() > 0 else "lower") + " ASRN's test mAP (|mean| > 2 s.e.)"
+    else:
+        verdict = "no measurable change from real shots (|mean| <= 2 s.e.)"
+    return ["", f"Real shots against the paper's unsupervised boundaries, paired over seeds: test mAP difference "
+                f"{diffs.mean():+.3f} ± {sd:.3f} (per seed {', '.join(f'{d:+.3f}' for d in diffs)}): {verdict}."]
+
+
 def markdown(result: dict) -> str:
     s, mach = result["settings"], result["machine"]
     r = s["recipe"]
@@ -251,13 +281,14 @@ def markdown(result: dict) -> str:
                 value = t["runs"][v][i]["map"]
                 cells.append(f"{value:.3f}" + ("" if v == "asrn" else f" ({asrn_map - value:+.3f})"))
             lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-        others = [v for v in t["runs"] if v not in ("asrn", "all-positive")]
+        others = [v for v in t["runs"] if v not in (*ASRN_FORMS, "all-positive")]
         if "asrn" in t["runs"] and others:
             leads = np.array([[t["runs"]["asrn"][i]["map"] - t["runs"][v][i]["map"] for v in others]
                               for i in range(len(s["seeds"]))])  # (seeds, variants)
             verdict = "has" if (leads > 0).all() else "does NOT have"
             lines += ["", f"ASRN {verdict} the best test mAP in every seed against every other variant "
                           f"(smallest lead {leads.min():+.3f}, against {others[int(leads.min(0).argmin())]})."]
+        lines += shots_verdict(t["runs"], len(s["seeds"]))
         lines += ["", "Diagnostics on test (mean over seeds):", "",
                   "| variant | attention on cue-event steps | their share of kept steps | boundary firing rate | "
                   "boundary precision (chance) | boundary recall (chance) |", "|---|---|---|---|---|---|"]

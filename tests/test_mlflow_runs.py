@@ -72,7 +72,7 @@ def _predict_path_scores(checkpoint, videos) -> np.ndarray:
 
     model, _ = load_checkpoint(checkpoint)
     with torch.no_grad():
-        return np.concatenate([torch.sigmoid(model(b.features, b.present, b.mask).logits).numpy()
+        return np.concatenate([torch.sigmoid(model(b.features, b.present, b.mask, **b.shots()).logits).numpy()
                                for b in (collate([v], "sub") for v in videos)])
 
 
@@ -133,7 +133,7 @@ def test_the_scoring_model_names_a_wrong_input(store, tmp_path):
     model, saved = load_checkpoint(_best_pt(store, tmp_path / "best.pt"))
     scorer = mlflow_model.ScoringModel(model, saved["task"], saved["labels"])
     packed = torch.from_numpy(mlflow_model.pack_videos(load_videos(store, splits=["val"])[:2], scorer.dims))
-    with pytest.raises(ValueError, match=r"expected \(videos, steps, 291\): rgb \(128\) \| motion"):
+    with pytest.raises(ValueError, match=r"expected \(videos, steps, 292\): rgb \(128\) \| motion"):
         scorer(packed[..., :-1])
     gap = packed.clone()
     gap[0, 0, -1] = 0.0  # a padding step before a valid one

@@ -149,9 +149,9 @@ def test_boundaries_reset_the_state_and_close_shots():
            omega[:, 2:] / omega[:, 2:].sum(1, keepdim=True))
 
 
-def _autograd_loop(lstm, x, mask):
+def _autograd_loop(lstm, x, mask, cuts=None, forced=None):
     """BoundaryLSTM.forward as it was before issue 14, kept as the reference: eqs. 4-7 as autograd ops, step by
-    step. Returns (V_g, s, ω, h)."""
+    step, with s_t = cuts_t where forced_t (a where(): no gradient into the detector there). Returns (V_g, s, ω, h)."""
     B, T, H = x.shape
     inputs = F.linear(x, torch.cat([lstm.gate_input.weight, lstm.boundary_input.weight]),
                       torch.cat([lstm.gate_input.bias, lstm.boundary_input.bias]))  # (B, T, 5H)
@@ -162,7 +162,10 @@ def _autograd_loop(lstm, x, mask):
     for t in range(T):
         valid, step = mask[:, t].to(x.dtype), mask[:, t].unsqueeze(1)  # (B,), (B, 1)
         gate_h, boundary_h = F.linear(h, w_hidden).split([4 * H, H], dim=1)
-        s = straight_through_step((boundary_in[:, t] + boundary_h) @ lstm.boundary_v) * valid  # eq. 5
+        s = straight_through_step((boundary_in[:, t] + boundary_h) @ lstm.boundary_v)  # eq. 5
+        if forced is not None:
+            s = torch.where(forced[:, t], cuts[:, t].to(x.dtype), s)
+        s = s * valid
         keep = (1.0 - s).unsqueeze(1)  # eq. 6
         i, f, g, o = (gate_in[:, t] + keep * gate_h).chunk(4, dim=1)
         c_new = torch.sigmoid(f) * (keep * c) + torch.sigmoid(i) * torch.tanh(g)  # eq. 4
@@ -180,20 +183,22 @@ def _autograd_loop(lstm, x, mask):
     return (omega.unsqueeze(-1) * h_seq).sum(1), s, omega, h_seq  # eq. 7
 
 
-def _with_hidden(lstm, x, mask):
+def _with_hidden(lstm, x, mask, cuts=None, forced=None):
     """BoundaryLSTM's outputs and the h_t it computed (what shot_score was applied to)."""
     seen = []
     hook = lstm.shot_score.register_forward_hook(lambda module, args, out: seen.append(args[0]))
     try:
-        return (*lstm(x, mask), seen[0])
+        return (*lstm(x, mask, cuts, forced), seen[0])
     finally:
         hook.remove()
 
 
+@pytest.mark.parametrize("forcing", ["none", "some-videos"])
 @pytest.mark.parametrize("lengths", [[7, 7, 7], [7, 5, 1, 3], [5, 2, 0]], ids=["full", "padded", "empty-steps"])
-def test_boundary_lstm_matches_the_autograd_loop(lengths):
+def test_boundary_lstm_matches_the_autograd_loop(lengths, forcing):
     """Same V_g, s, ω, h and the same gradients (x and every parameter, straight-through included) as the autograd
-    loop, in float64, with boundaries firing and padding (T = 7: [5, 2, 0] leaves steps where no video is valid).
+    loop, in float64, with boundaries firing and padding (T = 7: [5, 2, 0] leaves steps where no video is valid),
+    and with s_t forced to given cuts on the first video (boundaries="cuts" on a video whose shots are known).
     gradcheck does not apply: s is a step function whose gradient is, by design, σ' (straight_through_step)."""
     torch.manual_seed(1)
     lstm = BoundaryLSTM(6).double()
@@ -203,9 +208,15 @@ def test_boundary_lstm_matches_the_autograd_loop(lengths):
     mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
     x = torch.randn(B, T, 6, dtype=torch.float64, requires_grad=True)
     weights = [torch.randn(B, 6), torch.randn(B, T), torch.randn(B, T), torch.randn(B, T, 6)]  # of V_g, s, ω, h
+    cuts = forced = None
+    if forcing == "some-videos":
+        cuts = torch.zeros(B, T, dtype=torch.bool)
+        cuts[0, [0, 2, 3]] = True
+        forced = torch.zeros(B, T, dtype=torch.bool)
+        forced[0] = mask[0]
 
     def outputs_and_grads(forward):
-        out = forward(lstm, x, mask)
+        out = forward(lstm, x, mask, cuts, forced)
         loss = sum((o * w.double()).sum() for o, w in zip(out, weights, strict=True))
         return out, torch.autograd.grad(loss, [x, *lstm.parameters()])
 
@@ -213,6 +224,8 @@ def test_boundary_lstm_matches_the_autograd_loop(lengths):
     (v_ref, s_ref, omega_ref, h_ref), grads_ref = outputs_and_grads(_autograd_loop)
     assert 0 < s[mask].sum() < mask.sum() and (s[~mask] == 0).all()
     assert torch.equal(s, s_ref)
+    if forced is not None:
+        assert s[0].bool().tolist() == (cuts[0] & mask[0]).tolist()
     for name, a, b in [("V_g", v_global, v_ref), ("omega", omega, omega_ref), ("h", h, h_ref)]:
         assert torch.allclose(a, b, rtol=0.0, atol=1e-12), name
     for b, length in enumerate(lengths):  # padding carries the state through: h stays at the last valid step's
@@ -383,3 +396,92 @@ def test_bf16_autocast_keeps_recurrences_in_float32(variant):
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     full = asrn_loss(model(features, present, mask).logits, targets)
     assert abs(low.item() - full.item()) < 0.02 * full.item(), (low.item(), full.item())
+
+
+def _forced_inputs(lengths, seed=0):
+    features, present, mask = _inputs(lengths, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    shot_start = (torch.rand(mask.shape, generator=g) < 0.3) & mask
+    shot_start[:, 0] = mask[:, 0]
+    return features, present, mask, shot_start
+
+
+def test_cuts_form_uses_the_store_shots_where_known_and_the_detector_elsewhere():
+    """boundaries="cuts": s_t equals the given shot starts on videos whose shots are known, ω sits on the steps
+    that close those shots, and the paper's detector decides the unknown videos (as the unsupervised form does)."""
+    features, present, mask, shot_start = _forced_inputs([9, 6, 4], seed=5)
+    known = torch.tensor([True, True, False])
+    cuts = _model().eval()
+    with torch.no_grad():
+        cuts.shots.boundary_v.mul_(8.0)  # the detector fires at some steps, so that "unknown" is visible
+    paper = _model().eval()
+    paper.load_state_dict(cuts.state_dict())
+    paper.config.boundaries = "unsupervised"
+    out = cuts(features, present, mask, shot_start, known)
+    ref = paper(features, present, mask, shot_start, known)
+    assert torch.equal(out.boundaries[:2].bool(), shot_start[:2])
+    for b in range(2):
+        last = torch.arange(mask.shape[1]) == mask[b].sum() - 1
+        ends = torch.cat([shot_start[b, 1:], torch.tensor([False])]) | last
+        assert ((out.shot_weights[b] > 0) == (ends & mask[b])).all()
+    assert torch.equal(out.boundaries[2], ref.boundaries[2])
+    assert not torch.equal(out.boundaries[:2], ref.boundaries[:2])  # the unsupervised form ignores the cuts
+    assert torch.equal(paper(features, present, mask).boundaries, ref.boundaries)
+
+
+def test_cuts_form_sends_no_gradient_into_the_detector_from_forced_steps():
+    features, present, mask, shot_start = _forced_inputs([8, 8], seed=6)
+    model = _model(dropout=0.0).train()
+    out = model(features, present, mask, shot_start, torch.tensor([True, True]))
+    asrn_loss(out.logits, torch.rand(2, 8).round()).backward()
+    assert model.shots.boundary_v.grad.abs().sum() == 0 and model.shots.boundary_input.weight.grad.abs().sum() == 0
+    assert model.shots.gate_input.weight.grad.abs().sum() > 0 and model.shots.shot_score.weight.grad.abs().sum() > 0
+
+
+def test_boundaries_form_is_checked():
+    with pytest.raises(ModelConfigError, match="boundaries 'learnt' is unknown"):
+        ModelConfig(dims=dict(DIMS), num_classes=8, boundaries="learnt")
+    assert ModelConfig(dims=dict(DIMS), num_classes=8).boundaries == "cuts"
+
+
+def test_a_checkpoint_from_before_the_boundaries_field_loads_as_the_unsupervised_form(tmp_path, rewrite_checkpoint):
+    """Such a checkpoint was trained with the paper's detector alone; it must keep predicting that way."""
+    from asrn.checkpoint import load_checkpoint, write_checkpoint
+    from asrn.store import StoreInfo
+
+    model = _model()
+    written = write_checkpoint(tmp_path / "best.pt", model.state_dict(), model.config, {}, "sub",
+                               StoreInfo("lite", dict(DIMS), 2.0), epoch=1, val_metrics={})
+    assert load_checkpoint(written)[0].config.boundaries == "cuts"
+    old = rewrite_checkpoint(written, tmp_path / "old.pt", lambda c: c["model_config"].pop("boundaries"))
+    loaded, _ = load_checkpoint(old)
+    assert loaded.config.boundaries == "unsupervised"
+
+
+def test_the_train_flag_reaches_the_model():
+    from asrn.train import TrainConfig, TrainConfigError
+
+    config = TrainConfig(features="store", task="sub", out="run", boundaries="unsupervised")
+    assert config.model_config(DIMS).boundaries == "unsupervised"
+    assert TrainConfig(features="store", task="sub", out="run").model_config(DIMS).boundaries == "cuts"
+    with pytest.raises(TrainConfigError, match="unknown boundaries 'shots'"):
+        TrainConfig(features="store", task="sub", out="run", boundaries="shots")
+
+
+def test_the_training_loop_feeds_the_model_the_stores_shots():
+    """loop.evaluate scores a collated batch with its shots: the same as the model given them, not as without."""
+    from asrn.loop import evaluate
+    from asrn.sequence import collate
+    from asrn.synth_features import generate_videos
+
+    videos = [s.video for s in generate_videos(6, seed=1, dims=DIMS)]
+    batch = collate(videos, "sub")
+    torch.manual_seed(0)
+    model = ASRN(ModelConfig(dims=dict(DIMS), num_classes=8, hidden=16)).eval()
+    with torch.no_grad():
+        model.shots.boundary_v.mul_(8.0)  # the paper's detector fires elsewhere than the cuts
+        with_shots = torch.sigmoid(model(batch.features, batch.present, batch.mask, **batch.shots()).logits)
+        without = torch.sigmoid(model(batch.features, batch.present, batch.mask).logits)
+    _, scores, _ = evaluate(model, [batch], torch.device("cpu"))
+    assert batch.shot_known.all() and np.allclose(scores, with_shots.numpy(), atol=1e-6)
+    assert not np.allclose(scores, without.numpy(), atol=1e-4)

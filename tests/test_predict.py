@@ -32,9 +32,10 @@ from asrn.predict import (
     predict,
     shot_indices,
 )
-from asrn.sequence import collate
+from asrn.sequence import collate, kept_shot_starts
+from asrn.shots import steps_after_cuts
 from asrn.store import MODALITIES, StoreInfo
-from asrn.synth_videos import synthesize_videos
+from asrn.synth_videos import synthesize_videos, write_photo_clip
 from asrn.video import VideoDecodeError
 
 LITE_DIMS = {m: PRESETS["lite"][m].dim for m in MODALITIES}
@@ -287,3 +288,28 @@ def test_predict_feeds_the_model_the_stores_row(trained, tmp_path, rewrite_check
     for m in MODALITIES:
         assert torch.equal(fed[0][m], batch.features[m]), m
     assert not np.array_equal(stored.features["rgb"], row.features["rgb"])  # the round trip did change values
+
+
+def test_predict_draws_one_keyframe_per_real_shot_and_its_boundaries_fall_on_the_cuts(trained, tmp_path):
+    """A clip of four real photographs with hard cuts (each shot 3-4 s, so that every shot keeps steps through the
+    sequence former) and a single-shot clip (one photograph, a slow pan): attention.json's boundaries fall on the
+    clip's cuts within one sampled step, and attention.png shows one keyframe per shot, one for the single shot."""
+    cuts = write_photo_clip(tmp_path / "multi.mp4", [34, 40, 31, 37])
+    write_photo_clip(tmp_path / "single.mp4", [60])
+    out = tmp_path / "out"
+    multi, single = predict(PredictConfig(checkpoint=trained["checkpoint"], out=out,
+                                          videos=[tmp_path / "multi.mp4", tmp_path / "single.mp4"]))
+    attention = json.loads((out / "multi" / "attention.json").read_text())
+    opens = np.flatnonzero(attention["boundaries"][1:]) + 1  # kept steps opening a shot after the first
+    truth = np.flatnonzero(kept_shot_starts(steps_after_cuts(multi.frame_indices, cuts), np.arange(multi.steps.size)))
+    assert len(opens) == len(cuts) and np.array_equal(opens, truth[1:]) and attention["boundaries_from"] == "cuts"
+    sampled_frames = np.rint(np.asarray(attention["sampled_steps"]["timestamps"]) * 10).astype(int)  # 10 fps clip
+    assert attention["sampled_steps"]["shot_start"] == steps_after_cuts(sampled_frames, cuts).tolist()
+    times = np.asarray(attention["timestamps"])
+    for j, cut in zip(opens, np.asarray(cuts) / 10.0, strict=True):  # the clip runs at 10 fps: cut times in seconds
+        assert times[j - 1] < cut <= times[j], (j, cut)  # the shot opens at the first kept step after its cut
+    assert len(attention["keyframes"]) == len(set(attention["shot_index"])) == len(cuts) + 1
+    assert sorted(k["shot"] for k in attention["keyframes"]) == list(range(len(cuts) + 1))
+    assert len(multi.keyframe_images) == len(cuts) + 1 and (out / "multi" / "attention.png").is_file()
+    alone = json.loads((out / "single" / "attention.json").read_text())
+    assert not any(alone["boundaries"][1:]) and len(alone["keyframes"]) == 1 == len(single.keyframe_images)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from asrn.labels import task_labels
-from asrn.sequence import Batch, collate, select_steps
+from asrn.sequence import Batch, collate, kept_shot_starts, select_steps
 from asrn.store import MODALITIES, VideoFeatures
 
 DIMS = {"rgb": 4, "motion": 3, "body": 2, "face": 2}
@@ -100,3 +100,23 @@ def test_batch_to_moves_tensors_and_keeps_bookkeeping():
     batch = collate([_video("a", 3)], "sub").to("cpu")
     assert batch.features["rgb"].device.type == "cpu" and batch.video_ids == ["a"]
     assert len(batch.steps) == 1
+
+
+def test_a_kept_step_starts_a_shot_when_a_shot_began_since_the_previous_kept_step():
+    raw = np.zeros(12, bool)
+    raw[[0, 5, 6, 11]] = True  # shots [0-4], [5], [6-10], [11]
+    # kept 1, 4, 7, 10: the cuts at 5 and 6 both fall between 4 and 7 (the kept steps' shot changes once); 11 unkept
+    assert kept_shot_starts(raw, np.array([1, 4, 7, 10])).tolist() == [True, False, True, False]
+    assert kept_shot_starts(raw, np.array([1, 5, 8, 11])).tolist() == [True, True, True, True]
+    assert kept_shot_starts(raw, np.arange(12)).tolist() == raw.tolist()
+
+
+def test_collate_carries_the_shots_and_whether_they_are_known():
+    known = _video("a", 9, has_face=[1, 0, 0, 0, 1, 0, 0, 0, 1])  # keeps steps 0, 4, 8
+    known.shot_start = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0], bool)  # a cut at step 3: kept step 4 opens a shot
+    unknown = _video("b", 6)
+    batch = collate([known, unknown], "sub")
+    assert batch.shot_known.tolist() == [True, False]
+    assert batch.shot_start.tolist() == [[True, True, False], [False, False, False]]
+    moved = batch.to("cpu")
+    assert moved.shots()["shot_start"].dtype == torch.bool and moved.shot_known.tolist() == [True, False]

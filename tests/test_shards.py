@@ -59,6 +59,7 @@ def test_a_resident_batch_equals_collate_of_its_videos(store):
     for m in want.features:
         assert torch.equal(got.features[m], want.features[m]) and torch.equal(got.present[m], want.present[m])
     assert torch.equal(got.mask, want.mask) and torch.equal(got.targets, want.targets)
+    assert got.shot_known.all() and torch.equal(got.shot_start, want.shot_start)
 
 
 def test_epochs_shuffle_deterministically_in_length_buckets(store):

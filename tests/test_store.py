@@ -42,8 +42,27 @@ def test_documented_columns_readable_by_plain_pyarrow(tmp_path):
     path = store.write_videos(tmp_path, [_video("a", 3)])
     table = pq.read_table(path)
     assert table.column_names == ["video_id", "split", "labels", "timestamp", *MODALITIES, "has_body", "has_face",
-                                  "body_tracked", "face_tracked"]
+                                  "body_tracked", "face_tracked", "shot_start"]
     assert len(table.column("rgb")[0].as_py()[0]) == DIMS["rgb"]
+
+
+def test_shot_start_round_trips_and_reads_unknown_where_absent(tmp_path):
+    """A video with shots keeps them; one without (a store or writer from before the column) reads None, in the
+    same part file and in a part file written without the column at all."""
+    known = _video("a", 5, seed=1)
+    known.shot_start = np.array([True, False, False, True, False])
+    _store_with(tmp_path, {"part-1": [_video("c", 4, "val", seed=3)]}, drop=("shot_start",))
+    store.write_videos(tmp_path, [known, _video("b", 3, seed=2)], name="part-0")
+    opened = store.FeatureStore(tmp_path)
+    assert {c: [f.name for f in files] for c, files in opened.absent_columns().items()} == {
+        "shot_start": ["part-1.parquet"]}
+    back = {v.video_id: v for v in opened.videos()}
+    assert back["a"].shot_start.tolist() == known.shot_start.tolist()
+    assert back["b"].shot_start is None and back["c"].shot_start is None
+    bad = _video("d", 3)
+    bad.shot_start = np.array([True, False])
+    with pytest.raises(FeatureStoreError, match="video 'd': shot_start has 2 steps, timestamp has 3"):
+        store.table_to_videos(store.videos_to_table([bad]))
 
 
 def test_dim_mismatch_and_missing_info_named(tmp_path):

@@ -25,7 +25,8 @@ from asrn.synth_features import (
     synthesize_feature_store,
 )
 
-COLUMNS = ["video_id", "split", "labels", "timestamp", *MODALITIES, "has_body", "has_face", *store.TRACKED_COLUMNS]
+COLUMNS = ["video_id", "split", "labels", "timestamp", *MODALITIES, "has_body", "has_face", *store.TRACKED_COLUMNS,
+           "shot_start"]
 SMALL_DIMS = {"rgb": 16, "motion": 12, "body": 10, "face": 8}
 
 
@@ -153,6 +154,16 @@ def test_backgrounds_are_full_rank_and_shots_differ():
         within.append(jumps[~cut].mean())
     assert np.mean(np.array(across) > np.array(within)) > 0.95
     assert np.mean(across) > 1.25 * np.mean(within)
+
+
+def test_the_store_holds_the_true_shot_starts(synth_store):
+    """shot_start marks exactly the steps where generate_videos' shot index changes (and step 0), as read back."""
+    synth = {s.video.video_id: s for s in generate_videos(60, seed=3, dims=SMALL_DIMS)}
+    for v in store.load_videos(synth_store):
+        shot = synth[v.video_id].shot
+        assert v.shot_start is not None and v.shot_start.shape == shot.shape
+        assert v.shot_start[0] and np.array_equal(np.flatnonzero(v.shot_start[1:]), np.flatnonzero(np.diff(shot)))
+        assert 3 <= v.shot_start.sum() <= 6
 
 
 def test_mean_pooled_probe_scores_well_below_the_event_pooled_one():
