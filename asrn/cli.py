@@ -196,12 +196,13 @@ def _add_predict_arguments(sub) -> None:
                         "optional; a file or URI); default: the VIDEO paths")
     p.add_argument("--features", type=Location, default=None, metavar="STORE",
                    help="score the videos of a feature store (asrn extract's --out) as a Ray Data job; a folder or "
-                        "URI")
+                        "URI; default: VIDEO paths or --manifest")
     p.add_argument("--checkpoint", type=Location, default=None, metavar="CKPT",
-                   help="best.pt of asrn train or asrn tune: a file or a URI (s3://, gs://, file://); or use --model")
+                   help="best.pt of asrn train or asrn tune: a file or a URI (s3://, gs://, file://); default: "
+                        "--model")
     p.add_argument("--model", default=None, metavar="URI",
                    help="with --features/--manifest: an MLflow model URI (models:/NAME/VERSION, runs:/ID/model) "
-                        "instead of --checkpoint; its thresholds come from the logged model")
+                        "instead of --checkpoint; its thresholds come from the logged model; default: --checkpoint")
     p.add_argument("--tracking-uri", "--mlflow-uri", dest="mlflow_uri", default=None, metavar="URI",
                    help="MLflow tracking URI for --model (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     p.add_argument("--out", type=Location, required=True, metavar="DIR",

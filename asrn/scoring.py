@@ -361,6 +361,7 @@ class _ScoreWriter:
         self.seen: set[str] = set()
         self.succeeded = self.failed = self.parts = self.last_report = 0
         self.start = time.monotonic()
+        (config.out / SCORED_DIR).mkdir(parents=True, exist_ok=True)
 
     def add(self, table: pa.Table) -> None:
         self.seen.update(table.column("video_id").to_pylist())
