@@ -214,6 +214,9 @@ def _add_predict_arguments(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="with --features/--manifest: videos per model call")
     p.add_argument("--use-gpu", action="store_true", default=False,
                    help="with --features/--manifest: one GPU per scoring actor")
+    p.add_argument("--figures", action="store_true", default=False,
+                   help="with --manifest: also each video's attention.png / attention.json (in DIR/figures/; "
+                        "decodes and encodes each video once more)")
     p.add_argument("--boxes", type=Location, default=None, metavar="JSON",
                    help="person/face tracks of a single video (a file or URI); default: detect them as asrn "
                         "extract does")

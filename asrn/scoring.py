@@ -20,7 +20,12 @@ thresholds). summary.json: counts, the thresholds, and per split with labels the
 
 Errors are data, as in extract: a video that fails at any stage becomes a row of DIR/errors/ and the others
 complete. Resume: videos in DIR/scored/ are skipped; failed ones are retried. A DIR scored with another model is
-refused. --figures (attention.png per video) is the in-process form's: run `asrn predict VIDEO...` for those.
+refused.
+
+--figures (with --manifest): after scoring, an actor pool draws each newly scored video's attention figure with
+asrn.predict's own code (predict_video + write_prediction: attention.png, attention.json, scores.json) into
+DIR/figures/<video_id>/. It decodes and encodes the video once more, in the actor (the pipeline's prepared frames
+are not kept), so it is off by default; a figure that fails is named on stderr and does not fail the run.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from asrn.store import ERRORS_DIR, FeatureStore, read_part, table_to_videos, wri
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 SCORED_DIR = "scored"  # DIR/scored/part-*.parquet: scores as they arrive; a re-run skips the videos there
+FIGURES_DIR = "figures"  # --figures: DIR/figures/<video_id>/attention.png, attention.json, scores.json
 RUN_FILE = "scoring.json"  # the model a DIR was scored with: a re-run with another is refused
 PREDICTED_PREFIX = "predicted:"  # `predicted:sub:warm`: cannot clash with a class name (those have one colon)
 ERROR_FIELDS = ("path", "stage", "error", "message")
@@ -82,6 +88,7 @@ class ScoreConfig:
     threshold: float | None = None  # one threshold for every class; default: the model's per-class ones
     weights_dir: Path | None = None  # encoder weights, with --manifest
     boxes: Location | None = None  # refused: a single video's tracks belong to `asrn predict VIDEO`
+    figures: bool = False  # with --manifest: DIR/figures/<video_id>/ attention.png, attention.json, scores.json
     verbose: bool = False
     address: str | None = None
     videos_per_part: int = 64  # videos per DIR/scored part file
@@ -103,6 +110,8 @@ class ScoreConfig:
              f"--threshold must lie in [0, 1], got {self.threshold}"),
             (self.boxes is not None, "--boxes is the tracks JSON of a single video (asrn predict VIDEO); a manifest "
                                      "gives them in its boxes column"),
+            (self.figures and self.manifest is None, "--figures needs --manifest: a store holds features, not the "
+                                                     "frames the figure shows"),
             (self.model is not None and not self.model.startswith(("models:/", "runs:/")),
              f"--model {self.model}: expected an MLflow model URI (models:/NAME/VERSION or runs:/RUN_ID/model)"),
         ) if bad]
@@ -114,7 +123,8 @@ class ScoreConfig:
         return ["train", "val", "test"] if self.split == "all" else [self.split]
 
 
-SCORING_ONLY_FLAGS = ("features", "model", "split", "use_gpu", "num_workers", "batch_size", "address", "verbose")
+SCORING_ONLY_FLAGS = ("features", "model", "split", "use_gpu", "num_workers", "batch_size", "figures", "address",
+                      "verbose")
 
 
 def check_route(videos: list, given: set[str], checkpoint) -> None:
@@ -293,6 +303,56 @@ def manifest_dataset(entries: list[ManifestEntry], config: ScoreConfig, scorer: 
     return _score_stage(build_dataset(entries, extract), config, scorer, gpus=0.5)
 
 
+class DrawFigures:
+    """Figure actor: the model, the encoders and the detector of asrn.predict built once; one video per call."""
+
+    def __init__(self, scorer: Scorer, weights_dir: str, out: str):
+        from asrn.detect import build_detector
+        from asrn.encoders import build_encoders
+        from asrn.predict import feature_settings
+
+        self.model, self.out = scorer.build(), Location(out)
+        self.checkpoint = {"path": scorer.source, "store_info": scorer.store_info, "task": scorer.task,
+                           "model_config": asdict(scorer.model_config), "labels": scorer.labels,
+                           "thresholds": scorer.thresholds}
+        settings = feature_settings(self.checkpoint, Path(weights_dir) if weights_dir else None)
+        self.encoders = build_encoders(settings.preset, settings.weights_dir, warn=False)
+        self.detector = build_detector(settings.weights_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        from asrn.predict import predict_video, write_prediction
+
+        errors = []
+        for video_id, path, boxes in zip(batch["video_id"], batch["path"], batch["boxes"], strict=True):
+            try:
+                prediction = predict_video(str(path), self.model, self.checkpoint, self.encoders, self.detector,
+                                           str(boxes) or None)
+                write_prediction(prediction, self.out / FIGURES_DIR / str(video_id))
+                errors.append("")
+            except Exception as e:  # noqa: BLE001 - a figure that fails is named, the scores stand
+                errors.append(f"{type(e).__name__}: {' '.join(str(e).split())}")
+        return {"video_id": batch["video_id"], "error": np.asarray(errors, dtype=object)}
+
+
+def draw_figures(entries: list[ManifestEntry], config: ScoreConfig, scorer: Scorer) -> int:
+    """attention figures of `entries` (module docstring); return how many were drawn."""
+    items = [{"video_id": e.video_id, "path": e.path, "boxes": e.boxes or ""} for e in entries]
+    if not items:
+        return 0
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        DrawFigures, fn_constructor_kwargs={"scorer": scorer, "weights_dir": str(config.weights_dir or ""),
+                                            "out": str(config.out)},
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=config.num_workers),
+        num_cpus=1, memory=SCORER_MEMORY)
+    drawn = 0
+    for row in ds.iter_rows():
+        if row["error"]:
+            print(f"score: warning: no figure for {row['video_id']}: {row['error']}", file=sys.stderr, flush=True)
+        drawn += not row["error"]
+    print(f"score: {drawn} figure(s) in {config.out / FIGURES_DIR}", file=sys.stderr, flush=True)
+    return drawn
+
+
 # ---------------------------------------------------------------- the driver: outputs
 
 
@@ -358,7 +418,8 @@ class _ScoreWriter:
         self.config, self.total, self.run_id = config, total, time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.rows: list[pa.Table] = []
         self.errors: list[dict] = []
-        self.seen: set[str] = set()
+        self.seen: set[str] = set()  # returned by the pipeline
+        self.scored: set[str] = set()  # of those, scored
         self.succeeded = self.failed = self.parts = self.last_report = 0
         self.start = time.monotonic()
         (config.out / SCORED_DIR).mkdir(parents=True, exist_ok=True)
@@ -371,6 +432,7 @@ class _ScoreWriter:
             print(f"score: {row['video_id']} failed at {row['stage']}: {row['error']}: {row['message']}",
                   file=sys.stderr, flush=True)
         good = table.filter(ok).select(["video_id", "split", "labels", "scores"])
+        self.scored.update(good.column("video_id").to_pylist())
         self.rows.append(good)
         self.succeeded += good.num_rows
         self.failed += table.num_rows - good.num_rows
@@ -469,6 +531,8 @@ def score(config: ScoreConfig) -> dict:
                 writer.add_lost([w for w in todo if w["video_id"] not in writer.seen])
             finally:
                 writer.flush()
+            if config.figures:
+                draw_figures([e for e in entries if e.video_id in writer.scored], config, scorer)
         writer.report(final=True)
     return _finish(config, scorer, writer, len(wanted) - len(todo), time.monotonic() - start)
 

@@ -43,6 +43,7 @@ LABELS = list(task_labels("sub"))
     ({"features": "s", "checkpoint": "c.pt", "num_workers": 0}, "--num-workers must be >= 1"),
     ({"features": "s", "model": "best.pt"}, "--model best.pt: expected an MLflow model URI"),
     ({"manifest": "m.csv", "checkpoint": "c.pt", "boxes": "b.json"}, "--boxes is the tracks JSON of a single"),
+    ({"features": "s", "checkpoint": "c.pt", "figures": True}, "--figures needs --manifest"),
 ])
 def test_bad_flags_are_refused_by_name(tmp_path, flags, named):
     with pytest.raises(ScoreError, match=named):
@@ -232,7 +233,7 @@ def test_a_store_on_s3_is_scored_as_training_scored_it_and_resumed(ray_cluster, 
 @pytest.mark.ray
 def test_a_manifest_with_a_corrupt_video_scores_the_others(ray_cluster, tmp_path, capsys):
     """Extraction and scoring in one pipeline, a manifest without labels, one video not a video: it lands in the
-    errors table, the others are scored; a re-run retries only it."""
+    errors table, the others are scored, with the figures of `asrn predict VIDEO`; a re-run retries only it."""
     from asrn.checkpoint import write_checkpoint
     from asrn.extract import expected_dims
     from asrn.model import ASRN, ModelConfig
@@ -256,7 +257,7 @@ def test_a_manifest_with_a_corrupt_video_scores_the_others(ray_cluster, tmp_path
     checkpoint = write_checkpoint(tmp_path / "best.pt", ASRN(config).state_dict(), config, {"task": "sub"}, "sub",
                                   StoreInfo(preset="lite", dims=dims, fps=2.0), 1, {}, thresholds=[0.3] * 8)
     out = tmp_path / "scores"
-    result = score(ScoreConfig(out=out, manifest=unlabelled, checkpoint=checkpoint))
+    result = score(ScoreConfig(out=out, manifest=unlabelled, checkpoint=checkpoint, figures=True))
     assert (result["videos"], result["failed"], result["with_labels"], result["metrics"]) == (3, 1, 0, {})
     errors = read_errors(out).to_pylist()
     assert [(e["video_id"], e["stage"]) for e in errors] == [("broken", "decode")]
@@ -264,6 +265,13 @@ def test_a_manifest_with_a_corrupt_video_scores_the_others(ray_cluster, tmp_path
     assert sorted(predictions.column("video_id").to_pylist()) == sorted(r[0] for r in rows[:3])
     scores = np.stack([predictions.column(c).to_numpy() for c in LABELS], axis=1)
     assert np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()
+    for video_id, row in zip(predictions.column("video_id").to_pylist(), scores, strict=True):
+        figure = out / "figures" / video_id
+        assert (figure / "attention.png").stat().st_size > 0 and (figure / "attention.json").is_file()
+        alone = json.loads((figure / "scores.json").read_text())["scores"]  # the in-process form, same video
+        np.testing.assert_allclose([alone[c]["score"] for c in LABELS], row, atol=1e-5)
+        assert [alone[c]["predicted"] for c in LABELS] == [bool(x >= 0.3) for x in row]
+    assert not (out / "figures" / "broken").exists()
     assert "broken failed at decode" in capsys.readouterr().err
 
     again = score(ScoreConfig(out=out, manifest=unlabelled, checkpoint=checkpoint))
