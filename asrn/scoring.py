@@ -228,16 +228,7 @@ class ScoreVideos:
     def __call__(self, table: pa.Table) -> pa.Table:
         good = pc.equal(table.column("error"), "")
         videos = table_to_videos(table.filter(good)) if table.num_rows else []
-        scores: list[list[float]] = [[] for _ in videos]
-        errors = {}
-        order = sorted(range(len(videos)), key=lambda i: videos[i].num_steps)  # batches of similar length
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            try:
-                for i, row in zip(chunk, self.scores([videos[i] for i in chunk]), strict=True):
-                    scores[i] = row.tolist()
-            except Exception as e:  # noqa: BLE001 - errors are data: a failing batch must not fail the dataset
-                errors.update({i: f"{type(e).__name__}: {' '.join(str(e).split())}" for i in chunk})
+        scores, errors = self.score_sorted(videos)
         bad = table.filter(pc.invert(good))
         out = {"video_id": [v.video_id for v in videos] + bad.column("video_id").to_pylist(),
                "split": [v.split for v in videos] + bad.column("split").to_pylist(),
@@ -246,10 +237,30 @@ class ScoreVideos:
         paths = table.filter(good).column("path").to_pylist()
         out["path"] = paths + bad.column("path").to_pylist()
         out["stage"] = ["score" if i in errors else "" for i in range(len(videos))] + bad.column("stage").to_pylist()
-        out["error"] = ["ScoreError" if i in errors else "" for i in range(len(videos))] + \
+        out["error"] = [errors[i][0] if i in errors else "" for i in range(len(videos))] + \
             bad.column("error").to_pylist()
-        out["message"] = [errors.get(i, "") for i in range(len(videos))] + bad.column("message").to_pylist()
+        out["message"] = [errors[i][1] if i in errors else "" for i in range(len(videos))] + \
+            bad.column("message").to_pylist()
         return pa.table(out, schema=_SCORED_ROWS)
+
+    def score_sorted(self, videos: list) -> tuple[list[list[float]], dict[int, tuple[str, str]]]:
+        """Scores of `videos` in batches of similar length; a batch that fails is retried a video at a time, so
+        that only the failing video gets an (error, message)."""
+        scores: list[list[float]] = [[] for _ in videos]
+        errors: dict[int, tuple[str, str]] = {}
+        order = sorted(range(len(videos)), key=lambda i: videos[i].num_steps)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            try:
+                for i, row in zip(chunk, self.scores([videos[i] for i in chunk]), strict=True):
+                    scores[i] = row.tolist()
+            except Exception:  # noqa: BLE001 - errors are data: find the video that fails, score the others
+                for i in chunk:
+                    try:
+                        scores[i] = self.scores([videos[i]])[0].tolist()
+                    except Exception as e:  # noqa: BLE001
+                        errors[i] = (type(e).__name__, " ".join(str(e).split()) or type(e).__name__)
+        return scores, errors
 
     def scores(self, videos: list) -> np.ndarray:
         """(N, C) probabilities: asrn.train.predict_scores' collate and model call, on this actor's device."""

@@ -277,3 +277,30 @@ def test_a_manifest_with_a_corrupt_video_scores_the_others(ray_cluster, tmp_path
     again = score(ScoreConfig(out=out, manifest=unlabelled, checkpoint=checkpoint))
     assert (again["skipped"], again["scored_now"], again["failed_now"], again["failed"]) == (3, 0, 1, 1)
     assert len(read_errors(out)) == 1  # the latest record of the broken video, not one per run
+
+
+def test_the_scoring_actor_scores_as_training_and_isolates_a_failing_video(trained):
+    """ScoreVideos called as Ray Data calls it, here in this process: a batch with an extract error row and a video
+    whose features are NaN; the others' scores equal predict_scores', whatever the length order."""
+    from asrn.scoring import ScoreVideos, load_scorer
+    from asrn.store import load_videos, videos_to_table
+    from asrn.train import predict_scores
+
+    scorer = load_scorer(ScoreConfig(out="unused", features=trained["store"], checkpoint=trained["checkpoint"]))
+    videos = load_videos(trained["store"])
+    assert len({v.num_steps for v in videos}) > 1  # lengths differ: the actor reorders them
+    videos[2].features["rgb"][:] = np.nan
+    table = videos_to_table(videos)
+    extra = {"path": ["p"] * len(videos), "stage": [""] * len(videos), "error": [""] * len(videos),
+             "message": [""] * len(videos)}
+    for name, values in extra.items():
+        table = table.append_column(name, pa.array(values, pa.string()))
+    failed = table.slice(0, 1).set_column(table.column_names.index("error"), "error", pa.array(["Boom"]))
+    failed = failed.set_column(failed.column_names.index("video_id"), "video_id", pa.array(["gone"]))
+    out = ScoreVideos(scorer, "cpu", batch_size=3)(pa.concat_tables([table, failed])).to_pylist()
+    rows = {r["video_id"]: r for r in out}
+    assert rows["gone"]["error"] == "Boom" and rows[videos[2].video_id]["error"] == "NonFiniteScoresError"
+    good = [v for i, v in enumerate(videos) if i != 2]
+    expected = predict_scores(scorer.build(), good, "sub", 4)
+    np.testing.assert_allclose([rows[v.video_id]["scores"] for v in good], expected, atol=1e-6)
+    assert all(rows[v.video_id]["error"] == "" for v in good)
