@@ -55,7 +55,15 @@ from asrn.metrics import compute_metrics
 from asrn.model import ASRN, ModelConfig
 from asrn.ray_session import ray_session
 from asrn.sequence import collate
-from asrn.store import ERRORS_DIR, FeatureStore, read_part, table_to_videos, write_errors
+from asrn.store import (
+    ERRORS_DIR,
+    OPTIONAL_COLUMNS,
+    FeatureStore,
+    read_part,
+    row_schema,
+    table_to_videos,
+    write_errors,
+)
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 SCORED_DIR = "scored"  # DIR/scored/part-*.parquet: scores as they arrive; a re-run skips the videos there
@@ -205,13 +213,23 @@ def load_mlflow_scorer(model_uri: str, tracking_uri: str | None = None) -> Score
 def _read_part(batch: dict, splits: list[str], skip: frozenset[str]) -> pa.Table:
     """CPU task: one part file's rows of `splits`, less the videos in `skip`, with empty error fields."""
     file = Location(str(batch["file"][0]))
-    table = read_part(file, filters=[("split", "in", splits)])
+    table = _conformed(read_part(file, filters=[("split", "in", splits)]))
     if skip:
         table = table.filter(pc.invert(pc.is_in(table.column("video_id"), pa.array(sorted(skip), pa.string()))))
     for name in ERROR_FIELDS:
         table = table.append_column(name, pa.array([str(file) if name == "path" else ""] * table.num_rows,
                                                    pa.string()))
     return table
+
+
+def _conformed(table: pa.Table) -> pa.Table:
+    """The store's row columns only, an optional column that an older part file lacks added as nulls (read as its
+    default, OPTIONAL_COLUMNS), so that rows of different part files concatenate into one actor batch."""
+    schema = row_schema()
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select([name for name in schema.names if name in table.column_names])
 
 
 class ScoreVideos:

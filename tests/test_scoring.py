@@ -304,3 +304,22 @@ def test_the_scoring_actor_scores_as_training_and_isolates_a_failing_video(train
     expected = predict_scores(scorer.build(), good, "sub", 4)
     np.testing.assert_allclose([rows[v.video_id]["scores"] for v in good], expected, atol=1e-6)
     assert all(rows[v.video_id]["error"] == "" for v in good)
+
+
+def test_part_files_with_and_without_optional_columns_read_into_one_batch(trained, tmp_path):
+    """A store written before the tracked columns beside one written after: the read stage gives rows of one
+    schema (the absent columns as nulls, read as all False), skipping the videos already scored."""
+    from asrn.scoring import _read_part
+    from asrn.store import OPTIONAL_COLUMNS, read_table, table_to_videos
+
+    table = read_table(trained["store"])
+    new, old = tmp_path / "part-new.parquet", tmp_path / "part-old.parquet"
+    pq.write_table(table, new)
+    pq.write_table(table.drop_columns(list(OPTIONAL_COLUMNS)), old)
+    ids = table.column("video_id").to_pylist()
+    parts = [_read_part({"file": np.array([str(f)])}, ["train", "val", "test"], frozenset(ids[:2])) for f in (new, old)]
+    assert parts[0].schema == parts[1].schema
+    videos = table_to_videos(pa.concat_tables(parts))
+    assert [v.video_id for v in videos] == ids[2:] * 2
+    assert not any(v.body_tracked.any() or v.face_tracked.any() for v in videos[len(ids) - 2:])
+    assert set(parts[0].column("error").to_pylist()) == {""}
