@@ -490,7 +490,7 @@ class _ScoreWriter:
 
     def report(self, final: bool = False) -> None:
         done = self.succeeded + self.failed
-        if final or done - self.last_report >= max(1, min(10, self.total // 10)):
+        if (final and done != self.last_report) or done - self.last_report >= max(1, min(10, self.total // 10)):
             rate = done / max(time.monotonic() - self.start, 1e-9)
             print(f"score: {done}/{self.total} videos ({self.failed} failed), {rate:.2f} videos/s",
                   file=sys.stderr, flush=True)
