@@ -192,15 +192,35 @@ def _add_tune_arguments(sub) -> None:
 
 
 def _add_predict_arguments(sub) -> None:
-    p = _parser(sub, "predict", "a video's relations, with attention.png (in this process, without Ray)")
-    p.add_argument("videos", nargs="*", type=Location, help="video files or URIs (or use --manifest)")
+    p = _parser(sub, "predict", "relation scores: of VIDEO files in this process (with attention.png), or of a whole "
+                                "store or manifest as a Ray Data job (--features / --manifest)")
+    p.add_argument("videos", nargs="*", type=Location, help="video files or URIs, scored in this process without Ray")
     p.add_argument("--manifest", type=Location, default=None, metavar="CSV",
-                   help="videos (asrn extract's manifest format; a file or URI) instead of VIDEO paths; default: the "
-                        "VIDEO paths")
-    p.add_argument("--checkpoint", type=Location, required=True,
-                   help="best.pt of asrn train or asrn tune: a file or a URI (s3://, gs://, file://)")
+                   help="videos to extract and score as one Ray Data job (asrn extract's manifest format, labels "
+                        "optional; a file or URI); default: the VIDEO paths")
+    p.add_argument("--features", type=Location, default=None, metavar="STORE",
+                   help="score the videos of a feature store (asrn extract's --out) as a Ray Data job; a folder or "
+                        "URI; default: VIDEO paths or --manifest")
+    p.add_argument("--checkpoint", type=Location, default=None, metavar="CKPT",
+                   help="best.pt of asrn train or asrn tune: a file or a URI (s3://, gs://, file://); default: "
+                        "--model")
+    p.add_argument("--model", default=None, metavar="URI",
+                   help="with --features/--manifest: an MLflow model URI (models:/NAME/VERSION, runs:/ID/model) "
+                        "instead of --checkpoint; its thresholds come from the logged model; default: --checkpoint")
+    p.add_argument("--tracking-uri", "--mlflow-uri", dest="mlflow_uri", default=None, metavar="URI",
+                   help="MLflow tracking URI for --model (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     p.add_argument("--out", type=Location, required=True, metavar="DIR",
-                   help="scores.json, attention.json, attention.png (a folder per video for several); a folder or URI")
+                   help="VIDEO: scores.json, attention.json, attention.png (a folder per video for several); "
+                        "--features/--manifest: predictions.parquet, summary.json, errors/; a folder or URI")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="all",
+                   help="with --features: score the videos of this split")
+    p.add_argument("--num-workers", type=int, default=1, help="with --features/--manifest: scoring actors")
+    p.add_argument("--batch-size", type=int, default=16, help="with --features/--manifest: videos per model call")
+    p.add_argument("--use-gpu", action="store_true", default=False,
+                   help="with --features/--manifest: one GPU per scoring actor")
+    p.add_argument("--figures", action="store_true", default=False,
+                   help="with --manifest: also each video's attention.png / attention.json (in DIR/figures/; "
+                        "decodes and encodes each video once more)")
     p.add_argument("--boxes", type=Location, default=None, metavar="JSON",
                    help="person/face tracks of a single video (a file or URI); default: detect them as asrn "
                         "extract does")
@@ -208,6 +228,8 @@ def _add_predict_arguments(sub) -> None:
                    help="folder of pretrained weight files; default: torchvision's cache, else random init")
     p.add_argument("--threshold", type=float, default=None,
                    help="one decision threshold for every class; default: the per-class ones chosen on val")
+    _add_verbose(p)
+    _add_address(p)
 
 
 def _add_demo_arguments(sub) -> None:
@@ -266,9 +288,14 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "tune":
         from asrn.tune import TuneConfig, tune
         tune(_config_from_args(TuneConfig, args))
-    elif args.command == "predict":
+    elif args.command == "predict" and args.videos:
         from asrn.predict import PredictConfig, predict
+        from asrn.scoring import check_route
+        check_route(args.videos, given_flags(args.argv), args.checkpoint)
         predict(_config_from_args(PredictConfig, args))
+    elif args.command == "predict":
+        from asrn.scoring import ScoreConfig, score
+        score(_config_from_args(ScoreConfig, args))
     elif args.command == "weights" and args.what == "fetch":
         from asrn.encoders import fetch_weights
         paths = fetch_weights(args.preset, args.dir, detector=args.detector, mirror=args.mirror)
@@ -286,14 +313,14 @@ def job_argv(command: str, argv: Sequence[str]) -> list[str]:
     """Arguments of `asrn <command>` run as a Ray job: the job's own flags, plus the cluster as defaults.
 
     Inside a job Ray sets RAY_ADDRESS to the cluster's GCS address (an http:// value is the job server's,
-    not one to join); MLFLOW_TRACKING_URI names the cluster's tracking server for train and tune.
+    not one to join); MLFLOW_TRACKING_URI names the cluster's tracking server for train, tune and predict (--model).
     """
     args = [command, *argv]
     address = os.environ.get("RAY_ADDRESS", "")
     if address and not address.startswith(("http://", "https://")) and not _given(["--address"], argv):
         args += ["--address", address]
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if command in ("train", "tune") and uri and not _given(["--tracking-uri", "--mlflow-uri"], argv):
+    if command in ("train", "tune", "predict") and uri and not _given(["--tracking-uri", "--mlflow-uri"], argv):
         args += ["--tracking-uri", uri]
     return args
 

@@ -80,8 +80,8 @@ def _read_text(manifest_path: Location) -> str:
                             "save the manifest as UTF-8") from None
 
 
-def _check_header(manifest_path: Location, header: list[str]) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+def _check_header(manifest_path: Location, header: list[str], labels_required: bool = True) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in header and (labels_required or c != "labels")]
     if missing:
         raise ManifestError(f"{manifest_path}:1: missing column(s) {', '.join(missing)} "
                             f"(header must hold {','.join(REQUIRED_COLUMNS)}[,boxes])")
@@ -90,7 +90,8 @@ def _check_header(manifest_path: Location, header: list[str]) -> None:
         raise ManifestError(f"{manifest_path}:1: column(s) {', '.join(repeated)} appear more than once")
 
 
-def _parse_row(row: dict, where: str, base_dir: Path | Location, problems: list[str]) -> ManifestEntry:
+def _parse_row(row: dict, where: str, base_dir: Path | Location, problems: list[str],
+               labels_required: bool = True) -> ManifestEntry:
     """One row as an entry; each problem found is appended to `problems`, naming `where`."""
     video_id, video_path, split, labels_text, boxes = (
         (row.get(k) or "").strip() for k in ("video_id", "path", "split", "labels", "boxes"))
@@ -104,7 +105,7 @@ def _parse_row(row: dict, where: str, base_dir: Path | Location, problems: list[
     except UnknownLabelError as e:
         problems.append(f"{where}: {e}")
     else:
-        if not labels:
+        if not labels and labels_required:
             problems.append(f"{where}: no labels for video {video_id!r}")
     resolved = {}
     for column, value in (("path", video_path), ("boxes", boxes)):
@@ -118,9 +119,10 @@ def _parse_row(row: dict, where: str, base_dir: Path | Location, problems: list[
                          boxes=resolved.get("boxes"), line=int(where.rsplit(":", 1)[1]))
 
 
-def read_manifest(path: str | os.PathLike | Location) -> list[ManifestEntry]:
+def read_manifest(path: str | os.PathLike | Location, labels_required: bool = True) -> list[ManifestEntry]:
     """Parse the CSV (a local file or a URI) and raise one ManifestError listing every bad line, or return the
-    entries."""
+    entries. `labels_required=False` (scoring unlabelled videos): the labels column and its values may be absent;
+    labels given are still checked."""
     manifest_path = Location(path)
     if not manifest_path.is_file():
         raise ManifestError(f"{manifest_path}: manifest not found")
@@ -131,7 +133,7 @@ def read_manifest(path: str | os.PathLike | Location) -> list[ManifestEntry]:
         raise ManifestError(f"{manifest_path}:{line}: a NUL byte (a control character is not allowed)")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
-    _check_header(manifest_path, header)
+    _check_header(manifest_path, header, labels_required)
     problems: list[str] = []
     entries: list[ManifestEntry] = []
     first_line: dict[str, int] = {}
@@ -140,7 +142,7 @@ def read_manifest(path: str | os.PathLike | Location) -> list[ManifestEntry]:
         if None in row:  # more fields than the header has
             problems.append(f"{where}: {len(header) + len(row[None])} fields, header has {len(header)}")
             continue
-        entry = _parse_row(row, where, base_dir, problems)
+        entry = _parse_row(row, where, base_dir, problems, labels_required)
         if entry.video_id in first_line:
             problems.append(f"{where}: duplicate video_id {entry.video_id!r} (first on line "
                             f"{first_line[entry.video_id]})")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asrn
 
-JOB_MODULES = {"extract", "train", "train_worker", "epoch_logger", "tune", "demo", "ray_session"}
+JOB_MODULES = {"extract", "train", "train_worker", "epoch_logger", "tune", "demo", "ray_session", "scoring"}
 LIBRARY_MODULES = sorted(p.stem for p in Path(asrn.__file__).parent.glob("*.py")
                          if p.stem not in JOB_MODULES | {"__init__"})
 
