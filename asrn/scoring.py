@@ -30,6 +30,7 @@ are not kept), so it is off by default; a figure that fails is named on stderr a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -45,6 +46,7 @@ import ray
 import torch
 
 from asrn.checkpoint import load_checkpoint
+from asrn.console import stderr_without
 from asrn.errors import AsrnError
 from asrn.files import atomic_output, write_json
 from asrn.labels import encode
@@ -555,8 +557,9 @@ def score(config: ScoreConfig) -> dict:
                   if store is None else store_dataset(store, config, scorer, done))
             ds.context.max_errored_blocks = -1
             try:
-                for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    writer.add(table)
+                with contextlib.nullcontext() if config.verbose else stderr_without():  # Ray's C++ line per actor
+                    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                        writer.add(table)
                 writer.add_lost([w for w in todo if w["video_id"] not in writer.seen])
             finally:
                 writer.flush()
