@@ -196,10 +196,9 @@ def videos_to_table(videos: Sequence[VideoFeatures], dtype: str = "float16") -> 
         columns[m] = _matrix_array([np.asarray(v.features[m]) for v in videos], dtype)
     columns["has_body"] = pa.array([np.asarray(v.has_body, bool) for v in videos], pa.list_(pa.bool_()))
     columns["has_face"] = pa.array([np.asarray(v.has_face, bool) for v in videos], pa.list_(pa.bool_()))
-    for name in TRACKED_COLUMNS:
-        columns[name] = pa.array([np.asarray(getattr(v, name), bool) for v in videos], pa.list_(pa.bool_()))
-    columns["shot_start"] = pa.array([None if v.shot_start is None else np.asarray(v.shot_start, bool)
-                                      for v in videos], pa.list_(pa.bool_()))
+    for name in OPTIONAL_COLUMNS:  # a None (shots unknown) is a null row
+        columns[name] = pa.array([None if getattr(v, name) is None else np.asarray(getattr(v, name), bool)
+                                  for v in videos], pa.list_(pa.bool_()))
     return pa.table(columns, schema=row_schema(dtype))
 
 
@@ -229,9 +228,8 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
     stamps = table.column("timestamp").to_pylist()
     has_body = table.column("has_body").to_pylist()
     has_face = table.column("has_face").to_pylist()
-    tracked = {name: table.column(name).to_pylist() if name in table.column_names else [None] * len(ids)
-               for name in TRACKED_COLUMNS}
-    shot_start = table.column("shot_start").to_pylist() if "shot_start" in table.column_names else [None] * len(ids)
+    optional = {name: table.column(name).to_pylist() if name in table.column_names else [None] * len(ids)
+                for name in OPTIONAL_COLUMNS}
     videos = []
     for i, video_id in enumerate(ids):
         t = len(stamps[i])
@@ -239,8 +237,7 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
             if matrices[m][i].shape[0] != t:
                 raise FeatureStoreError(f"video {video_id!r}: {m} has {matrices[m][i].shape[0]} steps, "
                                         f"timestamp has {t}")
-        masks = (("has_body", has_body[i]), ("has_face", has_face[i]), *((n, tracked[n][i]) for n in TRACKED_COLUMNS),
-                 ("shot_start", shot_start[i]))
+        masks = (("has_body", has_body[i]), ("has_face", has_face[i]), *((n, optional[n][i]) for n in OPTIONAL_COLUMNS))
         for name, mask in masks:
             if mask is not None and len(mask) != t:
                 raise FeatureStoreError(f"video {video_id!r}: {name} has {len(mask)} steps, timestamp has {t}")
@@ -249,8 +246,7 @@ def table_to_videos(table: pa.Table) -> list[VideoFeatures]:
             timestamp=np.asarray(stamps[i], np.float32),
             features={m: matrices[m][i] for m in MODALITIES},
             has_body=np.asarray(has_body[i], bool), has_face=np.asarray(has_face[i], bool),
-            **{n: None if tracked[n][i] is None else np.asarray(tracked[n][i], bool) for n in TRACKED_COLUMNS},
-            shot_start=None if shot_start[i] is None else np.asarray(shot_start[i], bool),
+            **{n: None if optional[n][i] is None else np.asarray(optional[n][i], bool) for n in OPTIONAL_COLUMNS},
         ))
     return videos
 
