@@ -127,7 +127,7 @@ def train_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.opt
     for batch in batches:
         batch = batch.to(device)
         with _autocast(device, precision):
-            logits = model(batch.features, batch.present, batch.mask, **batch.shots()).logits  # (B, C)
+            logits = model(**batch.inputs()).logits  # (B, C)
         loss = asrn_loss(logits.float(), batch.targets)  # eq. 10, in float32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,7 +153,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], device: torch.device,
     with _autocast(device, precision):
         for batch in batches:
             batch = batch.to(device)
-            logits = model(batch.features, batch.present, batch.mask, **batch.shots()).logits.float()  # (B, C)
+            logits = model(**batch.inputs()).logits.float()  # (B, C)
             loss_sum += asrn_loss(logits, batch.targets).double() * len(batch.video_ids)
             scores.append(torch.sigmoid(logits))
             targets.append(batch.targets)

@@ -67,7 +67,7 @@ class ScoringModel(torch.nn.Module):
         batch = collate(self._videos(packed.detach().float().cpu().numpy()), self.task)
         device = next(self.model.buffers()).device
         batch = batch.to(device)
-        out = self.model(batch.features, batch.present, batch.mask, **batch.shots())
+        out = self.model(**batch.inputs())
         return torch.sigmoid(out.logits.float())  # (B, C)
 
     def _videos(self, packed: np.ndarray) -> list:

@@ -330,7 +330,7 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
                                checkpoint["store_info"])
     batch = collate([video], task)
     with torch.no_grad():
-        out = model.eval()(batch.features, batch.present, batch.mask, **batch.shots())
+        out = model.eval()(**batch.inputs())
     steps = batch.steps[0]  # (K,)
     k = steps.size
     temporal = out.temporal_attention[0, :k].float().numpy()  # (K,)

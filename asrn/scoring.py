@@ -286,7 +286,7 @@ class ScoreVideos:
         """(N, C) probabilities: asrn.train.predict_scores' collate and model call, on this actor's device."""
         with torch.no_grad():
             batch = collate(videos, self.task).to(self.device)
-            out = self.model(batch.features, batch.present, batch.mask, **batch.shots())
+            out = self.model(**batch.inputs())
             scores = torch.sigmoid(out.logits.float()).cpu().numpy()  # (N, C)
         return check_finite_scores(scores, f"model on {', '.join(v.video_id for v in videos)}")
 

@@ -73,8 +73,13 @@ class Batch:
     shot_start: torch.Tensor | None = None  # (B, T) bool: a kept step that opens a shot; False on padding
     shot_known: torch.Tensor | None = None  # (B,) bool: the store has the video's shots (else shot_start is False)
 
-    def shots(self) -> dict[str, torch.Tensor | None]:
-        """The keyword arguments of `ASRN.forward` that carry the store's shots."""
+    def inputs(self) -> dict:
+        """`ASRN.forward`'s keyword arguments, all of them: every caller feeds the model the same inputs
+        (`model(**batch.inputs())`), so an input added here reaches training, evaluation, prediction and scoring."""
+        return {"features": self.features, "present": self.present, "mask": self.mask,
+                "shot_start": self.shot_start, "shot_known": self.shot_known}
+
+    def _shots(self) -> dict[str, torch.Tensor | None]:
         return {"shot_start": self.shot_start, "shot_known": self.shot_known}
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -83,14 +88,14 @@ class Batch:
 
         return replace(self, features={m: move(x) for m, x in self.features.items()},
                        present={m: move(p) for m, p in self.present.items()}, mask=move(self.mask),
-                       targets=move(self.targets), **{k: v if v is None else move(v) for k, v in self.shots().items()})
+                       targets=move(self.targets), **{k: v if v is None else move(v) for k, v in self._shots().items()})
 
     def pin_memory(self) -> Batch:
         """In page-locked host memory, so that a copy to a GPU can overlap the computation (`to(non_blocking)`)."""
         return replace(self, features={m: x.pin_memory() for m, x in self.features.items()},
                        present={m: p.pin_memory() for m, p in self.present.items()}, mask=self.mask.pin_memory(),
                        targets=self.targets.pin_memory(),
-                       **{k: v if v is None else v.pin_memory() for k, v in self.shots().items()})
+                       **{k: v if v is None else v.pin_memory() for k, v in self._shots().items()})
 
 
 def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None) -> np.ndarray:

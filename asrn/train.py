@@ -322,7 +322,7 @@ def predict_scores(model: ASRN, videos, task: str, batch_size: int) -> np.ndarra
     with torch.no_grad():
         for i in range(0, len(videos), batch_size):
             batch = collate(videos[i:i + batch_size], task)
-            logits = model(batch.features, batch.present, batch.mask, **batch.shots()).logits  # (B, C)
+            logits = model(**batch.inputs()).logits  # (B, C)
             scores.append(torch.sigmoid(logits.float()).numpy())
     return check_finite_scores(np.concatenate(scores), f"model on {len(videos)} video(s)")
 

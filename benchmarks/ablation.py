@@ -143,7 +143,7 @@ def diagnostics(model: ASRN, test: list[SyntheticVideo], task: str, max_steps: i
     for i in range(0, len(test), 64):
         chunk = test[i:i + 64]
         batch = collate([s.video for s in chunk], task, WINDOW, max_steps)
-        out = model(batch.features, batch.present, batch.mask, **batch.shots())
+        out = model(**batch.inputs())
         a, s = out.temporal_attention.numpy(), out.boundaries.numpy()  # (B, T)
         for b, (synth, steps) in enumerate(zip(chunk, batch.steps, strict=True)):
             n = len(steps)

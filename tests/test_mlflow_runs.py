@@ -72,7 +72,7 @@ def _predict_path_scores(checkpoint, videos) -> np.ndarray:
 
     model, _ = load_checkpoint(checkpoint)
     with torch.no_grad():
-        return np.concatenate([torch.sigmoid(model(b.features, b.present, b.mask, **b.shots()).logits).numpy()
+        return np.concatenate([torch.sigmoid(model(**b.inputs()).logits).numpy()
                                for b in (collate([v], "sub") for v in videos)])
 
 

@@ -480,7 +480,7 @@ def test_the_training_loop_feeds_the_model_the_stores_shots():
     model = ASRN(ModelConfig(dims=dict(DIMS), num_classes=8, hidden=16)).eval()
     with torch.no_grad():
         model.shots.boundary_v.mul_(8.0)  # the paper's detector fires elsewhere than the cuts
-        with_shots = torch.sigmoid(model(batch.features, batch.present, batch.mask, **batch.shots()).logits)
+        with_shots = torch.sigmoid(model(**batch.inputs()).logits)
         without = torch.sigmoid(model(batch.features, batch.present, batch.mask).logits)
     _, scores, _ = evaluate(model, [batch], torch.device("cpu"))
     assert batch.shot_known.all() and np.allclose(scores, with_shots.numpy(), atol=1e-6)

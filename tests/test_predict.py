@@ -282,7 +282,9 @@ def test_predict_feeds_the_model_the_stores_row(trained, tmp_path, rewrite_check
     (stored,) = load_videos(tmp_path / "store")
     model, checkpoint = load_checkpoint(checkpoint_path)
     fed = []
-    model.register_forward_pre_hook(lambda _module, args: fed.append({m: x.clone() for m, x in args[0].items()}))
+    model.register_forward_pre_hook(lambda _module, _args, kwargs: fed.append({m: x.clone() for m, x in
+                                                                               kwargs["features"].items()}),
+                                    with_kwargs=True)  # the model is called as model(**batch.inputs())
     predict_video(entry.path, model, checkpoint, encoders, boxes=entry.boxes)
     batch = collate([stored], TASK)
     for m in MODALITIES:

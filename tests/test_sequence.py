@@ -119,4 +119,4 @@ def test_collate_carries_the_shots_and_whether_they_are_known():
     assert batch.shot_known.tolist() == [True, False]
     assert batch.shot_start.tolist() == [[True, True, False], [False, False, False]]
     moved = batch.to("cpu")
-    assert moved.shots()["shot_start"].dtype == torch.bool and moved.shot_known.tolist() == [True, False]
+    assert moved.inputs()["shot_start"].dtype == torch.bool and moved.shot_known.tolist() == [True, False]
