@@ -336,8 +336,8 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
     temporal = out.temporal_attention[0, :k].float().numpy()  # (K,)
     boundaries = out.boundaries[0, :k].float().numpy()  # (K,)
     shots = shot_indices(boundaries)
-    real_shots = model.config.boundaries == "cuts" and model.config.variant in ("asrn", "no-mfa")  # s_t = the cuts
-    keyframes = keyframe_positions(shots, temporal, real_shots=real_shots)
+    boundaries_from = model.config.boundaries if model.config.variant in ("asrn", "no-mfa") else "none"  # BDLSTM's
+    keyframes = keyframe_positions(shots, temporal, real_shots=boundaries_from == "cuts")  # s_t = the cuts
     frame_indices = prepared.frame_indices[steps]
     images = _display_frames(path, settings.fps, frame_indices[keyframes], prepared.rgb[steps][keyframes], warnings)
     thresholds = np.full(len(checkpoint["labels"]), threshold) if threshold is not None \
@@ -354,7 +354,7 @@ def predict_video(path: str | Path, model: ASRN, checkpoint: dict, encoders: dic
         has_body=prepared.has_body.astype(bool), has_face=prepared.has_face.astype(bool),
         all_timestamps=prepared.timestamps.astype(np.float64), keyframes=keyframes, keyframe_images=images,
         warnings=warnings, seconds=time.monotonic() - start,
-        boundaries_from=model.config.boundaries if model.config.variant in ("asrn", "no-mfa") else "none",
+        boundaries_from=boundaries_from,
         shot_start=prepared.shot_start.astype(bool))
 
 
