@@ -626,7 +626,7 @@ def _run(todo: list[ManifestEntry], config: ExtractConfig, target: Location,
     old_error_files = _error_files(target)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     with ray_session(config.address, config.verbose):
-        _warn_on_resources(config, ray.cluster_resources())
+        warn_on_resources(config, ray.cluster_resources())
         writer = _StoreWriter(config, target, existing, run_id, len(todo))
         _run_pipeline(todo, config, writer, old_error_files, run_id)
     if writer.succeeded + writer.failed != len(todo):
@@ -745,7 +745,7 @@ def check_weights(config: ExtractConfig) -> None:
           f"features.json will say random-init{hint}", file=sys.stderr, flush=True)
 
 
-def _warn_on_resources(config: ExtractConfig, resources: dict) -> None:
+def warn_on_resources(config: ExtractConfig, resources: dict) -> None:
     """Say so when the encoder pool cannot start, or leaves no CPU for decoding (the job would stall, unless an
     autoscaler adds nodes)."""
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)

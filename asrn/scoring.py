@@ -35,7 +35,7 @@ import json
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ from asrn.loop import check_finite_scores
 from asrn.manifest import ManifestEntry, read_manifest
 from asrn.metrics import compute_metrics
 from asrn.model import ASRN, ModelConfig
-from asrn.ray_session import ray_session
+from asrn.ray_session import cluster_address, ray_session
 from asrn.sequence import collate
 from asrn.store import (
     ERRORS_DIR,
@@ -74,6 +74,7 @@ RUN_FILE = "scoring.json"  # the model a DIR was scored with: a re-run with anot
 PREDICTED_PREFIX = "predicted:"  # `predicted:sub:warm`: cannot clash with a class name (those have one colon)
 ERROR_FIELDS = ("path", "stage", "error", "message")
 SCORER_MEMORY = 1 << 30  # bytes of RAM reserved per scoring actor (model + a batch); differs from extract's stages
+READ_CPUS = 1.0  # CPUs of one store read task; the scoring actors must leave them free, else no part is ever read
 BLOCK_VIDEOS = 64  # videos per actor call: sorted by length within it, then cut into --batch-size batches
 
 
@@ -298,13 +299,33 @@ _SCORED_ROWS = pa.schema([("video_id", pa.string()), ("split", pa.string()), ("l
 _SCORES = pa.schema(list(_SCORED_ROWS)[:4])  # DIR/scored part files: video_id, split, labels, scores
 
 
-def _score_stage(ds, config: ScoreConfig, scorer: Scorer, gpus: float = 1.0):
-    """The scoring actors after `ds`; `gpus` per actor with --use-gpu."""
+def _score_stage(ds, config: ScoreConfig, scorer: Scorer, cpus: float, gpus: float = 1.0):
+    """The scoring actors after `ds`, `cpus` each; `gpus` per actor with --use-gpu."""
     return ds.map_batches(
         ScoreVideos, fn_constructor_kwargs={"scorer": scorer, "device": "cuda" if config.use_gpu else "cpu",
                                             "batch_size": config.batch_size},
         batch_size=BLOCK_VIDEOS, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.num_workers),
-        num_cpus=1, memory=SCORER_MEMORY, **({"num_gpus": gpus} if config.use_gpu else {}))
+        num_cpus=cpus, memory=SCORER_MEMORY, **({"num_gpus": gpus} if config.use_gpu else {}))
+
+
+def fit_scorers(requested: int, cluster: dict, can_grow: bool) -> tuple[int, str]:
+    """How many scoring actors (1 CPU each) fit beside a store read task (READ_CPUS), and a note when not all do.
+
+    Actors holding every CPU leave the read tasks unscheduled and the job waits forever. On a cluster that
+    `can_grow` (joined by address: an autoscaler or `ray start --address` may add nodes) the request stands with a
+    warning; on a local Ray it is lowered to what fits, or refused when not even one actor fits.
+    """
+    cpus = cluster.get("CPU", 0.0)
+    fit = int(cpus - READ_CPUS + 1e-9)
+    if requested <= fit:
+        return requested, ""
+    message = (f"{requested} scoring actor(s) x 1 CPU and a read task need {requested + READ_CPUS:g} CPUs, the "
+               f"cluster has {cpus:g}")
+    if can_grow:
+        return requested, f"{message} now: the actors wait until nodes join"
+    if fit < 1:
+        raise ScoreError(f"{message}: start Ray with more CPUs (ray start --num-cpus) or join a cluster (--address)")
+    return fit, f"--num-workers {requested} lowered to {fit}: {message}"
 
 
 def store_dataset(store: FeatureStore, config: ScoreConfig, scorer: Scorer, skip: set[str]):
@@ -313,13 +334,13 @@ def store_dataset(store: FeatureStore, config: ScoreConfig, scorer: Scorer, skip
     ds = ray.data.from_items(files, override_num_blocks=len(files))
     ds = ds.map_batches(_read_part, batch_size=1, batch_format="numpy", num_cpus=1,
                         fn_kwargs={"splits": config.splits, "skip": frozenset(skip)})
-    return _score_stage(ds, config, scorer)
+    return _score_stage(ds, config, scorer, cpus=1.0)
 
 
 def manifest_dataset(entries: list[ManifestEntry], config: ScoreConfig, scorer: Scorer):
     """The lazy Ray Dataset: extract's stages (asrn.extract.build_dataset) at the model's preset and fps, then the
     scoring actors."""
-    from asrn.extract import ExtractConfig, build_dataset
+    from asrn.extract import ExtractConfig, build_dataset, warn_on_resources
     from asrn.predict import PredictError, feature_settings
 
     fake_checkpoint = {"path": scorer.source, "store_info": scorer.store_info,
@@ -331,7 +352,10 @@ def manifest_dataset(entries: list[ManifestEntry], config: ScoreConfig, scorer: 
     extract = ExtractConfig(manifest=config.manifest, out=config.out, preset=settings.preset, fps=settings.fps,
                             num_workers=config.num_workers, weights_dir=config.weights_dir, verbose=config.verbose,
                             gpus_per_worker=0.5 if config.use_gpu else 0.0)  # encoder and scorer share a GPU
-    return _score_stage(build_dataset(entries, extract), config, scorer, gpus=0.5)
+    warn_on_resources(extract, ray.cluster_resources())
+    # no CPU reserved for the scorer: its forward pass is milliseconds per video beside extraction's seconds, and a
+    # reserved CPU would leave none for decoding on a small node (encoder actor + decoding task + scorer > 2 CPUs)
+    return _score_stage(build_dataset(entries, extract), config, scorer, cpus=0.0, gpus=0.5)
 
 
 class DrawFigures:
@@ -553,6 +577,12 @@ def score(config: ScoreConfig) -> dict:
     writer = _ScoreWriter(config, len(todo))
     if todo:
         with ray_session(config.address, config.verbose):
+            if store is not None:
+                workers, note = fit_scorers(config.num_workers, ray.cluster_resources(),
+                                            can_grow=cluster_address(config.address) is not None)
+                if note:
+                    print(f"score: warning: {note}", file=sys.stderr, flush=True)
+                config = replace(config, num_workers=workers)
             ds = (manifest_dataset([e for e in entries if e.video_id not in done], config, scorer)
                   if store is None else store_dataset(store, config, scorer, done))
             ds.context.max_errored_blocks = -1

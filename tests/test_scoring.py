@@ -21,6 +21,7 @@ from asrn.scoring import (
     PREDICTED_PREFIX,
     ScoreConfig,
     ScoreError,
+    fit_scorers,
     load_mlflow_scorer,
     prediction_table,
     score,
@@ -103,6 +104,19 @@ def test_a_collection_without_labels_has_no_metrics():
     rows = pa.table({"video_id": ["a"], "split": ["test"], "labels": [[]], "scores": [[0.5] * 8]})
     result = summary(prediction_table(rows, LABELS, [0.5] * 8), "sub", LABELS, [0.5] * 8, 0, {})
     assert result["metrics"] == {} and result["with_labels"] == 0
+
+
+# ---------------------------------------------------------------- actors that leave a CPU to read with
+
+
+def test_scoring_actors_leave_a_cpu_for_reading_the_store():
+    """2 actors on a 2-CPU local Ray held both CPUs and no part was ever read: the job waited forever."""
+    assert fit_scorers(2, {"CPU": 3.0}, can_grow=False) == (2, "")
+    workers, note = fit_scorers(2, {"CPU": 2.0}, can_grow=False)
+    assert workers == 1 and "--num-workers 2 lowered to 1" in note and "need 3 CPUs, the cluster has 2" in note
+    assert fit_scorers(4, {"CPU": 2.0}, can_grow=True)[0] == 4  # an autoscaler may add the nodes
+    with pytest.raises(ScoreError, match="need 2 CPUs, the cluster has 1"):
+        fit_scorers(1, {"CPU": 1.0}, can_grow=False)
 
 
 # ---------------------------------------------------------------- manifests without labels
