@@ -2,15 +2,16 @@
 in-process loop.
 
     python benchmarks/score.py [--num-videos 400] [--rounds 3] [--order loop,actors_1,actors_2] [--batch-size 16]
-                               [--hidden 64] [--out benchmarks/results/score.json]
+                               [--hidden 64] [--ray-cpus 4] [--out benchmarks/results/score.json]
 
 On a synthetic store (asrn synth features, --num-videos videos) and a best.pt of a randomly initialised ASRN of
 width --hidden with the store's input statistics (scores are not judged here, only speed), in videos/s:
     loop       asrn.train.predict_scores over FeatureStore.iter_videos of every split, in this process (what
                `asrn train` does for val and test), torch's default threads;
     actors_<n> asrn.scoring.score on the same store, n scoring actors, into a fresh --out each round, on one local
-               Ray started once (the first round of each side is timed too: Ray Data planning and actor start-up
-               are part of a job's cost).
+               Ray started once with --ray-cpus logical CPUs (n actors hold n, a read task 1: scoring lowers
+               --num-workers to what fits, asrn.scoring.fit_scorers); the first round of each side is timed too:
+               Ray Data planning and actor start-up are part of a job's cost.
 Sides run in interleaved rounds (loop, actors_1, actors_2, loop, ...) so that load from other work on the shared
 machine falls on every side alike; the 1-minute load average is recorded before and after each run, with the
 machine (benchmarks/machine.py). Results: median and best over the rounds.
@@ -73,11 +74,12 @@ def main() -> None:
     parser.add_argument("--order", default="loop,actors_1,actors_2")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "score.json")
     args = parser.parse_args()
     sides = args.order.split(",")
     runs: dict[str, list[dict]] = {side: [] for side in sides}
-    with tempfile.TemporaryDirectory() as folder, ray_session():
+    with tempfile.TemporaryDirectory() as folder, ray_session(num_cpus=args.ray_cpus):
         root = Path(folder)
         store, checkpoint = make_inputs(root, args.num_videos, args.hidden)
         for r in range(args.rounds):
