@@ -5,7 +5,8 @@
 
 Every value a distribution can give must lie in its hyperparameter's valid range (RANGES): wide enough for any
 sensible sweep, narrow enough to catch a typo before a trial runs out of memory or diverges:
-    dropout, weight_decay  [0, 1)      as TrainConfig requires
+    dropout                [0, 1)      as TrainConfig requires
+    weight_decay           [0, 10]     as TrainConfig requires (AdamW: weights shrink by lr x weight decay a step)
     lr                     (0, 10]     an lr above 10 diverges at once with AdamW or SGD
     batch_size             [1, 4096]   well past what one GPU holds for ASRN's sequences
     hidden                 [1, 4096]   hidden 4096 already gives ~270M parameters in the BDLSTM alone
@@ -56,7 +57,7 @@ class Range:
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
-RANGES: dict[str, Range] = {"dropout": Range(0, 1, high_open=True), "weight_decay": Range(0, 1, high_open=True),
+RANGES: dict[str, Range] = {"dropout": Range(0, 1, high_open=True), "weight_decay": Range(0, 10),
                             "lr": Range(0, 10, low_open=True), "batch_size": Range(1, 4096), "hidden": Range(1, 4096)}
 
 

@@ -20,11 +20,15 @@ from asrn.store import MODALITIES, VideoFeatures
 WINDOW = 3  # the paper's sequence-former window: training forms every sequence with it
 
 
-def select_steps(present: dict[str, np.ndarray], window: int = WINDOW) -> np.ndarray:
+def select_steps(present: dict[str, np.ndarray], window: int = WINDOW,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
     """Indices (T',) of the kept steps, one per non-overlapping window of `window` steps (the last may be short).
 
     In each window the kept step has the most modalities present (all four where any step has them); ties go to
-    the middle step (the earlier middle for even windows), then to the earliest. `window=1` keeps every step.
+    the middle step (the earlier middle for even windows), then to the earliest, or with `rng` to a random one:
+    training's random sequence former (Recipe.random_steps), which shows the model another of each video's
+    equally complete steps every epoch, so it cannot memorise a video by its per-step noise. `window=1` keeps
+    every step.
     """
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window = {window!r} must be a positive integer")
@@ -47,7 +51,8 @@ def select_steps(present: dict[str, np.ndarray], window: int = WINDOW) -> np.nda
     pos = np.arange(window)
     middle = (pos == ((size - 1) // 2)[:, None])  # (W, window)
     # lexicographic key: count first, then the middle, then the earliest (each term outweighs all the later ones)
-    key = grid * (4 * window) + middle * (2 * window) + (window - 1 - pos)
+    tie = middle * (2 * window) + (window - 1 - pos) if rng is None else rng.integers(0, 2 * window, grid.shape)
+    key = grid * (4 * window) + tie
     key[grid < 0] = -1
     return np.arange(n, dtype=np.int64) * window + key.argmax(axis=1)
 
@@ -98,8 +103,9 @@ class Batch:
                        **{k: v if v is None else v.pin_memory() for k, v in self._shots().items()})
 
 
-def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None) -> np.ndarray:
-    steps = select_steps(video.present(), window)
+def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    steps = select_steps(video.present(), window, rng)
     if steps.size == 0:
         raise ValueError(f"video {video.video_id!r} has no time steps")
     if max_steps is not None and steps.size > max_steps:
@@ -108,15 +114,16 @@ def _kept_steps(video: VideoFeatures, window: int, max_steps: int | None) -> np.
     return steps
 
 
-def collate(videos: Sequence[VideoFeatures], task: str, window: int = WINDOW, max_steps: int | None = None) -> Batch:
-    """Form each video's sequence (`select_steps`; `window=1` keeps all), cap it at `max_steps` evenly spaced steps,
-    pad to the longest and encode the labels for `task`."""
+def collate(videos: Sequence[VideoFeatures], task: str, window: int = WINDOW, max_steps: int | None = None,
+            rng: np.random.Generator | None = None) -> Batch:
+    """Form each video's sequence (`select_steps`, ties at random with `rng`; `window=1` keeps all), cap it at
+    `max_steps` evenly spaced steps, pad to the longest and encode the labels for `task`."""
     check_task(task)
     if not videos:
         raise ValueError("collate needs at least one video")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps = {max_steps!r} must be a positive integer or None")
-    steps = [_kept_steps(v, window, max_steps) for v in videos]
+    steps = [_kept_steps(v, window, max_steps, rng) for v in videos]
     lengths = np.array([s.size for s in steps])
     mask = np.arange(lengths.max())[None, :] < lengths[:, None]  # (B, T); row-major order of mask == kept order
     features, present = {}, {}

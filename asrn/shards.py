@@ -13,6 +13,10 @@ wrap-around to ceil(N / W) * W, so every rank holds ceil(N / W) videos and runs 
 
 Batches: each epoch shuffles the shard with (seed, epoch), sorts it by length within chunks of BUCKET batches,
 cuts batches and shuffles their order: the same videos per epoch, far less padding than random batches.
+
+Random sequence former (Recipe.random_steps): the train split is kept with every step (what resident_bytes already
+counts), and each batch's kept steps are chosen on the host (asrn.sequence.select_steps with the epoch's rng, as
+`collate` would) and gathered on the device: a (B, T') index per batch crosses, not the features.
 """
 
 from __future__ import annotations
@@ -26,10 +30,15 @@ import pyarrow as pa
 import torch
 
 from asrn.locations import Location
-from asrn.sequence import Batch, collate
+from asrn.sequence import WINDOW, Batch, collate, kept_shot_starts, select_steps
 from asrn.store import FeatureStore, FeatureStoreError, VideoFeatures, table_to_videos
 
 BUCKET = 8  # batches per length-sorted chunk
+
+
+def step_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The random sequence former's generator for one epoch (both training paths draw from it)."""
+    return np.random.default_rng([seed, epoch, 3])
 
 
 def node_memory_bytes() -> int:
@@ -86,31 +95,69 @@ def read_split(store_dir: str | os.PathLike | Location, split: str, rank: int = 
 
 
 @dataclass
+class RawSteps:
+    """What choosing kept steps per batch needs on the host: each video's presence masks and shot starts."""
+
+    present: list[dict[str, np.ndarray]]  # per video: modality -> (T_raw,) bool
+    shot_start: list[np.ndarray | None]  # per video: (T_raw,) bool, None where the store has no shots
+
+
+@dataclass
 class ResidentSplit:
-    """Videos collated once (padded to the longest, window 3 as in training) and kept on one device; a batch is an
-    index view padded to its own longest video, which equals `collate` of those videos."""
+    """Videos collated once (padded to the longest) and kept on one device; a batch is an index view padded to its
+    own longest video, which equals `collate` of those videos. With `raw` (random_steps), every step is kept and a
+    batch gathers the steps its rng's sequence former keeps, equal to `collate(..., rng=rng)`."""
 
     padded: Batch  # (N, T_max, D_m) features, (N, T_max) present and mask, (N, C) targets, on the device
     lengths: np.ndarray  # (N,) kept steps per video, on the host: batch widths need no device sync
+    raw: RawSteps | None = None  # set when `padded` holds every step (window 1) for a random sequence former
 
     @classmethod
-    def of(cls, videos: Sequence[VideoFeatures], task: str, device: torch.device | str = "cpu") -> ResidentSplit:
-        batch = collate(videos, task)
-        return cls(batch.to(device), np.array([s.size for s in batch.steps], dtype=np.int64))
+    def of(cls, videos: Sequence[VideoFeatures], task: str, device: torch.device | str = "cpu",
+           random_steps: bool = False) -> ResidentSplit:
+        if not random_steps:
+            batch = collate(videos, task)
+            return cls(batch.to(device), np.array([s.size for s in batch.steps], dtype=np.int64))
+        batch = collate(videos, task, window=1)  # every step
+        kept = np.array([-(-s.size // WINDOW) for s in batch.steps], dtype=np.int64)  # one per window, as select_steps
+        return cls(batch.to(device), kept, RawSteps([v.present() for v in videos], [v.shot_start for v in videos]))
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def take(self, rows: np.ndarray, index: torch.Tensor | None = None) -> Batch:
-        """The batch of `rows` (host int array); `index`: the same rows already on the device."""
-        width = int(self.lengths[rows].max())
+    def take(self, rows: np.ndarray, index: torch.Tensor | None = None,
+             rng: np.random.Generator | None = None) -> Batch:
+        """The batch of `rows` (host int array); `index`: the same rows already on the device; `rng`: the random
+        sequence former's (with `raw`; None: its ties to the middle step, as `collate`)."""
         p = self.padded
         index = torch.as_tensor(rows, device=p.mask.device) if index is None else index
+        if self.raw is not None:
+            return self._gather(rows, index, rng)
+        width = int(self.lengths[rows].max())
         return Batch(features={m: x[index, :width] for m, x in p.features.items()},  # (B, T, D_m)
                      present={m: x[index, :width] for m, x in p.present.items()},  # (B, T)
                      mask=p.mask[index, :width], targets=p.targets[index],  # (B, T), (B, C)
                      video_ids=[p.video_ids[i] for i in rows], steps=[p.steps[i] for i in rows],
                      shot_start=p.shot_start[index, :width], shot_known=p.shot_known[index])  # (B, T), (B,)
+
+    def _gather(self, rows: np.ndarray, index: torch.Tensor, rng: np.random.Generator | None) -> Batch:
+        """The kept steps of `rows`, chosen on the host, gathered from the resident raw steps."""
+        p, device = self.padded, self.padded.mask.device
+        steps = [select_steps(self.raw.present[i], WINDOW, rng) for i in rows]
+        lengths = np.array([s.size for s in steps])
+        mask = np.arange(lengths.max())[None, :] < lengths[:, None]  # (B, T')
+        positions = np.zeros(mask.shape, dtype=np.int64)  # (B, T') raw step of each kept step, 0 on padding
+        shot_start = np.zeros(mask.shape, dtype=bool)  # (B, T')
+        for b, (i, s) in enumerate(zip(rows, steps, strict=True)):
+            positions[b, :s.size] = s
+            if self.raw.shot_start[i] is not None:
+                shot_start[b, :s.size] = kept_shot_starts(self.raw.shot_start[i], s)
+        mask_d = torch.from_numpy(mask).to(device)
+        at = (index[:, None], torch.from_numpy(positions).to(device))  # (B, 1), (B, T')
+        return Batch(features={m: x[at] * mask_d.unsqueeze(-1).to(x.dtype) for m, x in p.features.items()},
+                     present={m: x[at] & mask_d for m, x in p.present.items()}, mask=mask_d,
+                     targets=p.targets[index], video_ids=[p.video_ids[i] for i in rows], steps=steps,
+                     shot_start=torch.from_numpy(shot_start).to(device), shot_known=p.shot_known[index])
 
     def epoch_order(self, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
         """The epoch's batches as row arrays: shuffled by (seed, epoch), length-sorted within chunks of BUCKET
@@ -129,9 +176,10 @@ class ResidentSplit:
         """`epoch_order`'s batches; the epoch's row order goes to the device once, not per batch."""
         rows = self.epoch_order(batch_size, seed, epoch)
         on_device = torch.from_numpy(np.concatenate(rows)).to(self.padded.mask.device)
+        rng = step_rng(seed, epoch) if self.raw is not None else None
         start = 0
         for r in rows:
-            yield self.take(r, on_device[start:start + len(r)])
+            yield self.take(r, on_device[start:start + len(r)], rng)
             start += len(r)
 
     def fixed_batches(self, batch_size: int) -> list[Batch]:

@@ -83,6 +83,7 @@ from asrn.store import (
     StoreInfo,
     VideoFeatures,
     check_encoded_window,
+    encoded_window,
 )
 from asrn.train_worker import FAULT_ENV, REPORTED_METRICS, LoopConfig, train_loop_per_worker  # noqa: F401 - API
 
@@ -156,13 +157,13 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         checks = {
-            "lr": self.lr > 0 and np.isfinite(self.lr), "weight_decay": 0 <= self.weight_decay < 1,
+            "lr": self.lr > 0 and np.isfinite(self.lr), "weight_decay": 0 <= self.weight_decay <= 10,
             "batch_size": self.batch_size >= 1, "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1,
             "num_workers": self.num_workers >= 1, "hidden": self.hidden >= 1, "patience": self.patience >= 1,
             "max_failures": self.max_failures >= -1, "num_to_keep": self.num_to_keep >= 1,
             "checkpoint_every": self.checkpoint_every >= 1, "direct_read_max_mb": self.direct_read_max_mb >= 0,
         }
-        rules = {"lr": "> 0", "dropout": "in [0, 1)", "weight_decay": "in [0, 1)",
+        rules = {"lr": "> 0", "dropout": "in [0, 1)", "weight_decay": "in [0, 10] (AdamW shrinks the weights by lr x weight decay per step)",
                  "max_failures": ">= -1 (-1: no limit)", "direct_read_max_mb": ">= 0 (0: always Ray Data)"}
         for name, ok in checks.items():
             if not ok:
@@ -232,7 +233,10 @@ def check_store(features: str | os.PathLike | Location | FeatureStore, task: str
 def loop_config_for(config: TrainConfig, store: FeatureStore, input_stats: dict | None = None) -> LoopConfig:
     """The worker config of a TrainConfig; `input_stats`, when not given, come from features.json's cache (or are
     computed from the store when it has none for this train split)."""
-    return LoopConfig(task=config.task, model=config.model_config(store.info.dims), recipe=config.effective_recipe(),
+    recipe = config.effective_recipe()
+    if recipe.random_steps and encoded_window(store.info) is not None:
+        recipe = replace(recipe, random_steps=False)  # only the fixed former's steps were encoded: the rest are zeros
+    return LoopConfig(task=config.task, model=config.model_config(store.info.dims), recipe=recipe,
                       batch_size=max(1, config.batch_size // config.num_workers), seed=config.seed,
                       use_gpu=config.use_gpu, precision=config.precision, checkpoint_every=config.checkpoint_every,
                       input_stats=input_stats or store.train_statistics()[0],

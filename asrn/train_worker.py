@@ -35,7 +35,7 @@ from asrn.loop import NonFiniteLossError, Recipe, build_optimizer, evaluate, sha
 from asrn.metrics import compute_metrics
 from asrn.model import ASRN, ModelConfig
 from asrn.sequence import Batch, collate
-from asrn.shards import ResidentSplit, read_split
+from asrn.shards import ResidentSplit, read_split, step_rng
 from asrn.store import table_to_videos
 
 REPORTED_METRICS = ("epoch", "train_loss", "val_loss", "val_map", "val_f1_macro", "val_f1_micro", "val_acc",
@@ -71,13 +71,15 @@ def _inject_fault(fault: str | None, rank: int, epoch: int) -> None:
         os._exit(1)
 
 
-def _batches(iterator, batch_size: int, task: str, device: torch.device, **kwargs) -> Iterator[Batch]:
-    """Ray Data pyarrow batches -> collated `Batch`es on `device`, made one batch ahead on a thread while the
-    current one trains (Ray Data prefetches the blocks); on a GPU pinned and copied without blocking."""
+def _batches(iterator, batch_size: int, task: str, device: torch.device, rng: np.random.Generator | None = None,
+             **kwargs) -> Iterator[Batch]:
+    """Ray Data pyarrow batches -> collated `Batch`es on `device` (the sequence former's ties at random with `rng`),
+    made one batch ahead on a thread while the current one trains (Ray Data prefetches the blocks); on a GPU pinned
+    and copied without blocking."""
     cuda = device.type == "cuda"
 
     def ready(table) -> Batch:
-        batch = collate(table_to_videos(table), task)
+        batch = collate(table_to_videos(table), task, rng=rng)  # one collating thread: rng drawn in order
         return batch.pin_memory().to(device, non_blocking=True) if cuda else batch
 
     tables = iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2, **kwargs)
@@ -102,13 +104,15 @@ def _worker_data(config: LoopConfig, rank: int, device: torch.device) -> tuple[C
     """
     if config.store:
         world = ray.train.get_context().get_world_size()
-        train_split = ResidentSplit.of(read_split(config.store, "train", rank, world), config.task, device)
+        train_split = ResidentSplit.of(read_split(config.store, "train", rank, world), config.task, device,
+                                       random_steps=config.recipe.random_steps)
         val = ResidentSplit.of(read_split(config.store, "val"), config.task, device).fixed_batches(config.batch_size)
         return lambda epoch: train_split.epoch_batches(config.batch_size, config.seed, epoch), val
     train_shard = ray.train.get_dataset_shard("train")
     # the val set is small and read whole by every worker: read it once, score it every epoch
     val = list(_batches(ray.train.get_dataset_shard("val"), config.batch_size, config.task, device))
     return lambda epoch: _batches(train_shard, config.batch_size, config.task, device,
+                                  step_rng(config.seed + rank, epoch) if config.recipe.random_steps else None,
                                   local_shuffle_buffer_size=4 * config.batch_size,
                                   local_shuffle_seed=config.seed + epoch), val
 

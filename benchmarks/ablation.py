@@ -11,7 +11,8 @@ group; three (seed, task) jobs in parallel processes, one thread each).
 For each seed s the data are `synth_features.generate_videos(num_videos, seed=s)` (what `asrn synth features
 --seed s` writes, in memory). Every variant is trained on the same data with the same recipe (`asrn.loop.RECIPES`)
 and torch.manual_seed(s), in this process (no Ray), one thread: inputs standardised by the train split's
-statistics (`loop.input_statistics`), the train split reshuffled each epoch, `collate` (window 3), `loop.train_epoch`
+statistics (`loop.input_statistics`), the train split reshuffled each epoch, `collate` (window 3; its ties at random
+each epoch when the recipe's random_steps is on, as in `asrn train`), `loop.train_epoch`
 and `loop.evaluate`; early stopping after `patience` epochs without a gain in val mAP and the model of the best
 val mAP epoch scored on test: F1 micro/macro, Acc, Subacc at threshold 0.5 (the paper's layout), mAP, and F1 macro
 at per-class thresholds chosen on val. Paired differences to ASRN are per seed.
@@ -58,6 +59,7 @@ from asrn.loop import RECIPES, Recipe, build_optimizer, evaluate, train_epoch  #
 from asrn.metrics import choose_thresholds, compute_metrics  # noqa: E402
 from asrn.model import ASRN, ModelConfig  # noqa: E402
 from asrn.sequence import collate  # noqa: E402
+from asrn.shards import step_rng  # noqa: E402
 from asrn.store import input_statistics  # noqa: E402
 from asrn.synth_features import SyntheticVideo, generate_videos, generator_parameters  # noqa: E402
 
@@ -106,7 +108,8 @@ def train_variant(data: dict, task: str, variant: str, seed: int, recipe: Recipe
     for epoch in range(1, recipe.epochs + 1):
         order = rng.permutation(len(train))
         shuffled = [train[j] for j in order]
-        loss = train_epoch(model, (collate(shuffled[i:i + recipe.batch_size], task, WINDOW, max_steps)
+        steps_rng = step_rng(seed, epoch) if recipe.random_steps else None  # as asrn train's workers draw it
+        loss = train_epoch(model, (collate(shuffled[i:i + recipe.batch_size], task, WINDOW, max_steps, steps_rng)
                                    for i in range(0, len(shuffled), recipe.batch_size)), optimizer, DEVICE,
                            epoch=epoch)
         scheduler.step()
@@ -254,7 +257,9 @@ def markdown(result: dict) -> str:
         "and 3); every variant on the same "
         f"data with recipe `{r['name']}` ({r['optimizer']}, lr {r['lr']}, weight decay {r['weight_decay']}, "
         f"{r['schedule']} schedule, batch {r['batch_size']}, dropout {r['dropout']}, hidden {r['hidden']}, up to "
-        f"{r['epochs']} epochs, patience {r['patience']}), window {s['window']}, max steps {s['max_steps']}; "
+        f"{r['epochs']} epochs, patience {r['patience']}, sequence former's ties "
+        f"{'at random each epoch' if r.get('random_steps') else 'to the middle step'}), window {s['window']}, "
+        f"max steps {s['max_steps']}; "
         "early stopping and model selection on val mAP; test F1/Acc/Subacc at threshold 0.5 as the paper, mAP "
         "(`metrics.compute_metrics`: scikit-learn's average precision, macro over classes with positives) and "
         "F1 ma at per-class thresholds chosen on val (`metrics.choose_thresholds`; F1 ma val-thr). "

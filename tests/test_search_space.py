@@ -51,7 +51,7 @@ def test_default_space_surrounds_the_default_recipe():
     ("lr: {distribution: choice, values: [0.1, 11]}\n", "'lr' has invalid value(s) [11]"),
     ("lr: {distribution: loguniform, low: 1.0e-3, high: .inf}\n", "valid values of lr: (0, 10]"),
     ("lr: {distribution: uniform, low: 0, high: 0.1}\n", "valid values of lr: (0, 10]"),
-    ("weight_decay: {distribution: uniform, low: 0.0, high: 1.0}\n", "valid values of weight_decay: [0, 1)"),
+    ("weight_decay: {distribution: uniform, low: 0.0, high: 11.0}\n", "valid values of weight_decay: [0, 10]"),
     ("dropout: {distribution: uniform, low: .nan, high: 0.5}\n", "'dropout' has an empty range"),
 ])
 def test_bad_space_names_the_file_and_the_key(tmp_path, text, message):

@@ -37,6 +37,16 @@ def test_select_steps_without_all_present_takes_the_most_then_the_middle_then_th
     np.testing.assert_array_equal(select_steps(all_present), [1, 3])  # several all-present: middle, else earliest
 
 
+def test_the_random_former_breaks_ties_at_random_and_still_keeps_the_most_complete_step():
+    present = _present(body=[0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1], face=[0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 1])
+    # windows: [0..2] one best step (1); [3..5] two all-present (4, 5); [6..8] three; [9, 10] one all-present (10)
+    draws = np.array([select_steps(present, rng=np.random.default_rng(seed)) for seed in range(60)])  # (60, 4)
+    assert (draws[:, 0] == 1).all() and (draws[:, 3] == 10).all()  # a unique best step is always kept
+    assert set(draws[:, 1]) == {4, 5} and set(draws[:, 2]) == {6, 7, 8}  # every tied step is drawn
+    np.testing.assert_array_equal(select_steps(present, rng=np.random.default_rng(7)),
+                                  select_steps(present, rng=np.random.default_rng(7)))  # reproducible by seed
+
+
 def test_select_steps_window_one_keeps_everything_and_bad_inputs_raise():
     present = _present(body=[0, 1, 0, 1], face=[0, 0, 1, 1])
     np.testing.assert_array_equal(select_steps(present, window=1), [0, 1, 2, 3])

@@ -62,6 +62,29 @@ def test_a_resident_batch_equals_collate_of_its_videos(store):
     assert got.shot_known.all() and torch.equal(got.shot_start, want.shot_start)
 
 
+@pytest.mark.parametrize("seed", [None, 5])
+def test_a_resident_split_of_every_step_gathers_what_the_random_former_collates(store, seed):
+    """random_steps: the batch gathered on the device equals collate with the same rng (and without one, the fixed
+    former's), shots included."""
+    videos = read_split(store, "train")
+    resident = ResidentSplit.of(videos, "sub", random_steps=True)
+    rows = np.array([2, 0, len(videos) - 1, 7])
+    rng = lambda: None if seed is None else np.random.default_rng(seed)  # noqa: E731
+    got, want = resident.take(rows, rng=rng()), collate([videos[i] for i in rows], "sub", rng=rng())
+    assert got.video_ids == want.video_ids and all(np.array_equal(a, b) for a, b in zip(got.steps, want.steps))
+    for m in want.features:
+        assert torch.equal(got.features[m], want.features[m]) and torch.equal(got.present[m], want.present[m])
+    assert torch.equal(got.mask, want.mask) and torch.equal(got.targets, want.targets)
+    assert torch.equal(got.shot_start, want.shot_start) and torch.equal(got.shot_known, want.shot_known)
+    np.testing.assert_array_equal(resident.lengths, ResidentSplit.of(videos, "sub").lengths)
+    by_video = {}
+    for epoch in (1, 2, 3):
+        for batch in resident.epoch_batches(8, seed=0, epoch=epoch):
+            for video_id, steps in zip(batch.video_ids, batch.steps, strict=True):
+                by_video.setdefault(video_id, set()).add(tuple(steps))
+    assert max(len(v) for v in by_video.values()) > 1  # epochs see other steps of a video
+
+
 def test_epochs_shuffle_deterministically_in_length_buckets(store):
     resident = ResidentSplit.of(read_split(store, "train"), "sub")
     n, size = len(resident), 4

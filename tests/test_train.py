@@ -96,7 +96,7 @@ def test_cli_prints_the_reason_and_exits_1(small_store, tmp_path, capsys):
     ("lr", 0.0, "lr = 0.0"), ("lr", -1.0, "lr = -1.0"), ("batch_size", 0, "batch_size = 0"),
     ("dropout", 1.0, "dropout = 1.0"), ("dropout", -0.1, "dropout"), ("epochs", 0, "epochs = 0"),
     ("variant", "gru", "unknown variant 'gru'"), ("task", "both", "unknown task 'both'"),
-    ("direct_read_max_mb", -1, "direct_read_max_mb = -1"),
+    ("direct_read_max_mb", -1, "direct_read_max_mb = -1"), ("weight_decay", 11.0, r"weight_decay = 11.0.*\[0, 10\]"),
 ])
 def test_bad_hyperparameter_is_named(tmp_path, field, value, message):
     kwargs = {"features": tmp_path, "task": "sub", "out": tmp_path / "run", field: value}
@@ -169,6 +169,23 @@ def test_a_small_store_is_read_by_the_workers_with_cached_statistics(small_store
     assert all(np.array_equal(loop.input_stats[m][0], fresh[m][0]) and
                np.array_equal(loop.input_stats[m][1], fresh[m][1]) for m in fresh)
     assert "each worker reads its train shard" in lines[0] and "cached in features.json" in lines[1]
+
+
+def test_the_random_sequence_former_is_on_by_default_and_off_for_a_store_of_kept_steps_only(small_store, tmp_path):
+    """A store that encoded only the fixed former's steps holds zeros elsewhere: training there keeps the fixed
+    former (the steps a random one would draw were never encoded)."""
+    from asrn.store import FeatureStore, read_info, write_info
+    from asrn.train import loop_config_for
+
+    config = TrainConfig(features=small_store, task="sub", out=tmp_path / "run")
+    assert loop_config_for(config, FeatureStore(small_store)).recipe.random_steps
+    assert not TrainConfig(features=small_store, task="sub", out=tmp_path / "p", recipe="paper").effective_recipe(
+    ).random_steps
+    kept = tmp_path / "kept"
+    _rewrite(small_store, kept, lambda table: table)
+    info = read_info(kept)
+    write_info(kept, dataclasses.replace(info, extra={**info.extra, "encoded_steps": "window-3 kept"}))
+    assert not loop_config_for(config, FeatureStore(kept)).recipe.random_steps
 
 
 def test_load_checkpoint_refuses_other_files(tmp_path):
