@@ -378,16 +378,21 @@ class FlowEncoder(Encoder):
 
 class DlibFaceEncoder(Encoder):
     """dlib's ResNet face descriptor (asrn.faces): aligned 150x150 chips in, (N, 128) out, computed on the CPU by
-    dlib whatever the device (about 75 ms a face on one thread). Descriptors are not centred: the store's input
-    statistics standardise them, as every modality's."""
+    dlib whatever the device (about 140 ms a face on one thread). Extraction computes the descriptors in its CPU
+    stage already (`face_inputs`: where the cores are, not in the one-thread encoder actor, where they were the
+    pipeline's bottleneck), so descriptors pass through here unchanged. Descriptors are not centred: the store's
+    input statistics standardise them, as every modality's."""
 
     def __init__(self, modality: str, spec: EncoderSpec, face: DlibFace, device: str = "cpu"):
         super().__init__(modality, spec, nn.Identity(), face.provenance, device)
         self.face = face
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
-        """(N, H, W, 3) uint8 RGB aligned chips -> (N, 150, 150, 3) uint8 on the CPU, resized when not at 150."""
+        """(N, H, W, 3) uint8 RGB aligned chips -> (N, 150, 150, 3) uint8 on the CPU, resized when not at 150;
+        (N, 128) float32 descriptors (from `face_inputs`) as they are."""
         images = np.asarray(images)
+        if images.ndim == 2 and images.shape[1] == self.dim and images.dtype == np.float32:
+            return torch.from_numpy(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise EncoderError(f"{self.modality}: expected (N, H, W, 3) uint8 RGB face chips, got {images.shape} "
                                f"{images.dtype}")
@@ -396,7 +401,10 @@ class DlibFaceEncoder(Encoder):
         return torch.from_numpy(np.ascontiguousarray(images))
 
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 150, 150, 3) uint8 chips -> (N, 128) float32 on the CPU, the whole batch in one dlib call."""
+        """(N, 150, 150, 3) uint8 chips -> (N, 128) float32 on the CPU, the whole batch in one dlib call;
+        (N, 128) descriptors pass through."""
+        if batch.dim() == 2:
+            return batch
         return torch.from_numpy(self.face.describe(batch.cpu().numpy()))
 
 
@@ -457,11 +465,16 @@ def crop_boxes(frames: np.ndarray, boxes: np.ndarray, has: np.ndarray, size: tup
 
 
 def face_inputs(frames: np.ndarray, boxes: np.ndarray, present: np.ndarray, spec: EncoderSpec) -> np.ndarray:
-    """(T, H, W, 3) frames + (T, 4) face boxes -> the face encoder's (T, h, w, 3) uint8 inputs, zeros where absent:
-    5-point-aligned chips for dlib's descriptor (the input it was trained on), box crops for the DeepID-style net."""
+    """(T, H, W, 3) frames + (T, 4) face boxes -> the face encoder's inputs, zeros where absent: for dlib, the
+    (T, 128) float32 descriptors of the 5-point-aligned chips (the input it was trained on), computed here, in the
+    CPU stage, which runs on every core (the encoder actor passes them through); (T, h, w, 3) uint8 box crops for
+    the DeepID-style net."""
     if spec == DLIB_FACE:
         face, why = load_dlib_face()
         if face is None:
             raise EncoderError(f"face: dlib's face descriptor asked for, but it does not load here ({why})")
-        return face.align(frames, boxes, present)
+        present = np.asarray(present, bool) & np.isfinite(np.asarray(boxes, np.float32)).all(1)  # (T,)
+        descriptors = np.zeros((len(frames), spec.dim), np.float32)  # (T, 128)
+        descriptors[present] = face.describe(face.align(frames, boxes, present)[present])  # one dlib call
+        return descriptors
     return crop_boxes(frames, boxes, present, spec.input_size)

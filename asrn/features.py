@@ -59,7 +59,8 @@ class PreparedVideo:
     rgb: np.ndarray  # (T, h, w, 3) uint8, at the rgb encoder's input size
     flow: np.ndarray  # (T, 2P, h, w) uint8 levels of [-1, 1] (asrn.flow.quantize_flow), at the motion encoder's size
     body: np.ndarray  # (T, h, w, 3) uint8 largest-person crops; zeros where not present()
-    face: np.ndarray  # (T, h, w, 3) uint8 largest-face chips (aligned for dlib) or crops; zeros where not present()
+    face: np.ndarray  # (T, 128) float32 dlib descriptors of the largest face (encoders.face_inputs), or (T, h, w, 3)
+    #                   uint8 crops for the DeepID-style net; zeros where not present()
     has_body: np.ndarray  # (T,) bool: detected
     has_face: np.ndarray  # (T,) bool
     body_tracked: np.ndarray  # (T,) bool: not detected, box carried by tracking (crop taken from that box)
@@ -134,7 +135,7 @@ def prepare_video(path: str, boxes: str | None = None, config: VideoSettings = V
         found = detector.detect(clip.frames, clip.frame_indices, scale)
         body_present, face_present = found.has_person | found.person_tracked, found.has_face | found.face_tracked
         body = crop_boxes(clip.frames, found.person, body_present, specs["body"].input_size)  # (T, h, w, 3)
-        face = face_inputs(clip.frames, found.face, face_present, specs["face"])  # (T, h, w, 3)
+        face = face_inputs(clip.frames, found.face, face_present, specs["face"])  # (T, 128) or (T, h, w, 3)
     except Exception as e:
         raise VideoStageError("detect", e) from e
     try:

@@ -58,12 +58,13 @@ def test_prepare_and_encode_find_the_face_without_boxes(astronaut_prepared):
     assert prepared.detector == "opencv-haar+hog"  # offline: no Faster R-CNN weights here
     assert prepared.has_face.sum() >= 0.75 * t and prepared.has_body.sum() >= 0.75 * t
     assert prepared.rgb.shape == (t, 112, 112, 3) and prepared.flow.shape == (t, 10, 112, 112)
-    assert prepared.face.shape == (t, 150, 150, 3) and prepared.body.shape == (t, 112, 56, 3)  # dlib chips
+    assert prepared.face.shape == (t, 128) and prepared.body.shape == (t, 112, 56, 3)  # dlib's descriptors
     features = encode_prepared(prepared, build_encoders("lite"))
     assert {m: f.shape for m, f in features.items()} == {m: (t, d) for m, d in LITE_DIMS.items()}
     assert all(f.dtype == np.float32 and np.isfinite(f).all() for f in features.values())
-    missing = ~prepared.has_face
+    missing = ~prepared.present()["face"]
     assert not features["face"][missing].any()  # zero where no face was found
+    np.testing.assert_array_equal(features["face"], prepared.face)  # described in the CPU stage, passed through
 
 
 def test_flow_ships_as_uint8_and_a_prepared_video_pickles_much_smaller(astronaut_prepared):
@@ -72,7 +73,7 @@ def test_flow_ships_as_uint8_and_a_prepared_video_pickles_much_smaller(astronaut
     as_float32 = dataclasses.replace(prepared, flow=dequantize_flow(prepared.flow))  # what was shipped before
     new, old = len(pickle.dumps(prepared, protocol=5)), len(pickle.dumps(as_float32, protocol=5))
     assert new < 0.4 * old  # flow was 89% of a pickled step: ~190 KB a step instead of ~553 KB
-    assert new / prepared.num_steps < 260_000  # ~250 KB: dlib's 150x150 face chips add 67.5 KB a step
+    assert new / prepared.num_steps < 200_000  # ~190 KB: the face ships as dlib's descriptor (512 B), not a chip
 
 
 def test_bad_manifest_and_bad_flags_are_refused_before_any_output(tmp_path):

@@ -42,13 +42,15 @@ def _cameraman_frames() -> np.ndarray:
 
 
 def test_same_person_descriptors_are_closer_than_another_persons(astronaut_clip, tmp_path, lite_encoders):
-    """The astronaut's face through the whole CPU stage (H.264 clip, Haar + tracking, 5-point alignment) against
-    the cameraman's: same-person distances under dlib's cutoff, every other-person distance above them."""
+    """The astronaut's face through the whole CPU stage (H.264 clip, Haar + tracking, 5-point alignment, the
+    descriptor) against the cameraman's: same-person distances under dlib's cutoff, every other-person distance
+    above them."""
     prepared = prepare_video(str(astronaut_clip(tmp_path / "astronaut.mp4", 320, 320)), config=VideoSettings("lite"))
     present = prepared.present()["face"]
-    assert present.mean() >= 0.75 and prepared.face.shape[1:] == (150, 150, 3)
+    assert present.mean() >= 0.75 and prepared.face.shape[1:] == (128,) and not prepared.face[~present].any()
     face = lite_encoders["face"]
-    same = face.features(prepared.face[present])  # (n, 128)
+    same = face.features(prepared.face[present])  # (n, 128): the CPU stage's descriptors pass the encoder as they are
+    np.testing.assert_array_equal(same, prepared.face[present])
 
     frames = _cameraman_frames()
     found = OpenCVDetector().detect(frames, np.arange(len(frames)), 1.0)
@@ -84,6 +86,12 @@ def test_alignment_gives_chips_and_zeros_where_absent():
     assert chips.shape == (3, 150, 150, 3) and chips.dtype == np.uint8
     assert chips[0].std() > 20 and not chips[1].any() and not chips[2].any()
     assert face.describe(chips[:0]).shape == (0, 128)
+    # the CPU stage's inputs are the descriptors of these chips (the encoder actor then passes them through)
+    described = face_inputs(np.stack([image] * 3), boxes, np.array([True, True, False]), DLIB_FACE)  # (3, 128)
+    np.testing.assert_allclose(described[0], face.describe(chips[:1])[0], rtol=1e-5, atol=1e-6)
+    assert not described[1:].any()
+    encoder = quiet_build("lite", None)["face"]
+    np.testing.assert_allclose(encoder.features(chips[:1]), described[:1], rtol=1e-5, atol=1e-6)
 
 
 def test_a_users_deepid_keeps_the_papers_face_path(offline):
