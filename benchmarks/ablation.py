@@ -78,6 +78,17 @@ ASRN_FORMS = ("asrn", "asrn-unsupervised")  # ASRN itself, not an ablation of it
 DEVICE = torch.device("cpu")
 
 
+def set_field(recipe: Recipe, item: str) -> Recipe:
+    """`FIELD=VALUE` applied to the recipe, VALUE read as the field's type (booleans: true/false)."""
+    key, value = item.split("=", 1)
+    kind = type(getattr(recipe, key))
+    if kind is bool:
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"--set {item}: {key} takes true or false")
+        return dataclasses.replace(recipe, **{key: value.lower() == "true"})
+    return dataclasses.replace(recipe, **{key: kind(value)})
+
+
 def scored(targets: np.ndarray, scores: np.ndarray, labels: list[str], thresholds: np.ndarray) -> dict:
     m = compute_metrics(targets, scores, labels)
     tuned = compute_metrics(targets, scores, labels, thresholds=thresholds)
@@ -352,8 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
         synth_features.CUE_AMPLITUDE = args.cue_amplitude
     recipe = RECIPES[args.recipe]
     for item in args.set:
-        key, value = item.split("=", 1)
-        recipe = dataclasses.replace(recipe, **{key: type(getattr(recipe, key))(value)})
+        recipe = set_field(recipe, item)
     seeds = [int(x) for x in args.seeds.split(",")]
     tasks, variants = args.tasks.split(","), args.variants.split(",")
     info = machine()
