@@ -12,9 +12,9 @@ and one ablation file per recipe in results/recipe_1200/.
 
 Answer (docs/results.md, "The recipe"): with the old recipe (weight decay 0.05, the sequence former's ties to the
 middle step) ASRN's val loss rises from the first epoch: it memorises the 840 training videos before the attention
-finds the events. Weight decay and a sequence former that draws its tied steps at random each epoch each move the
-attention onto the events; together they do most (the new default recipe). Dropout 0.7, width 64, lr 1e-3 and
-batch 16 do not.
+finds the events. Weight decay (1-2; 3 is too much) and a sequence former that draws its tied steps at random each
+epoch each move the attention onto the events; together, with 80 epochs for the slower learning, they are the new
+default recipe: attention 0.60 against 0.31, sub lead over mean pooling +0.110 to +0.161 against -0.013 to +0.013.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ RECIPES = {  # name -> --set overrides of the default recipe
     "random former, weight decay 1, 40 epochs": ["weight_decay=1.0", "epochs=40", "patience=10"],
     "random former, weight decay 2, 40 epochs": ["weight_decay=2.0", "epochs=40", "patience=10"],
     "random former, weight decay 3, 40 epochs": ["weight_decay=3.0", "epochs=40", "patience=10"],
-    "the default: random former, weight decay 1, 60 epochs": [],
+    "the default: random former, weight decay 1, 80 epochs": [],
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "recipe_1200"
