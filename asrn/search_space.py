@@ -5,8 +5,8 @@
 
 Every value a distribution can give must lie in its hyperparameter's valid range (RANGES): wide enough for any
 sensible sweep, narrow enough to catch a typo before a trial runs out of memory or diverges:
-    dropout                [0, 1)      as TrainConfig requires
-    weight_decay           [0, 10]     as TrainConfig requires (AdamW: weights shrink by lr x weight decay a step)
+    dropout                [0, 1)      TrainConfig checks these two with RANGES too
+    weight_decay           [0, 10]     AdamW: weights shrink by lr x weight decay a step
     lr                     (0, 10]     an lr above 10 diverges at once with AdamW or SGD
     batch_size             [1, 4096]   well past what one GPU holds for ASRN's sequences
     hidden                 [1, 4096]   hidden 4096 already gives ~270M parameters in the BDLSTM alone

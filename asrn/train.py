@@ -74,6 +74,7 @@ from asrn.loop import PRECISIONS, RECIPES, NonFiniteLossError, Recipe, check_fin
 from asrn.metrics import choose_thresholds, compute_metrics
 from asrn.model import ASRN, BOUNDARY_FORMS, VARIANTS, ModelConfig
 from asrn.ray_session import lean_trainer_class, ray_session
+from asrn.search_space import RANGES  # the valid dropout and weight decay: one rule for runs and sweeps
 from asrn.sequence import WINDOW, collate
 from asrn.shards import direct_read_choice
 from asrn.store import (
@@ -157,13 +158,16 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         checks = {
-            "lr": self.lr > 0 and np.isfinite(self.lr), "weight_decay": 0 <= self.weight_decay <= 10,
-            "batch_size": self.batch_size >= 1, "dropout": 0 <= self.dropout < 1, "epochs": self.epochs >= 1,
+            "lr": self.lr > 0 and np.isfinite(self.lr),
+            "weight_decay": RANGES["weight_decay"].admits(self.weight_decay),
+            "batch_size": self.batch_size >= 1, "dropout": RANGES["dropout"].admits(self.dropout),
+            "epochs": self.epochs >= 1,
             "num_workers": self.num_workers >= 1, "hidden": self.hidden >= 1, "patience": self.patience >= 1,
             "max_failures": self.max_failures >= -1, "num_to_keep": self.num_to_keep >= 1,
             "checkpoint_every": self.checkpoint_every >= 1, "direct_read_max_mb": self.direct_read_max_mb >= 0,
         }
-        rules = {"lr": "> 0", "dropout": "in [0, 1)", "weight_decay": "in [0, 10] (AdamW shrinks the weights by lr x weight decay per step)",
+        rules = {"lr": "> 0", "dropout": f"in {RANGES['dropout']}",
+                 "weight_decay": f"in {RANGES['weight_decay']} (AdamW shrinks the weights by lr x weight decay a step)",
                  "max_failures": ">= -1 (-1: no limit)", "direct_read_max_mb": ">= 0 (0: always Ray Data)"}
         for name, ok in checks.items():
             if not ok:

@@ -71,7 +71,8 @@ def test_a_resident_split_of_every_step_gathers_what_the_random_former_collates(
     rows = np.array([2, 0, len(videos) - 1, 7])
     rng = lambda: None if seed is None else np.random.default_rng(seed)  # noqa: E731
     got, want = resident.take(rows, rng=rng()), collate([videos[i] for i in rows], "sub", rng=rng())
-    assert got.video_ids == want.video_ids and all(np.array_equal(a, b) for a, b in zip(got.steps, want.steps))
+    assert got.video_ids == want.video_ids
+    assert all(np.array_equal(a, b) for a, b in zip(got.steps, want.steps, strict=True))
     for m in want.features:
         assert torch.equal(got.features[m], want.features[m]) and torch.equal(got.present[m], want.present[m])
     assert torch.equal(got.mask, want.mask) and torch.equal(got.targets, want.targets)
