@@ -75,6 +75,7 @@ PREDICTED_PREFIX = "predicted:"  # `predicted:sub:warm`: cannot clash with a cla
 ERROR_FIELDS = ("path", "stage", "error", "message")
 SCORER_MEMORY = 1 << 30  # bytes of RAM reserved per scoring actor (model + a batch); differs from extract's stages
 READ_CPUS = 1.0  # CPUs of one store read task; the scoring actors must leave them free, else no part is ever read
+SCORER_CPUS = 1.0  # CPUs of one scoring actor on a store (from a manifest it takes none: see manifest_dataset)
 BLOCK_VIDEOS = 64  # videos per actor call: sorted by length within it, then cut into --batch-size batches
 
 
@@ -309,18 +310,19 @@ def _score_stage(ds, config: ScoreConfig, scorer: Scorer, cpus: float, gpus: flo
 
 
 def fit_scorers(requested: int, cluster: dict, can_grow: bool) -> tuple[int, str]:
-    """How many scoring actors (1 CPU each) fit beside a store read task (READ_CPUS), and a note when not all do.
+    """How many scoring actors (SCORER_CPUS each) fit beside a store read task (READ_CPUS), and a note when not
+    all do.
 
     Actors holding every CPU leave the read tasks unscheduled and the job waits forever. On a cluster that
     `can_grow` (joined by address: an autoscaler or `ray start --address` may add nodes) the request stands with a
     warning; on a local Ray it is lowered to what fits, or refused when not even one actor fits.
     """
     cpus = cluster.get("CPU", 0.0)
-    fit = int(cpus - READ_CPUS + 1e-9)
+    fit = int((cpus - READ_CPUS) / SCORER_CPUS + 1e-9)
     if requested <= fit:
         return requested, ""
-    message = (f"{requested} scoring actor(s) x 1 CPU and a read task need {requested + READ_CPUS:g} CPUs, the "
-               f"cluster has {cpus:g}")
+    message = (f"{requested} scoring actor(s) x {SCORER_CPUS:g} CPU and a read task need "
+               f"{requested * SCORER_CPUS + READ_CPUS:g} CPUs, the cluster has {cpus:g}")
     if can_grow:
         return requested, f"{message} now: the actors wait until nodes join"
     if fit < 1:
@@ -332,9 +334,9 @@ def store_dataset(store: FeatureStore, config: ScoreConfig, scorer: Scorer, skip
     """The lazy Ray Dataset: the store's part files -> their rows of --split -> the scoring actors."""
     files = [{"file": str(f.absolute())} for f in store.files]
     ds = ray.data.from_items(files, override_num_blocks=len(files))
-    ds = ds.map_batches(_read_part, batch_size=1, batch_format="numpy", num_cpus=1,
+    ds = ds.map_batches(_read_part, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS,
                         fn_kwargs={"splits": config.splits, "skip": frozenset(skip)})
-    return _score_stage(ds, config, scorer, cpus=1.0)
+    return _score_stage(ds, config, scorer, cpus=SCORER_CPUS)
 
 
 def manifest_dataset(entries: list[ManifestEntry], config: ScoreConfig, scorer: Scorer):
